@@ -1,0 +1,247 @@
+"""The `cirbench` command. Thin: parse options, call the Python API, print. Heavy imports stay inside commands."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Build and evaluate Composed Image Retrieval benchmarks.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
+console = Console()
+
+DEFAULT_MODEL = "cirbench-fusion"
+DEFAULT_TASK = "synthetic-mini"
+
+
+def _kv(pairs: list[str] | None, what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in pairs or []:
+        if "=" not in p:
+            raise typer.BadParameter(f"{what} must look like name=value, got {p!r}")
+        k, v = p.split("=", 1)
+        out[k.strip()] = _parse_value(v.strip())
+    return out
+
+
+def _parse_value(v: str) -> Any:
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def _fail(e: BaseException) -> None:
+    console.print(f"[bold red]error:[/bold red] {e}")
+    raise typer.Exit(code=2)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="alias, family:target, or module:factory")] = DEFAULT_MODEL,
+    task: Annotated[str, typer.Option("--task", "-t", help="registered task or native dataset dir")] = DEFAULT_TASK,
+    split: Annotated[str | None, typer.Option(help="split (default: the task's)")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="dataset root (else $CIRBENCH_DATA/<task>)")] = None,
+    protocol: Annotated[str | None, typer.Option(help="named protocol variant (default: official)")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="output directory")] = None,
+    batch_size: Annotated[int, typer.Option(help="encoding batch size")] = 32,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    dtype: Annotated[str | None, typer.Option(help="model dtype: float32, bfloat16, float16")] = None,
+    top_k: Annotated[int | None, typer.Option(help="run depth (default: the protocol's)")] = None,
+    limit: Annotated[int | None, typer.Option(help="only the first N queries (a smoke run; recorded)")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="do not read or write the embedding cache")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(help="cache root (default $CIRBENCH_CACHE)")] = None,
+    workers: Annotated[int | None, typer.Option(help="image decode threads")] = None,
+    search_dtype: Annotated[str, typer.Option(help="float32 (exact) or bfloat16")] = "float32",
+    search_backend: Annotated[str, typer.Option(help="torch, faiss or auto")] = "torch",
+    option: Annotated[list[str] | None, typer.Option("--option", help="model option name=value")] = None,
+    task_option: Annotated[list[str] | None, typer.Option("--task-option", help="task option name=value")] = None,
+    trust_remote_code: Annotated[bool, typer.Option(help="allow a model's own remote code to run")] = False,
+    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95% CIs")] = 1000,
+    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Score a model on a task: prints the table and writes result.json, run.parquet (+ submission)."""
+    from cirbench.display import result_table
+    from cirbench.evaluation import EvalOptions, evaluate
+
+    mopts = _kv(option, "--option")
+    if trust_remote_code:
+        mopts["trust_remote_code"] = True
+    opts = EvalOptions(batch_size=batch_size, device=device, dtype=dtype, top_k=top_k, use_cache=not no_cache,
+                       cache_dir=cache_dir, workers=workers, search_dtype=search_dtype,
+                       search_backend=search_backend, n_bootstrap=bootstrap, seed=seed, progress=not quiet)
+    try:
+        result = evaluate(model, task, split=split, data_dir=data_dir, protocol=protocol, output=output,
+                          limit=limit, options=opts, model_options=mopts, task_options=_kv(task_option, "--task-option"))
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        _fail(e)
+        return
+    if result.overall:
+        console.print(result_table(result))
+    assert result.path is not None
+    console.print(f"wrote {result.path} and {result.path.parent / result.files['run']}")
+    for sub in result.files.get("submission", []):
+        console.print(f"submission file: {result.path.parent / sub}")
+
+
+@app.command("tasks")
+def tasks_cmd() -> None:
+    """List the registered tasks."""
+    from rich.table import Table
+
+    from cirbench.tasks.registry import list_tasks
+
+    table = Table(title="cirbench tasks")
+    for col in ("name", "splits", "protocols", "size", "query → corpus", "metrics", "licence"):
+        table.add_column(col)
+    for spec in list_tasks():
+        md = spec.metadata
+        table.add_row(md.name, ", ".join(spec.splits), ", ".join(spec.protocols), spec.size,
+                      f"{md.query_modality} → {md.corpus_modality}", ", ".join(spec.metrics), md.license)
+    console.print(table)
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the registered models (aliases) and model families."""
+    from rich.table import Table
+
+    from cirbench.models.registry import _FAMILIES, list_models
+
+    table = Table(title="cirbench models")
+    for col in ("name", "id", "revision", "dim", "params", "modalities", "dtype", "licence"):
+        table.add_column(col)
+    for s in list_models():
+        params = f"{s.parameters / 1e6:.0f}M" if s.parameters else "–"
+        table.add_row(s.name, s.id, str(s.revision or "–"), str(s.dim or "–"), params, ", ".join(s.modalities),
+                      s.dtype, s.license)
+    console.print(table)
+    console.print("families: " + ", ".join(f"{f}:<id or path>" for f in sorted(_FAMILIES))
+                  + ", package.module:factory, entry points in group 'cirbench.models'")
+
+
+@app.command("compare")
+def compare_cmd(
+    a: Annotated[Path, typer.Argument(help="result.json (or its directory) of the baseline")],
+    b: Annotated[Path, typer.Argument(help="result.json (or its directory) to compare")],
+    force: Annotated[bool, typer.Option(help="compare even if tasks or protocols differ")] = False,
+    method: Annotated[str, typer.Option(help="bootstrap or permutation")] = "bootstrap",
+    resamples: Annotated[int, typer.Option(help="resamples")] = 10000,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Per-metric difference B - A with a paired significance test over the common queries."""
+    from rich.table import Table
+
+    from cirbench.compare import compare_results
+    from cirbench.result import Result
+
+    try:
+        ra, rb = Result.read(a), Result.read(b)
+        tests, info = compare_results(ra, rb, force=force, method=method, n_resamples=resamples, seed=seed)
+    except ValueError as e:
+        _fail(e)
+        return
+    for p in info["problems"]:
+        console.print(f"[yellow]warning (forced):[/yellow] {p}")
+    table = Table(title=f"{rb.model.get('name')} − {ra.model.get('name')} on {ra.task['name']}/"
+                        f"{ra.task['split']} ({info['n_common']} paired queries, {method})")
+    for col in ("metric", "A", "B", "B − A", "95% CI", "p", ""):
+        table.add_column(col, justify="right")
+    for t in tests:
+        sig = "[green]significant[/green]" if t.p_value < 0.05 else "[dim]tie[/dim]"
+        table.add_row(t.metric, f"{100 * t.mean_a:.2f}", f"{100 * t.mean_b:.2f}", f"{100 * t.diff:+.2f}",
+                      f"[{100 * t.ci_low:+.2f}, {100 * t.ci_high:+.2f}]", f"{t.p_value:.4f}", sig)
+    console.print(table)
+
+
+@app.command("build")
+def build_cmd(
+    pipeline: Annotated[Path, typer.Argument(help="pipeline config (pipelines/*.yaml)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output dataset directory")],
+    preset: Annotated[str | None, typer.Option(help="preset in the config (e.g. mini, full)")] = None,
+    seed: Annotated[int | None, typer.Option(help="override the config's seed")] = None,
+    limit: Annotated[int | None, typer.Option(help="stop after N queries (a quick build)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Build a benchmark from a pipeline config into the native dataset format."""
+    import yaml
+
+    try:
+        config = yaml.safe_load(pipeline.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        _fail(e)
+        return
+    kind = (config or {}).get("pipeline")
+    if kind == "synthetic":
+        from cirbench.build.synthetic import build_synthetic
+
+        path = build_synthetic(config, out, preset=preset, seed=seed, limit=limit, progress=not quiet)
+    else:
+        _fail(ValueError(f"{pipeline}: unknown pipeline {kind!r} (field 'pipeline')"))
+        return
+    console.print(f"wrote dataset {path}")
+
+
+@app.command("train")
+def train_cmd(
+    dataset: Annotated[Path, typer.Argument(help="a built dataset with a train split")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="where to write the head (.safetensors)")],
+    epochs: Annotated[int | None, typer.Option()] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Train the default model's fusion head on a built benchmark's train split."""
+    from cirbench.train import train_fusion_head
+
+    kwargs: dict[str, Any] = {"seed": seed, "progress": not quiet}
+    if epochs is not None:
+        kwargs["epochs"] = epochs
+    stats = train_fusion_head(dataset, out, **kwargs)
+    console.print(f"wrote {out}: {stats}")
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="where results and the chart go")] = Path("demo"),
+    limit: Annotated[int | None, typer.Option(help="only the first N queries")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Build synthetic-mini, score the default model and the baselines, print and plot per category."""
+    from cirbench.demo import run_demo
+
+    run_demo(out, limit=limit, progress=not quiet, console=console)
+
+
+@app.command("validate-submission")
+def validate_submission_cmd(
+    file: Annotated[Path, typer.Argument(help="the submission file")],
+    task: Annotated[str, typer.Option("--task", "-t", help="cirr or circo")],
+    data_dir: Annotated[Path | None, typer.Option(help="dataset root, to check ids against the split")] = None,
+) -> None:
+    """Check a test-server submission file before upload; names every problem."""
+    from cirbench.submission import validate_submission
+
+    problems = validate_submission(file, task, data_dir=data_dir)
+    if problems:
+        for p in problems:
+            console.print(f"[red]✗[/red] {p}")
+        raise typer.Exit(code=1)
+    console.print(f"[green]✓[/green] {file} is a valid {task} submission")
+
+
+def main() -> None:  # pragma: no cover
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

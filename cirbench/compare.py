@@ -1,0 +1,65 @@
+"""`cirbench compare`: is model B really better than model A on this task, query by query?
+
+Two results are comparable only when they scored the same queries of the same dataset revision under the
+same protocol. Per-query values are recomputed from each result's run.parquet, aligned by query id, and
+compared with a paired bootstrap (or a sign-flip permutation test).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cirbench.result import Result
+from cirbench.run import read_run_table
+from cirbench.scoring import per_query_values
+from cirbench.stats import PairedTest, paired_bootstrap, paired_permutation
+
+PROTOCOL_FIELDS = ("name", "metrics", "top_k", "ap_normaliser", "exclude_reference", "gallery",
+                   "text_template", "caption_join", "notes")
+"""Protocol fields that must agree; instructions and search settings belong to the model run."""
+
+
+def incompatibilities(a: Result, b: Result) -> list[str]:
+    problems = []
+    for key in ("name", "split", "revision", "limit"):
+        if a.task.get(key) != b.task.get(key):
+            problems.append(f"task {key} differs: {a.task.get(key)!r} vs {b.task.get(key)!r}")
+    for key in PROTOCOL_FIELDS:
+        if a.protocol.get(key) != b.protocol.get(key):
+            problems.append(f"protocol {key} differs: {a.protocol.get(key)!r} vs {b.protocol.get(key)!r}")
+    return problems
+
+
+def compare_results(a: Result, b: Result, *, force: bool = False, method: str = "bootstrap",
+                    n_resamples: int = 10000, seed: int = 0,
+                    metrics: list[str] | None = None) -> tuple[list[PairedTest], dict[str, Any]]:
+    """Paired tests of b - a per metric; raises ValueError when the results are not comparable."""
+    problems = incompatibilities(a, b)
+    if problems and not force:
+        raise ValueError("results are not comparable (use --force to compare anyway):\n- "
+                         + "\n- ".join(problems))
+    paths = [r.run_path() for r in (a, b)]
+    if any(p is None for p in paths):
+        raise ValueError("both results need their run.parquet (files.run) to compare per query")
+    ta, tb = (read_run_table(p) for p in paths if p is not None)
+    metric_names = metrics or [m for m in a.protocol["metrics"] if m in b.protocol["metrics"]]
+    va = per_query_values(ta, a.protocol, metric_names)
+    vb = per_query_values(tb, b.protocol, metric_names)
+    qa, qb = ta.column("query_id").to_pylist(), tb.column("query_id").to_pylist()
+    common = sorted(set(qa) & set(qb))
+    if not common:
+        raise ValueError("the two runs share no query id")
+    ia = {q: i for i, q in enumerate(qa)}
+    ib = {q: i for i, q in enumerate(qb)}
+    sel_a = np.array([ia[q] for q in common])
+    sel_b = np.array([ib[q] for q in common])
+    test = paired_bootstrap if method == "bootstrap" else paired_permutation
+    out = []
+    for m in metric_names:
+        x, y = va[m][sel_a], vb[m][sel_b]
+        ok = ~(np.isnan(x) | np.isnan(y))
+        out.append(test(x[ok], y[ok], metric=m, n_resamples=n_resamples, seed=seed))
+    return out, {"problems": problems, "n_common": len(common), "n_a": len(qa), "n_b": len(qb),
+                 "method": method}

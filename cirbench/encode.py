@@ -1,0 +1,126 @@
+"""The encode loop: Items -> vectors, through the cache, with images decoded in worker threads.
+
+The model only does math: decoding (and the encoder's own `preprocess`, if it has one) runs in a thread pool
+a few batches ahead, so on a GPU the forward pass is not starved by PIL. Finished batches are flushed to the
+cache as they come, so an interrupted encode resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from cirbench.cache import EmbeddingCache
+from cirbench.models.base import Batch, Encoder, l2_normalise
+from cirbench.progress import progress_bar
+from cirbench.types import Item, Role
+
+
+def _prepare(encoder: Encoder, item: Item) -> Any | None:
+    if item.image is None:
+        return None
+    img = item.load_image()
+    pre = getattr(encoder, "preprocess", None)
+    return pre(img) if pre is not None else img
+
+
+def _batches(encoder: Encoder, items: Sequence[Item], batch_size: int, workers: int,
+             prefetch: int) -> Iterator[Batch]:
+    """Decoded batches in order, decoding up to `prefetch` batches ahead in a thread pool."""
+    chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    if workers <= 0:
+        for chunk in chunks:
+            yield Batch(chunk, [_prepare(encoder, it) for it in chunk])
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cirbench-decode") as pool:
+        pending: list[Any] = []
+        it = iter(chunks)
+        for chunk in it:
+            pending.append((chunk, [pool.submit(_prepare, encoder, x) for x in chunk]))
+            if len(pending) > prefetch:
+                break
+        while pending:
+            chunk, futs = pending.pop(0)
+            yield Batch(chunk, [f.result() for f in futs])
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, [pool.submit(_prepare, encoder, x) for x in nxt]))
+
+
+def default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def encode_items(encoder: Encoder, items: Sequence[Item], *, role: Role, instruction: str | None = None,
+                 cache: EmbeddingCache | None = None, batch_size: int = 32, workers: int | None = None,
+                 prefetch: int = 4, flush_every: int = 2048, progress: bool = True,
+                 description: str = "encoding") -> tuple[np.ndarray, dict[str, Any]]:
+    """Vectors for `items` in order, plus stats (how many came from the cache, time, items/s).
+
+    Identical items (same content key) are encoded once. Text-bearing items are sorted by text length so
+    batches pad little; the output is in the input order regardless.
+    """
+    t0 = time.perf_counter()
+    keys = [it.content_key() for it in items]
+    unique: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        unique.setdefault(k, i)
+    ukeys = list(unique)
+    vectors: dict[str, np.ndarray] = {}
+    if cache is not None:
+        found, vecs = cache.get(ukeys)
+        if vecs is not None:
+            for k, v in zip((k for k, f in zip(ukeys, found) if f), vecs):
+                vectors[k] = v
+    todo = [items[unique[k]] for k in ukeys if k not in vectors]
+    todo.sort(key=lambda it: len(it.text or ""))
+    n_cached = len(ukeys) - len(todo)
+    dim: int | None = next(iter(vectors.values())).shape[0] if vectors else None
+    pending_keys: list[str] = []
+    pending_vecs: list[np.ndarray] = []
+
+    def flush() -> None:
+        if cache is not None and pending_keys:
+            cache.put(pending_keys, np.concatenate(pending_vecs))
+        pending_keys.clear()
+        pending_vecs.clear()
+
+    with progress_bar(progress) as bar:
+        task_id = bar.add_task(description, total=len(ukeys), completed=n_cached)
+        try:
+            for batch in _batches(encoder, todo, batch_size, default_workers() if workers is None
+                                  else workers, prefetch):
+                out = np.asarray(encoder.encode(batch, role=role, instruction=instruction), dtype=np.float32)
+                if out.ndim != 2 or out.shape[0] != len(batch.items):
+                    raise ValueError(f"encoder {encoder.spec.name!r} returned shape {out.shape} for a batch "
+                                     f"of {len(batch.items)} items")
+                if dim is None:
+                    dim = out.shape[1]
+                elif out.shape[1] != dim:
+                    raise ValueError(f"encoder {encoder.spec.name!r} returned vectors of width {out.shape[1]}, "
+                                     f"but earlier (or cached) vectors have width {dim}")
+                if not np.isfinite(out).all():
+                    bad = batch.items[int(np.where(~np.isfinite(out).all(1))[0][0])].id
+                    raise ValueError(f"encoder {encoder.spec.name!r} returned non-finite values for item {bad!r}")
+                out = l2_normalise(out)
+                bkeys = [it.content_key() for it in batch.items]
+                vectors.update(zip(bkeys, out))
+                pending_keys.extend(bkeys)
+                pending_vecs.append(out)
+                if len(pending_keys) >= flush_every:
+                    flush()
+                bar.advance(task_id, len(batch.items))
+        finally:
+            flush()  # keep finished work even when interrupted
+    if dim is None:
+        raise ValueError("nothing to encode: no items")
+    result = np.stack([vectors[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
+    dt = time.perf_counter() - t0
+    stats = {"items": len(items), "unique": len(ukeys), "from_cache": n_cached, "encoded": len(todo),
+             "seconds": round(dt, 3), "items_per_s": round(len(todo) / dt, 2) if todo and dt > 0 else None}
+    return result, stats

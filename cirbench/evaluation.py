@@ -1,0 +1,240 @@
+"""The eval flow: task -> encode (cached) -> exact top-K search -> metrics per category -> result files."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import cirbench
+from cirbench.cache import EmbeddingCache, default_cache_dir
+from cirbench.encode import encode_items
+from cirbench.metrics import parse_metric
+from cirbench.models.base import Encoder, check_modalities
+from cirbench.models.registry import get_model
+from cirbench.run import Run
+from cirbench.scoring import breakdowns, grouped_scores, per_query_values
+from cirbench.search import exact_search, subset_search
+from cirbench.tasks.registry import get_task, get_task_spec
+from cirbench.types import Item, Role, Task
+
+
+@dataclass
+class EvalOptions:
+    """Settings of one eval that are not part of the task's protocol (recorded in the result too)."""
+
+    batch_size: int = 32
+    device: str = "cpu"
+    dtype: str | None = None
+    top_k: int | None = None
+    search_dtype: str = "float32"
+    search_backend: str = "torch"
+    workers: int | None = None
+    use_cache: bool = True
+    cache_dir: str | os.PathLike[str] | None = None
+    n_bootstrap: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+    progress: bool = True
+
+
+def resolve_instruction(encoder: Encoder, task: Task, role: Role) -> str | None:
+    """Model's instruction for this task, else the task's default, else the model's generic default."""
+    spec_inst = encoder.spec.default_instructions
+    return (spec_inst.get(f"{task.name}:{role}") or task.metadata.instructions.get(role)
+            or spec_inst.get(role))
+
+
+def query_items(task: Task) -> tuple[list[Item], list[list[int]]]:
+    """All query-side Items (main + alternatives, text template applied) and, per query, their rows."""
+    template = task.protocol.text_template
+    items: list[Item] = []
+    rows: list[list[int]] = []
+    for q in task.queries:
+        group = []
+        for it in (q.item, *q.alt_items):
+            text = template.format(text=it.text) if it.text is not None else None
+            group.append(len(items))
+            items.append(replace(it, text=text))
+        rows.append(group)
+    return items, rows
+
+
+def _encode(encoder: Encoder, items: list[Item], role: Role, instruction: str | None,
+            opts: EvalOptions, label: str) -> tuple[np.ndarray, dict[str, Any]]:
+    cache = None
+    if opts.use_cache:
+        root = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
+        cache = EmbeddingCache(root, {"model": encoder.fingerprint(), "role": role,
+                                      "instruction": instruction})
+    return encode_items(encoder, items, role=role, instruction=instruction, cache=cache,
+                        batch_size=opts.batch_size, workers=opts.workers, progress=opts.progress,
+                        description=label)
+
+
+def _mean_vectors(vecs: np.ndarray, rows: list[list[int]]) -> np.ndarray:
+    if all(len(r) == 1 for r in rows):
+        return vecs[[r[0] for r in rows]]
+    out = np.stack([vecs[r].mean(0) for r in rows])
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+
+def search_task(task: Task, qv: np.ndarray, cv: np.ndarray, k: int, opts: EvalOptions) -> Run:
+    """Exact top-k per query within its gallery, reference/exclusions removed per the protocol."""
+    from cirbench.types import query_exclusions
+
+    pos = task.corpus_positions
+    excl = query_exclusions(task)
+    relevant = [[pos[c] for c in q.relevant_ids] for q in task.queries]
+    nq = len(task.queries)
+    indices = np.full((nq, k), -1, dtype=np.int64)
+    scores = np.full((nq, k), -np.inf, dtype=np.float32)
+    first = np.zeros(nq, dtype=np.int64)
+    groups: dict[str | None, list[int]] = {}
+    for i, q in enumerate(task.queries):
+        groups.setdefault(q.gallery, []).append(i)
+    for gallery, qidx in groups.items():
+        if gallery is None:
+            gpos = np.arange(len(task.corpus))
+        else:
+            assert task.galleries is not None
+            gpos = np.asarray(sorted(pos[c] for c in task.galleries[gallery]), dtype=np.int64)
+        local = {int(p): j for j, p in enumerate(gpos)}
+        res = exact_search(qv[qidx], cv[gpos], k,
+                           exclude=[[local[p] for p in excl[i] if p in local] for i in qidx],
+                           relevant=[[local[p] for p in relevant[i] if p in local] for i in qidx],
+                           dtype=opts.search_dtype, device=opts.device if opts.device != "auto" else "cpu",
+                           backend=opts.search_backend, progress=opts.progress)
+        kk = res.indices.shape[1]
+        mapped = np.where(res.indices >= 0, gpos[np.maximum(res.indices, 0)], -1)
+        indices[qidx, :kk] = mapped
+        scores[qidx, :kk] = res.scores
+        if res.first_relevant_rank is not None:
+            first[qidx] = res.first_relevant_rank
+    run = Run(query_ids=[q.id for q in task.queries], corpus_ids=[it.id for it in task.corpus],
+              indices=indices, scores=scores, first_relevant_rank=first if task.has_labels else None)
+    with_subset = [i for i, q in enumerate(task.queries) if q.candidate_ids is not None]
+    if with_subset:
+        ks = [parse_metric(m).k or 0 for m in task.protocol.metrics
+              if parse_metric(m).kind == "recall_subset"]
+        ks = max([3, *ks])
+        sub = subset_search(qv, cv, [[pos[c] for c in (q.candidate_ids or ())] for q in task.queries], ks,
+                            exclude=excl)
+        run.subset_indices, run.subset_scores = sub.indices, sub.scores
+    return run
+
+
+def _hardware(device: str) -> dict[str, Any]:
+    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                            "device": device}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["gpu_count"] = torch.cuda.device_count()
+    except ImportError:
+        pass
+    return info
+
+
+def safe_name(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_") or "model"
+
+
+def evaluate(model: str | Encoder, task: str | Task, *, split: str | None = None,
+             data_dir: str | os.PathLike[str] | None = None, protocol: str | None = None,
+             output: str | os.PathLike[str] | None = None, limit: int | None = None,
+             options: EvalOptions | None = None, model_options: Mapping[str, Any] | None = None,
+             task_options: Mapping[str, Any] | None = None) -> cirbench.Result:
+    """Score `model` on `task` and write result.json + run.parquet (+ a submission file) under `output`.
+
+    `model` is an Encoder or a registry name; `task` a Task or a registry name / native dataset path.
+    """
+    from cirbench.result import Result
+
+    opts = options or EvalOptions()
+    started = _dt.datetime.now(_dt.timezone.utc)
+    t0 = time.perf_counter()
+    if isinstance(task, str):
+        task = get_task(task, split, data_dir=data_dir, protocol=protocol, limit=limit, **(task_options or {}))
+    else:
+        task.validate()
+        task = task.limit(limit)
+    mopts = dict(model_options or {})
+    if opts.dtype:
+        mopts.setdefault("dtype", opts.dtype)
+    if opts.device != "cpu":
+        mopts.setdefault("device", opts.device)
+    encoder = get_model(model, **mopts) if isinstance(model, str) else model
+    check_modalities(encoder.spec, {"query": task.metadata.query_modality,
+                                    "corpus": task.metadata.corpus_modality})
+    k = opts.top_k or task.protocol.top_k
+    for m in task.protocol.metrics:
+        mk = parse_metric(m).k
+        if mk is not None and parse_metric(m).kind != "recall_subset" and mk > k:
+            raise ValueError(f"metric {m} needs a run of depth {mk}, but --top-k is {k}")
+
+    q_inst = resolve_instruction(encoder, task, "query")
+    d_inst = resolve_instruction(encoder, task, "document")
+    cv, c_stats = _encode(encoder, task.corpus, "document", d_inst, opts, "encoding gallery")
+    items, rows = query_items(task)
+    qv_all, q_stats = _encode(encoder, items, "query", q_inst, opts, "encoding queries")
+    qv = _mean_vectors(qv_all, rows)
+    run = search_task(task, qv, cv, k, opts)
+
+    out = Path(output) if output is not None else (
+        Path("results") / safe_name(task.name) / task.split / safe_name(encoder.spec.name))
+    out.mkdir(parents=True, exist_ok=True)
+    run.write(out / "run.parquet", task)
+    files: dict[str, Any] = {"run": "run.parquet"}
+    table = run.to_table(task)
+    if task.has_labels:
+        values = per_query_values(table, task.protocol.to_dict())
+        scores = grouped_scores(values, breakdowns(table), n_resamples=opts.n_bootstrap,
+                                confidence=opts.confidence, seed=opts.seed)
+    else:
+        scores = {"overall": {}}
+    if not task.has_labels:
+        spec = None
+        try:
+            spec = get_task_spec(task.name)
+        except KeyError:
+            pass
+        if spec is not None and spec.submission is not None:
+            files["submission"] = [str(p.relative_to(out)) for p in spec.submission(task, run, out)]
+
+    spec_d = encoder.spec.to_dict()
+    result = Result(
+        task={"name": task.name, "split": task.split, "revision": task.revision,
+              "num_queries": len(task.queries), "num_corpus": len(task.corpus),
+              "limit": task.extra.get("limit"), "has_labels": task.has_labels,
+              "dataset_dir": task.extra.get("dataset_dir"), "version": task.extra.get("version")},
+        model={**spec_d, "fingerprint": encoder.fingerprint(), "options": {k_: str(v) for k_, v in mopts.items()}},
+        protocol={**task.protocol.to_dict(), "instructions": {"query": q_inst, "document": d_inst},
+                  "search": {"top_k": k, "dtype": opts.search_dtype, "backend": opts.search_backend,
+                             "tie_break": "score desc, then corpus position asc"},
+                  "query_vector": "mean of main + alternative phrasings" if any(len(r) > 1 for r in rows)
+                  else "single item"},
+        main_metric=task.protocol.main_metric,
+        scores=scores,
+        bootstrap={"n_resamples": opts.n_bootstrap, "confidence": opts.confidence, "seed": opts.seed,
+                   "method": "percentile bootstrap over queries"},
+        encoding={"document": c_stats, "query": q_stats},
+        provenance={"started_at": started.isoformat(timespec="seconds"),
+                    "wall_time_s": round(time.perf_counter() - t0, 3), **_hardware(opts.device)},
+        files=files,
+        cirbench_version=cirbench.__version__,
+    )
+    result.write(out / "result.json")
+    return result

@@ -1,0 +1,91 @@
+"""The Encoder interface and the metadata every model carries.
+
+An Encoder turns a batch of Items into L2-normalised vectors. It never sees files, tasks or metrics: the
+encode loop hands it decoded images (or whatever its `preprocess` returned, computed in worker threads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from cirbench.types import Item, Role
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Registry metadata: what a model is, where its weights come from, and what it can embed."""
+
+    name: str
+    """Short alias used on the command line (e.g. "clip-b32")."""
+    id: str
+    """Hub id or local path of the weights; recorded in results."""
+    revision: str | None = None
+    dim: int | None = None
+    modalities: tuple[str, ...] = ("image", "text", "image+text")
+    """Input modalities the model can embed (any of "image", "text", "image+text")."""
+    license: str = "unknown"
+    parameters: int | None = None
+    dtype: str = "float32"
+    description: str = ""
+    default_instructions: Mapping[str, str] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["modalities"] = list(self.modalities)
+        d["default_instructions"] = dict(self.default_instructions)
+        d["extra"] = dict(self.extra)
+        return d
+
+
+@dataclass
+class Batch:
+    """What an Encoder receives: the Items and, for those with an image, the decoded (or preprocessed) image."""
+
+    items: Sequence[Item]
+    images: Sequence[Any | None]
+
+    @property
+    def texts(self) -> list[str | None]:
+        return [it.text for it in self.items]
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Anything that embeds Items. Implementations live in cirbench/models/ or in user plugins."""
+
+    spec: ModelSpec
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that changes a vector (id, revision, dtype, preprocessing, options): the cache key."""
+        ...
+
+    def encode(self, batch: Batch, *, role: Role, instruction: str | None = None) -> np.ndarray:
+        """(len(batch.items), dim) float32, L2-normalised rows."""
+        ...
+
+
+PreprocessFn = Callable[[Any], Any]
+"""Optional `Encoder.preprocess(pil_image)`: runs in the decode workers, so the model only does math."""
+
+
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+def check_modalities(spec: ModelSpec, needed: Mapping[str, str]) -> None:
+    """Refuse a model that cannot embed a side of the task, before any encoding starts.
+
+    `needed` maps side ("query", "corpus") to the modality that side needs.
+    """
+    for side, modality in needed.items():
+        if modality not in spec.modalities:
+            raise ValueError(
+                f"model {spec.name!r} cannot embed the {side} side of this task: it needs {modality!r} "
+                f"input, and the model supports only {list(spec.modalities)}")

@@ -1,0 +1,96 @@
+"""From a run table to scores: per-query metric values, then means per group with bootstrap intervals.
+
+Both `cirbench eval` and `cirbench compare` go through `per_query_values(run_table, protocol)`, so every
+number in a result can be recomputed from its `run.parquet` alone.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from cirbench.metrics import aggregate, parse_metric, per_query_metrics
+from cirbench.result import Score
+from cirbench.stats import bootstrap_ci
+
+
+def _id_matrix(lists: Sequence[Sequence[str]], ids: dict[str, int], depth: int) -> np.ndarray:
+    out = np.full((len(lists), max(depth, 1)), -1, dtype=np.int64)
+    for q, row in enumerate(lists):
+        for j, cid in enumerate(row[:depth]):
+            out[q, j] = ids.setdefault(cid, len(ids))
+    return out
+
+
+def per_query_values(table: pa.Table, protocol: Mapping[str, Any],
+                     metrics: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Per-query values of the protocol's metrics, computed from a run table (see cirbench.run)."""
+    names = list(metrics or protocol["metrics"])
+    ranked_l = table.column("ranked_ids").to_pylist()
+    relevant_l = table.column("relevant_ids").to_pylist()
+    depth = max((len(r) for r in ranked_l), default=0)
+    ids: dict[str, int] = {}
+    ranked = _id_matrix(ranked_l, ids, depth)
+    relevant = [np.array([ids.setdefault(c, len(ids)) for c in rel], dtype=np.int64) for rel in relevant_l]
+    subset = None
+    if "subset_ranked_ids" in table.column_names:
+        sub_l = table.column("subset_ranked_ids").to_pylist()
+        subset = _id_matrix(sub_l, ids, max((len(r) for r in sub_l), default=1))
+    first = (np.asarray(table.column("first_relevant_rank").to_pylist(), dtype=np.int64)
+             if "first_relevant_rank" in table.column_names else None)
+    norm = protocol.get("ap_normaliser", "min(K,|G|)")
+    values = per_query_metrics(names, ranked, relevant, subset_ranked=subset, first_rank=first,
+                               ap_normaliser=norm)
+    if protocol.get("notes", {}).get("recall_on") == "target_id" and "target_id" in table.column_names:
+        # CIRCO: Recall@K counts the annotated target image only, mAP uses all ground truths.
+        targets = [np.array([ids.setdefault(t, len(ids))] if t else [], dtype=np.int64)
+                   for t in table.column("target_id").to_pylist()]
+        recall_names = [n for n in names if parse_metric(n).kind == "recall"]
+        if recall_names:
+            values.update(per_query_metrics(recall_names, ranked, targets, ap_normaliser=norm))
+    return values
+
+
+def breakdowns(table: pa.Table) -> dict[str, list[list[str]]]:
+    """Per query, the groups it belongs to for each breakdown kind (a query may be in several aspects)."""
+    out: dict[str, list[list[str]]] = {}
+    for kind, col in (("category", "category"), ("subcategory", "subcategory"), ("aspect", "aspects")):
+        if col in table.column_names:
+            vals = table.column(col).to_pylist()
+            groups = [[v] if isinstance(v, str) else list(v or []) for v in vals]
+            if any(groups):
+                out[kind] = groups
+    return out
+
+
+def score(values: np.ndarray, metric: str, *, n_resamples: int, confidence: float, seed: int) -> Score:
+    spec = parse_metric(metric)
+    finite = values[~np.isnan(values)]
+    if finite.size == 0:
+        return Score(value=float("nan"), n=0)
+    value = aggregate(metric, finite)
+    if n_resamples > 0 and finite.size > 1:
+        lo, hi = bootstrap_ci(finite, statistic=spec.aggregate, n_resamples=n_resamples,
+                              confidence=confidence, seed=seed)
+    else:
+        lo, hi = value, value
+    return Score(value=float(value), ci_low=float(lo), ci_high=float(hi), n=int(finite.size))
+
+
+def grouped_scores(values: Mapping[str, np.ndarray], groups: Mapping[str, list[list[str]]], *,
+                   n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """{"overall": {metric: Score}, kind: {group: {metric: Score}}} with groups in a stable order."""
+    kw = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
+    out: dict[str, Any] = {"overall": {m: score(v, m, **kw) for m, v in values.items()}}
+    for kind, per_query in groups.items():
+        members: dict[str, list[int]] = defaultdict(list)
+        for q, gs in enumerate(per_query):
+            for g in gs:
+                members[g].append(q)
+        out[kind] = {g: {m: score(v[np.asarray(idx)], m, **kw) for m, v in values.items()}
+                     for g, idx in sorted(members.items())}
+    return out

@@ -1,0 +1,98 @@
+"""The task registry: benchmark metadata as data, one small loader module per benchmark family.
+
+A loader is `load(data_dir: Path | None, split: str, protocol: str, **options) -> Task`. Each benchmark
+module calls `register_task(TaskSpec(...))` at import; `cirbench/tasks/__init__.py` imports them all.
+A path to a native dataset directory is also a task name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cirbench.types import Task, TaskMetadata
+
+Loader = Callable[..., Task]
+SubmissionWriter = Callable[[Task, Any, Path], list[Path]]
+"""(task, run, out_dir) -> files written: the file a benchmark's test server accepts."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    metadata: TaskMetadata
+    load: Loader
+    splits: tuple[str, ...] = ("test",)
+    default_split: str = "test"
+    protocols: tuple[str, ...] = ("official",)
+    """Named protocol variants; the first is the default (the benchmark's official protocol)."""
+    layout: str = ""
+    """The expected on-disk layout, shown when files are missing."""
+    metrics: tuple[str, ...] = ()
+    size: str = ""
+    """Human-readable size (queries / gallery per split) for `cirbench tasks`."""
+    submission: SubmissionWriter | None = None
+    options: dict[str, str] = field(default_factory=dict)
+    """Task-specific options (name -> help) accepted as `--option name=value`."""
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+_TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(spec: TaskSpec) -> TaskSpec:
+    if spec.name in _TASKS and _TASKS[spec.name] is not spec:
+        raise ValueError(f"task {spec.name!r} is already registered")
+    _TASKS[spec.name] = spec
+    return spec
+
+
+def list_tasks() -> list[TaskSpec]:
+    _import_builtin()
+    return [_TASKS[k] for k in sorted(_TASKS)]
+
+
+def get_task_spec(name: str) -> TaskSpec:
+    _import_builtin()
+    if name not in _TASKS:
+        raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(_TASKS)} "
+                       "(or pass the path of a native dataset directory)")
+    return _TASKS[name]
+
+
+def data_root(data_dir: str | os.PathLike[str] | None, task_name: str) -> Path | None:
+    """--data-dir wins; else $CIRBENCH_DATA/<task family>, when set."""
+    if data_dir is not None:
+        return Path(data_dir)
+    env = os.environ.get("CIRBENCH_DATA")
+    return Path(env) / task_name if env else None
+
+
+def get_task(name: str, split: str | None = None, *, data_dir: str | os.PathLike[str] | None = None,
+             protocol: str | None = None, limit: int | None = None, **options: Any) -> Task:
+    """Load a registered task (or a native dataset directory) with its protocol, ready to evaluate."""
+    from cirbench.dataset import MANIFEST, load_native
+
+    path = Path(name)
+    if (path / MANIFEST).is_file():
+        task = load_native(path, split or "test")
+    else:
+        spec = get_task_spec(name)
+        split = split or spec.default_split
+        if split not in spec.splits:
+            raise ValueError(f"task {name!r} has no split {split!r}; splits: {list(spec.splits)}")
+        protocol = protocol or spec.protocols[0]
+        if protocol not in spec.protocols:
+            raise ValueError(f"task {name!r} has no protocol {protocol!r}; protocols: {list(spec.protocols)}")
+        task = spec.load(data_root(data_dir, name), split, protocol, **options)
+    task.validate()
+    return task.limit(limit)
+
+
+def _import_builtin() -> None:
+    import cirbench.tasks  # noqa: F401  (registers the built-in tasks)
