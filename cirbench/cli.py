@@ -11,7 +11,12 @@ from rich.console import Console
 
 app = typer.Typer(help="Build and evaluate Composed Image Retrieval benchmarks.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
-console = Console()
+
+
+def _console() -> Console:
+    """A fresh Console per command, so the width follows $COLUMNS at call time (and in tests)."""
+    return Console()
+
 
 DEFAULT_MODEL = "cirbench-fusion"
 DEFAULT_TASK = "synthetic-mini"
@@ -40,7 +45,7 @@ def _parse_value(v: str) -> Any:
 
 
 def _fail(e: BaseException) -> None:
-    console.print(f"[bold red]error:[/bold red] {e}")
+    _console().print(f"[bold red]error:[/bold red] {e}")
     raise typer.Exit(code=2)
 
 
@@ -86,11 +91,11 @@ def eval_cmd(
         _fail(e)
         return
     if result.overall:
-        console.print(result_table(result))
+        _console().print(result_table(result))
     assert result.path is not None
-    console.print(f"wrote {result.path} and {result.path.parent / result.files['run']}")
+    _console().print(f"wrote {result.path} and {result.path.parent / result.files['run']}")
     for sub in result.files.get("submission", []):
-        console.print(f"submission file: {result.path.parent / sub}")
+        _console().print(f"submission file: {result.path.parent / sub}")
 
 
 @app.command("tasks")
@@ -107,7 +112,7 @@ def tasks_cmd() -> None:
         md = spec.metadata
         table.add_row(md.name, ", ".join(spec.splits), ", ".join(spec.protocols), spec.size,
                       f"{md.query_modality} → {md.corpus_modality}", ", ".join(spec.metrics), md.license)
-    console.print(table)
+    _console().print(table)
 
 
 @app.command("models")
@@ -124,8 +129,8 @@ def models_cmd() -> None:
         params = f"{s.parameters / 1e6:.0f}M" if s.parameters else "–"
         table.add_row(s.name, s.id, str(s.revision or "–"), str(s.dim or "–"), params, ", ".join(s.modalities),
                       s.dtype, s.license)
-    console.print(table)
-    console.print("families: " + ", ".join(f"{f}:<id or path>" for f in sorted(_FAMILIES))
+    _console().print(table)
+    _console().print("families: " + ", ".join(f"{f}:<id or path>" for f in sorted(_FAMILIES))
                   + ", package.module:factory, entry points in group 'cirbench.models'")
 
 
@@ -151,7 +156,7 @@ def compare_cmd(
         _fail(e)
         return
     for p in info["problems"]:
-        console.print(f"[yellow]warning (forced):[/yellow] {p}")
+        _console().print(f"[yellow]warning (forced):[/yellow] {p}")
     table = Table(title=f"{rb.model.get('name')} − {ra.model.get('name')} on {ra.task['name']}/"
                         f"{ra.task['split']} ({info['n_common']} paired queries, {method})")
     for col in ("metric", "A", "B", "B − A", "95% CI", "p", ""):
@@ -160,7 +165,7 @@ def compare_cmd(
         sig = "[green]significant[/green]" if t.p_value < 0.05 else "[dim]tie[/dim]"
         table.add_row(t.metric, f"{100 * t.mean_a:.2f}", f"{100 * t.mean_b:.2f}", f"{100 * t.diff:+.2f}",
                       f"[{100 * t.ci_low:+.2f}, {100 * t.ci_high:+.2f}]", f"{t.p_value:.4f}", sig)
-    console.print(table)
+    _console().print(table)
 
 
 @app.command("build")
@@ -188,7 +193,7 @@ def build_cmd(
     else:
         _fail(ValueError(f"{pipeline}: unknown pipeline {kind!r} (field 'pipeline')"))
         return
-    console.print(f"wrote dataset {path}")
+    _console().print(f"wrote dataset {path}")
 
 
 @app.command("train")
@@ -206,7 +211,7 @@ def train_cmd(
     if epochs is not None:
         kwargs["epochs"] = epochs
     stats = train_fusion_head(dataset, out, **kwargs)
-    console.print(f"wrote {out}: {stats}")
+    _console().print(f"wrote {out}: {stats}")
 
 
 @app.command("demo")
@@ -218,7 +223,7 @@ def demo_cmd(
     """Build synthetic-mini, score the default model and the baselines, print and plot per category."""
     from cirbench.demo import run_demo
 
-    run_demo(out, limit=limit, progress=not quiet, console=console)
+    run_demo(out, limit=limit, progress=not quiet, console=_console())
 
 
 @app.command("validate-submission")
@@ -233,9 +238,9 @@ def validate_submission_cmd(
     problems = validate_submission(file, task, data_dir=data_dir)
     if problems:
         for p in problems:
-            console.print(f"[red]✗[/red] {p}")
+            _console().print(f"[red]✗[/red] {p}")
         raise typer.Exit(code=1)
-    console.print(f"[green]✓[/green] {file} is a valid {task} submission")
+    _console().print(f"[green]✓[/green] {file} is a valid {task} submission")
 
 
 def main() -> None:  # pragma: no cover

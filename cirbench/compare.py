@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from cirbench.metrics import parse_metric
 from cirbench.result import Result
 from cirbench.run import read_run_table
 from cirbench.scoring import per_query_values
@@ -44,7 +45,9 @@ def compare_results(a: Result, b: Result, *, force: bool = False, method: str = 
     if any(p is None for p in paths):
         raise ValueError("both results need their run.parquet (files.run) to compare per query")
     ta, tb = (read_run_table(p) for p in paths if p is not None)
-    metric_names = metrics or [m for m in a.protocol["metrics"] if m in b.protocol["metrics"]]
+    # MedR is a median of ranks (inf where nothing was found): a paired mean test does not apply to it.
+    metric_names = metrics or [m for m in a.protocol["metrics"] if m in b.protocol["metrics"]
+                               and parse_metric(m).kind != "medr"]
     va = per_query_values(ta, a.protocol, metric_names)
     vb = per_query_values(tb, b.protocol, metric_names)
     qa, qb = ta.column("query_id").to_pylist(), tb.column("query_id").to_pylist()
