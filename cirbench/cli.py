@@ -90,6 +90,10 @@ def eval_cmd(
     except (ValueError, KeyError, FileNotFoundError) as e:
         _fail(e)
         return
+    from cirbench.distributed import world
+
+    if world()[0] != 0:  # under torchrun, rank 0 reports
+        return
     if result.overall:
         _console().print(result_table(result))
     assert result.path is not None

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from cirbench.cache import EmbeddingCache
+from cirbench.distributed import barrier, world
 from cirbench.models.base import Batch, Encoder, l2_normalise
 from cirbench.progress import progress_bar
 from cirbench.types import Item, Role
@@ -78,8 +79,15 @@ def encode_items(encoder: Encoder, items: Sequence[Item], *, role: Role, instruc
             for k, v in zip((k for k, f in zip(ukeys, found) if f), vecs):
                 vectors[k] = v
     todo = [items[unique[k]] for k in ukeys if k not in vectors]
-    todo.sort(key=lambda it: len(it.text or ""))
+    todo.sort(key=lambda it: (len(it.text or ""), it.content_key()))
     n_cached = len(ukeys) - len(todo)
+    rank, size = world()
+    if size > 1:
+        if cache is None:
+            raise ValueError("distributed encoding merges shards through the embedding cache: "
+                             "do not combine it with --no-cache")
+        barrier()  # every rank has read the cache before any rank writes to it: all see the same todo list
+        todo = todo[rank::size]  # every rank sorted the same list, so the shards are disjoint and complete
     dim: int | None = next(iter(vectors.values())).shape[0] if vectors else None
     pending_keys: list[str] = []
     pending_vecs: list[np.ndarray] = []
@@ -117,6 +125,14 @@ def encode_items(encoder: Encoder, items: Sequence[Item], *, role: Role, instruc
                 bar.advance(task_id, len(batch.items))
         finally:
             flush()  # keep finished work even when interrupted
+    if size > 1 and cache is not None:
+        barrier()  # every shard is in the cache now: read the whole set back
+        merged = EmbeddingCache(cache.dir.parent.parent, cache.namespace)
+        found, vecs = merged.get(ukeys)
+        if not found.all() or vecs is None:
+            raise RuntimeError(f"rank {rank}: {int((~found).sum())} vectors missing after the shard merge")
+        vectors = dict(zip(ukeys, vecs))
+        dim = vecs.shape[1]
     if dim is None:
         raise ValueError("nothing to encode: no items")
     result = np.stack([vectors[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)

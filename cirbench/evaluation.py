@@ -16,6 +16,7 @@ import numpy as np
 
 import cirbench
 from cirbench.cache import EmbeddingCache, default_cache_dir
+from cirbench.distributed import init_from_env, world
 from cirbench.encode import encode_items
 from cirbench.metrics import parse_metric
 from cirbench.models.base import Encoder, check_modalities
@@ -164,6 +165,10 @@ def evaluate(model: str | Encoder, task: str | Task, *, split: str | None = None
     from cirbench.result import Result
 
     opts = options or EvalOptions()
+    device = init_from_env(opts.device)
+    if device != opts.device:
+        opts = replace(opts, device=device)
+    rank = world()[0]
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
     if isinstance(task, str):
@@ -195,9 +200,6 @@ def evaluate(model: str | Encoder, task: str | Task, *, split: str | None = None
 
     out = Path(output) if output is not None else (
         Path("results") / safe_name(task.name) / task.split / safe_name(encoder.spec.name))
-    out.mkdir(parents=True, exist_ok=True)
-    run.write(out / "run.parquet", task)
-    files: dict[str, Any] = {"run": "run.parquet"}
     table = run.to_table(task)
     if task.has_labels:
         values = per_query_values(table, task.protocol.to_dict())
@@ -205,14 +207,13 @@ def evaluate(model: str | Encoder, task: str | Task, *, split: str | None = None
                                 confidence=opts.confidence, seed=opts.seed)
     else:
         scores = {"overall": {}}
-    if not task.has_labels:
-        spec = None
-        try:
-            spec = get_task_spec(task.name)
-        except KeyError:
-            pass
-        if spec is not None and spec.submission is not None:
-            files["submission"] = [str(p.relative_to(out)) for p in spec.submission(task, run, out)]
+    files: dict[str, Any] = {"run": "run.parquet"}
+    if rank == 0:  # under torchrun, only rank 0 writes
+        out.mkdir(parents=True, exist_ok=True)
+        run.write(out / "run.parquet", task)
+        writer = _submission_writer(task)
+        if writer is not None:
+            files["submission"] = [str(p.relative_to(out)) for p in writer(task, run, out)]
 
     spec_d = encoder.spec.to_dict()
     result = Result(
@@ -236,5 +237,16 @@ def evaluate(model: str | Encoder, task: str | Task, *, split: str | None = None
         files=files,
         cirbench_version=cirbench.__version__,
     )
-    result.write(out / "result.json")
+    if rank == 0:
+        result.write(out / "result.json")  # last: a result.json on disk means the run beside it is whole
     return result
+
+
+def _submission_writer(task: Task) -> Any:
+    """The test server's file writer, for a registered task's unlabelled split."""
+    if task.has_labels:
+        return None
+    try:
+        return get_task_spec(task.name).submission
+    except KeyError:
+        return None

@@ -1,0 +1,49 @@
+"""Data-parallel encoding across processes and GPUs (`torchrun` / `accelerate launch`).
+
+Each rank encodes its shard of the items that are not cached yet and writes it to the embedding cache; after
+a barrier every rank reads the whole set back from the cache. The cache is the merge point, so a run under
+torchrun gives exactly the vectors of a single-process run, and an interrupted multi-GPU encode resumes like
+a single-process one. Only rank 0 writes result files.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size): from torch.distributed when initialised, else from the launcher's env vars."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except ImportError:  # pragma: no cover
+        pass
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def init_from_env(device: str) -> str:
+    """Join the process group a launcher set up (if any); returns this rank's device."""
+    size = int(os.environ.get("WORLD_SIZE", 1))
+    if size <= 1:
+        return device
+    import torch
+    import torch.distributed as dist
+
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return device
+
+
+def barrier() -> None:
+    if world()[1] > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
