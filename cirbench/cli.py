@@ -72,6 +72,10 @@ def eval_cmd(
     trust_remote_code: Annotated[bool, typer.Option(help="allow a model's own remote code to run")] = False,
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95% CIs")] = 1000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+    rerank: Annotated[str | None, typer.Option(help="reranker: soft (SoFT soft filtering)")] = None,
+    constraints: Annotated[Path | None, typer.Option(help="SoFT constraints file (JSON/JSONL by query id)")] = None,
+    rerank_lambda: Annotated[float, typer.Option(help="SoFT λ in [0, 1]")] = 0.5,
+    rerank_mode: Annotated[str, typer.Option(help="SoFT mode: soft, reward, penalty, penalty-as-coded")] = "soft",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Score a model on a task: prints the table and writes result.json, run.parquet (+ submission)."""
@@ -83,7 +87,9 @@ def eval_cmd(
         mopts["trust_remote_code"] = True
     opts = EvalOptions(batch_size=batch_size, device=device, dtype=dtype, top_k=top_k, use_cache=not no_cache,
                        cache_dir=cache_dir, workers=workers, search_dtype=search_dtype,
-                       search_backend=search_backend, n_bootstrap=bootstrap, seed=seed, progress=not quiet)
+                       search_backend=search_backend, n_bootstrap=bootstrap, seed=seed, progress=not quiet,
+                       rerank=rerank, constraints=constraints, rerank_lambda=rerank_lambda,
+                       rerank_mode=rerank_mode)
     try:
         result = evaluate(model, task, split=split, data_dir=data_dir, protocol=protocol, output=output,
                           limit=limit, options=opts, model_options=mopts, task_options=_kv(task_option, "--task-option"))
@@ -228,6 +234,24 @@ def demo_cmd(
     from cirbench.demo import run_demo
 
     run_demo(out, limit=limit, progress=not quiet, console=_console())
+
+
+@app.command("leaderboard")
+def leaderboard_cmd(
+    results: Annotated[list[Path], typer.Argument(help="result.json files or directories (searched recursively)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("leaderboards"),
+    reported: Annotated[Path | None, typer.Option(help="citation file of published numbers (CSV)")] = None,
+    resamples: Annotated[int, typer.Option(help="paired-bootstrap resamples for ties")] = 10000,
+) -> None:
+    """Publish tables (Markdown, CSV, parquet) and an HTML page with plots from result files."""
+    from cirbench.leaderboard import build_leaderboard
+
+    try:
+        files = build_leaderboard(results, out, reported=reported, n_resamples=resamples)
+    except (ValueError, FileNotFoundError) as e:
+        _fail(e)
+        return
+    _console().print(f"wrote {len(files)} files under {out}/ (open {out / 'index.html'})")
 
 
 @app.command("validate-submission")

@@ -45,6 +45,11 @@ class EvalOptions:
     confidence: float = 0.95
     seed: int = 0
     progress: bool = True
+    rerank: str | None = None
+    """None, or "soft" (SoFT soft filtering with constraints from `constraints`)."""
+    constraints: str | os.PathLike[str] | None = None
+    rerank_lambda: float = 0.5
+    rerank_mode: str = "soft"
 
 
 def resolve_instruction(encoder: Encoder, task: Task, role: Role) -> str | None:
@@ -197,6 +202,7 @@ def evaluate(model: str | Encoder, task: str | Task, *, split: str | None = None
     qv_all, q_stats = _encode(encoder, items, "query", q_inst, opts, "encoding queries")
     qv = _mean_vectors(qv_all, rows)
     run = search_task(task, qv, cv, k, opts)
+    rerank_protocol = _rerank(run, task, encoder, cv, opts) if opts.rerank else None
 
     out = Path(output) if output is not None else (
         Path("results") / safe_name(task.name) / task.split / safe_name(encoder.spec.name))
@@ -226,7 +232,7 @@ def evaluate(model: str | Encoder, task: str | Task, *, split: str | None = None
                   "search": {"top_k": k, "dtype": opts.search_dtype, "backend": opts.search_backend,
                              "tie_break": "score desc, then corpus position asc"},
                   "query_vector": "mean of main + alternative phrasings" if any(len(r) > 1 for r in rows)
-                  else "single item"},
+                  else "single item", **({"rerank": rerank_protocol} if rerank_protocol else {})},
         main_metric=task.protocol.main_metric,
         scores=scores,
         bootstrap={"n_resamples": opts.n_bootstrap, "confidence": opts.confidence, "seed": opts.seed,
@@ -240,6 +246,25 @@ def evaluate(model: str | Encoder, task: str | Task, *, split: str | None = None
     if rank == 0:
         result.write(out / "result.json")  # last: a result.json on disk means the run beside it is whole
     return result
+
+
+def _rerank(run: Run, task: Task, encoder: Encoder, cv: np.ndarray, opts: EvalOptions) -> dict[str, Any]:
+    """Re-rank the run in place (SoFT soft filtering); returns what the protocol records about it."""
+    from cirbench.rerank.soft import constraint_scores, load_constraints, rerank_run, soft_protocol
+
+    if opts.rerank != "soft":
+        raise ValueError(f"unknown reranker {opts.rerank!r}; available: soft")
+    if opts.constraints is None:
+        raise ValueError("--rerank soft needs --constraints FILE (per-query SoFT constraints)")
+    constraints = load_constraints(opts.constraints)
+    reward, penalty = constraint_scores(encoder, constraints, run.query_ids, cv, run.indices,
+                                        progress=opts.progress)
+    pos = task.corpus_positions
+    new = rerank_run(run, reward, penalty, lam=opts.rerank_lambda, mode=opts.rerank_mode,
+                     relevant=[[pos[c] for c in q.relevant_ids] for q in task.queries])
+    run.indices, run.scores, run.first_relevant_rank = new.indices, new.scores, new.first_relevant_rank
+    return soft_protocol(lam=opts.rerank_lambda, mode=opts.rerank_mode, depth=run.indices.shape[1],
+                         constraints=opts.constraints)
 
 
 def _submission_writer(task: Task) -> Any:

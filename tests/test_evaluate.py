@@ -119,3 +119,24 @@ def test_user_plugin_model(tiny_dataset: Path, tmp_path: Path, monkeypatch: pyte
     assert result.model["name"] == "mine" and result.model["fingerprint"]["seed"] == 3
     with pytest.raises(KeyError, match="no attribute 'nope'"):
         cirbench.get_model("my_plugin:nope")
+
+
+def test_soft_rerank_in_the_flow(tiny_dataset: Path, tmp_path: Path) -> None:
+    """SoFT soft filtering (λ=1): q1's must-have caption matches b, which moves above c."""
+    vectors = tmp_path / "v.parquet"
+    write_vectors(vectors)
+    table = pq.read_table(vectors)
+    # the one caption is encoded as item "soft-caption-0" (role query); it points at b's axis
+    extra = pa.table({"id": ["soft-caption-0"], "role": ["query"], "vector": [[0.0, 1.0, 0.0, 0.0, 0.0]]})
+    pq.write_table(pa.concat_tables([table, extra.cast(table.schema)]), vectors)
+    constraints = tmp_path / "constraints.json"
+    constraints.write_text(json.dumps({"q1": {"prescriptive": "a green square"}, "q2": {}, "q3": {}}))
+    opts = EvalOptions(progress=False, n_bootstrap=0, rerank="soft", constraints=constraints,
+                       rerank_lambda=1.0)
+    result = cirbench.evaluate(f"precomputed:{vectors}", str(tiny_dataset), output=tmp_path / "o",
+                               options=opts)
+    # q1: c = 0.7·(1+0-0)/2 = .35 < b = 0.5·(1+1-0)/2 = .5 -> b first; q2, q3 keep their order
+    assert result.overall["R@1"].value == pytest.approx(1.0)
+    assert result.protocol["rerank"]["lambda"] == 1.0 and result.protocol["rerank"]["mode"] == "soft"
+    ranked = read_run_table(tmp_path / "o" / "run.parquet").column("ranked_ids").to_pylist()
+    assert ranked[0][:2] == ["b", "c"] and ranked[1] == ["d", "e", "c", "a"]

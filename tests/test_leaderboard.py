@@ -1,0 +1,307 @@
+"""`build_leaderboard` on results made by the real eval flow: grouping, ties, reported rows, escaping."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import cirbench
+from cirbench.compare import compare_results
+from cirbench.evaluation import EvalOptions
+from cirbench.leaderboard import build_leaderboard, find_result_files, group_boards, load_reported
+from cirbench.leaderboard.collect import Reported
+from cirbench.models.base import ModelSpec
+from cirbench.models.baselines import RandomEncoder
+from cirbench.result import Result
+from cirbench.types import DatasetError
+
+from .conftest import png
+
+QUIET = EvalOptions(progress=False, n_bootstrap=100)
+N_RESAMPLES = 2000
+XSS = "<script>alert(1)</script>"
+REPO = Path(__file__).resolve().parents[1]
+N_QUERIES, N_IMAGES = 12, 8
+
+
+@dataclass
+class Built:
+    root: Path
+    results: Path
+    out: Path
+    files: list[Path]
+    frame: pd.DataFrame
+
+
+def make_dataset(root: Path) -> Path:
+    """12 queries over 8 images, two categories; query i asks for image (i+1) % 8 from image i % 8."""
+    from cirbench.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
+    from cirbench.types import Protocol
+
+    corpus = [ImageRecord(id=f"c{i}", image=png((30 * i, 255 - 30 * i, 7 * i))) for i in range(N_IMAGES)]
+    queries = [QueryRecord(id=f"q{i}", reference_id=f"c{i % N_IMAGES}", text=f"change {i}",
+                           relevant_ids=[f"c{(i + 1) % N_IMAGES}"], category="Even" if i % 2 == 0 else "Odd",
+                           subcategory=f"S{i % 3}")
+               for i in range(N_QUERIES)]
+    protocol = Protocol(metrics=("R@1", "R@3", "mAP@3", "MRR"), main_metric="R@1", top_k=5)
+    return write_dataset(root / "lb", {"test": SplitData(queries=queries, corpus=corpus)}, name="lb",
+                         protocol=protocol, taxonomy={"S0": "Even", "S1": "Odd", "S2": "Even"})
+
+
+def write_vectors(path: Path, target_offset: int) -> Path:
+    """Query i points at image (i + target_offset) % 8: offset 1 is always right, offset 2 always wrong."""
+    eye = np.eye(N_IMAGES)
+    rows = [(f"q{i}", "query", list(eye[(i + target_offset) % N_IMAGES])) for i in range(N_QUERIES)]
+    rows += [(f"c{i}", "document", list(eye[i])) for i in range(N_IMAGES)]
+    pq.write_table(pa.table({"id": [r[0] for r in rows], "role": [r[1] for r in rows],
+                             "vector": [r[2] for r in rows]}), path)
+    return path
+
+
+def write_reported(path: Path) -> Path:
+    path.write_text(
+        "# a comment line\n"
+        "method,backbone,task,split,metric,value,source,protocol,note\n"
+        "PaperNet,ViT-L/14,lb,test,R@1,99.0,Doe 2025 https://example.org/paper,official,from Table 2\n"
+        "PaperNet,ViT-L/14,lb,test,R@10,88.5,Doe 2025 https://example.org/paper,,\n"
+        "OtherNet,B/32,elsewhere,val,mAP@5,12.5,Roe 2024,official,\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    root = tmp_path_factory.mktemp("leaderboard")
+    data = str(make_dataset(root))
+    res = root / "results"
+    for name, offset in (("perfect", 1), ("perfect-copy", 1), ("wrong", 2)):
+        vec = write_vectors(root / f"{name}.parquet", offset)
+        cirbench.evaluate(f"precomputed:{vec}", data, output=res / name, options=QUIET)
+    hostile = RandomEncoder(ModelSpec(name=XSS, id="test/xss"))
+    cirbench.evaluate(hostile, data, output=res / "xss", options=QUIET)
+    cirbench.evaluate("random", data, output=res / "smoke", options=QUIET, limit=6)
+    out = root / "board"
+    files = build_leaderboard([res], out, reported=write_reported(root / "reported.csv"),
+                              n_resamples=N_RESAMPLES)
+    return Built(root, res, out, files, pd.read_csv(out / "leaderboard.csv"))
+
+
+def cell(frame: pd.DataFrame, row: str, metric: str = "R@1", breakdown: str = "overall",
+         group: str = "overall", board: str = "lb-test") -> pd.Series:
+    hit = frame[(frame.board == board) & (frame.row == row) & (frame.metric == metric)
+                & (frame.breakdown == breakdown) & (frame.group == group)]
+    assert len(hit) == 1, hit
+    return hit.iloc[0]
+
+
+def test_files_written(built: Built) -> None:
+    names = sorted(p.name for p in built.files)
+    assert names == sorted(["lb-test.md", "lb-test-v2.md", "elsewhere-val.md", "README.md", "leaderboard.csv",
+                            "leaderboard.parquet", "index.html"])
+    assert all(p.is_file() and p.parent == built.out for p in built.files)
+    assert not [p for p in built.out.iterdir() if p.name.startswith(".")]  # no temporary files left
+    parquet = pd.read_parquet(built.out / "leaderboard.parquet")
+    assert len(parquet) == len(built.frame) and list(parquet.columns) == list(built.frame.columns)
+    assert parquet["tie"].dtype == "boolean"
+
+
+def test_best_and_ties(built: Built) -> None:
+    f = built.frame
+    best = cell(f, "precomputed:perfect.parquet")
+    assert best.value == 1.0 and best.best and pd.isna(best.tie)
+    copy = cell(f, "precomputed:perfect-copy.parquet")  # identical per query: p = 1
+    assert copy.value == 1.0 and not copy.best and copy.tie and copy.p_value == 1.0
+    wrong = cell(f, "precomputed:wrong.parquet")  # 0 on all 12 queries
+    assert wrong.value == 0.0 and not wrong.tie and wrong.p_value < 0.05
+    # per group, on the main metric
+    even = cell(f, "precomputed:wrong.parquet", breakdown="category", group="Even")
+    assert even.tie == False and even.p_value < 0.05  # noqa: E712  (pandas bool, not None)
+    assert cell(f, "precomputed:perfect.parquet", breakdown="subcategory", group="S1").best
+    # cells the tables do not show carry no test
+    assert pd.isna(cell(f, "precomputed:wrong.parquet", metric="MRR", breakdown="category", group="Even").tie)
+
+
+def test_overall_ties_are_compare_results(built: Built) -> None:
+    best = Result.read(built.results / "perfect")
+    for name in ("perfect-copy", "wrong", "xss"):
+        other = Result.read(built.results / name)
+        tests, _ = compare_results(best, other, n_resamples=N_RESAMPLES, metrics=["mAP@3"])
+        row = other.model["name"]
+        assert cell(built.frame, row, metric="mAP@3").p_value == pytest.approx(tests[0].p_value)
+
+
+def test_protocol_variants_are_split_and_flagged(built: Built) -> None:
+    smoke = built.frame[built.frame.board == "lb-test-v2"]
+    assert set(smoke.row) == {"random"} and (smoke.variant == 2).all()
+    md = (built.out / "lb-test-v2.md").read_text()
+    assert "task limit differs: None vs 6" in md and "not comparable" in md
+    assert "smoke run" in md
+    # the two boards never share a column: no row of the full runs is in the smoke board and vice versa
+    assert "random" not in set(built.frame[built.frame.board == "lb-test"].row)
+
+
+def test_incompatible_protocols_from_results(built: Built) -> None:
+    a = Result.read(built.results / "perfect")
+    d = a.to_dict()
+    d["protocol"]["ap_normaliser"] = "|G|"
+    b = Result.from_dict(d, a.path)
+    boards = group_boards([a, b])
+    assert len(boards) == 2 and boards[1].variant == 2
+    assert any("protocol ap_normaliser differs" in f for f in boards[1].flags)
+    assert boards[0].slug != boards[1].slug
+
+
+def test_reranked_runs_are_labelled(built: Built) -> None:
+    from cirbench.rerank import soft_protocol
+
+    plain = Result.read(built.results / "perfect")
+    d = plain.to_dict()
+    d["protocol"]["rerank"] = soft_protocol(lam=0.5, mode="reward", depth=5)
+    board = group_boards([plain, Result.from_dict(d, plain.path)])[0]
+    assert board.labels == ["precomputed:perfect.parquet",
+                            "precomputed:perfect.parquet + soft (reward, λ=0.5)"]
+
+
+def test_reported_rows(built: Built) -> None:
+    f = built.frame
+    rep = cell(f, "PaperNet (ViT-L/14)")
+    assert rep.row_kind == "reported" and rep.value == pytest.approx(0.99)
+    assert not rep.best and pd.isna(rep.tie)
+    assert rep.source == "Doe 2025 https://example.org/paper" and rep.note == "from Table 2"
+    assert cell(f, "precomputed:perfect.parquet").best  # a paper's number is never the computed best
+    assert cell(f, "PaperNet (ViT-L/14)", metric="R@10").value == pytest.approx(0.885)
+    other = cell(f, "OtherNet (B/32)", metric="mAP@5", board="elsewhere-val")
+    assert other.value == pytest.approx(0.125)
+    md = (built.out / "lb-test.md").read_text()
+    assert "| PaperNet (ViT-L/14) | *reported* [1] | *99.00* |" in md
+    assert "R@10" in md.splitlines()[md.splitlines().index("## Overall") + 2]  # the reported-only column
+    assert "1. Doe 2025 https://example.org/paper" in md and "from Table 2" in md
+    assert "reported numbers only" in (built.out / "elsewhere-val.md").read_text()
+    assert "[2nd]" in (built.out / "README.md").read_text()  # the inclusion policy is stated
+
+
+def test_markdown_marks(built: Built) -> None:
+    md = (built.out / "lb-test.md").read_text()
+    lines = md.splitlines()
+    perfect = next(line for line in lines if line.startswith("| precomputed:perfect.parquet | computed"))
+    assert "**100.00** [100.00, 100.00]" in perfect
+    copy = next(line for line in lines if line.startswith("| precomputed:perfect-copy.parquet | computed"))
+    assert "100.00 [100.00, 100.00] ≈" in copy
+    assert "## Per category (R@1)" in md and "## Per subcategory (R@1)" in md
+    assert "| model | overall | Even | Odd |" in md
+    # rows are ordered by the main metric, best first; the reported 99.00 sits between
+    order = [line.split(" | ")[0][2:] for line in lines if line.startswith("| ") and " | computed" in line
+             or "*reported*" in line]
+    assert order.index("precomputed:wrong.parquet") > order.index("PaperNet (ViT-L/14)")
+
+
+def test_user_strings_are_escaped(built: Built) -> None:
+    page = (built.out / "index.html").read_text()
+    assert XSS not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert page.count("<script>") == 1  # only the page's own sorting script
+    md = (built.out / "lb-test.md").read_text()
+    assert XSS not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md
+    assert XSS in set(built.frame.row)  # data files keep the name as it is
+
+
+def test_escaping_of_task_names_and_sources(tmp_path: Path, built: Built) -> None:
+    d = Result.read(built.results / "perfect").to_dict()
+    d["task"]["name"] = 'ev"il<img src=x onerror=alert(2)>'
+    d["model"]["name"] = "a|b*c_"
+    r = Result.from_dict(d)
+    r.write(tmp_path / "r" / "result.json")
+    shutil.copy(built.results / "perfect" / "run.parquet", tmp_path / "r" / "run.parquet")
+    rep = tmp_path / "rep.csv"
+    rep.write_text("method,backbone,task,split,metric,value,source\n"
+                   "M,B,x,y,R@1,5,\"<b>bold</b> javascript:alert(3) https://ok.example/a?b=1&c=2\"\n")
+    build_leaderboard([tmp_path / "r"], tmp_path / "out", reported=rep, n_resamples=100)
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "<img" not in page and "<b>bold" not in page and 'href="javascript' not in page
+    assert 'href="https://ok.example/a?b=1&amp;c=2"' in page
+    md = "".join(p.read_text() for p in (tmp_path / "out").glob("*.md"))
+    assert "<img" not in md and "a\\|b\\*c\\_" in md
+
+
+def test_charts_are_valid_svg(built: Built) -> None:
+    page = (built.out / "index.html").read_text()
+    charts = page.split("<svg ")[1:]
+    assert len(charts) == 4  # category and subcategory, on the full board and on the smoke board
+    for chunk in charts:
+        svg = "<svg " + chunk.split("</svg>")[0] + "</svg>"
+        root = ET.fromstring(svg)
+        assert root.tag.endswith("svg") and root.find("{http://www.w3.org/2000/svg}title") is not None
+        assert len(root.findall(".//{http://www.w3.org/2000/svg}rect")) >= 4  # legend + a bar per group
+
+
+def test_missing_run_file_is_untested_and_unlabelled_is_skipped(tmp_path: Path, built: Built) -> None:
+    for name in ("perfect", "wrong"):
+        shutil.copytree(built.results / name, tmp_path / "res" / name)
+    (tmp_path / "res" / "wrong" / "run.parquet").unlink()
+    d = json.loads((built.results / "xss" / "result.json").read_text())
+    d["scores"] = {"overall": {}}
+    (tmp_path / "res" / "unlabelled").mkdir()
+    (tmp_path / "res" / "unlabelled" / "result.json").write_text(json.dumps(d))
+    build_leaderboard([tmp_path / "res"], tmp_path / "out", reported=None, n_resamples=100)
+    f = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    wrong = cell(f, "precomputed:wrong.parquet")
+    assert pd.isna(wrong.tie) and "run.parquet is missing" in wrong.test_note
+    assert "0.00 [0.00, 0.00] ?" in (tmp_path / "out" / "lb-test.md").read_text()
+    readme = (tmp_path / "out" / "README.md").read_text()
+    assert "Skipped result files" in readme and "unlabelled" in readme
+
+
+def test_find_result_files(tmp_path: Path, built: Built) -> None:
+    files = find_result_files([built.results, built.results / "perfect" / "result.json"])
+    assert len(files) == 5 and len(set(files)) == 5  # deduplicated
+    with pytest.raises(DatasetError, match="does not exist"):
+        find_result_files([tmp_path / "nope"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no result.json"):
+        find_result_files([tmp_path / "empty"])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("method,task,split,metric,value,source\n", "field 'backbone'"),
+    ("method,backbone,task,split,metric,value,source\nM,B,t,s,R@1,abc,S\n", "record 'line 2'.*field 'value'"),
+    ("# c\nmethod,backbone,task,split,metric,value,source\nM,B,t,s,Q@1,5,S\n",
+     "record 'line 3'.*field 'metric'"),
+    ("method,backbone,task,split,metric,value,source\nM,B,t,s,R@1,5,\n", "field 'source'"),
+    ("# only comments\n", "no header"),
+])
+def test_reported_file_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text(text)
+    with pytest.raises(DatasetError, match=message):
+        load_reported(path)
+    with pytest.raises(DatasetError, match="missing"):
+        load_reported(tmp_path / "absent.csv")
+
+
+def test_seeded_reported_file() -> None:
+    """Only numbers taken from the papers: the SoFT [paper-abs] row of benchmarks.md §7.2, with its source."""
+    rows = load_reported(REPO / "leaderboards" / "reported.csv")
+    assert {(r.task, r.split, r.metric, round(100 * r.value, 2)) for r in rows} == {
+        ("cirr", "test1", "R@5", 65.25), ("circo", "test", "mAP@50", 27.93),
+        ("fashioniq", "val", "R@50", 58.44)}
+    assert all(r.method == "SoFT + CIReVL" and "2512.20781" in r.source for r in rows)
+    from cirbench.tasks import get_task_spec
+
+    for r in rows:  # names the registry knows, so the rows land next to real runs
+        spec = get_task_spec(r.task)
+        assert r.split in spec.splits and r.protocol in spec.protocols
+    text = (REPO / "leaderboards" / "reported.csv").read_text()
+    comments = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    for left_out in ("[2nd]", "Paracosm", "ReCALL", "HUG", "CSMCIR", "unverified"):  # out, and it says why
+        assert left_out in comments
+
+
+def test_reported_label() -> None:
+    assert Reported("M", "", "t", "s", "R@1", 0.1, "S").label == "M"
