@@ -135,6 +135,10 @@ class Protocol:
     exclude_reference: bool = True
     gallery: str = "corpus of the split"
     text_template: str = "{text}"
+    """Applied to every query text before any model sees it (e.g. MagicLens-style joined texts)."""
+    pseudo_token_template: str | None = None
+    """The benchmark's zero-shot prompt for textual-inversion models ('$' / '*' mark the image token,
+    e.g. SEARLE's "a photo of $ that {text}"); only pseudo-token adapters apply it."""
     caption_join: str | None = None
     notes: Mapping[str, str] = field(default_factory=dict)
 
