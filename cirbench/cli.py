@@ -254,6 +254,31 @@ def leaderboard_cmd(
     _console().print(f"wrote {len(files)} files under {out}/ (open {out / 'index.html'})")
 
 
+@app.command("card")
+def card_cmd(
+    task: Annotated[str | None, typer.Argument(help="task or family (omit with --all)")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory of the cards")] = Path("data_cards"),
+    data_dir: Annotated[Path | None, typer.Option(help="dataset root, to count sizes and categories")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="regenerate the card of every registered benchmark")] = False,
+) -> None:
+    """Write a benchmark's data card from the task itself (hand-written notes in the card are kept)."""
+    from cirbench.cards import write_all_cards, write_card
+
+    if all_:
+        paths = write_all_cards(out)
+    elif task is None:
+        _fail(ValueError("name a task, or pass --all"))
+        return
+    else:
+        try:
+            paths = [write_card(task, out, data_dir=data_dir)]
+        except KeyError as e:
+            _fail(e)
+            return
+    for p in paths:
+        _console().print(f"wrote {p}")
+
+
 @app.command("validate-submission")
 def validate_submission_cmd(
     file: Annotated[Path, typer.Argument(help="the submission file")],

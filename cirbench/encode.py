@@ -23,7 +23,8 @@ from cirbench.types import Item, Role
 
 
 def _prepare(encoder: Encoder, item: Item) -> Any | None:
-    if item.image is None:
+    # An encoder that ignores pixels (a caption-based text model) says so, and no image is decoded for it.
+    if item.image is None or not getattr(encoder, "needs_images", True):
         return None
     img = item.load_image()
     pre = getattr(encoder, "preprocess", None)

@@ -26,6 +26,7 @@ from cirbench.scoring import breakdowns, grouped_scores, per_query_values
 from cirbench.search import exact_search, subset_search
 from cirbench.tasks.registry import get_task, get_task_spec
 from cirbench.types import Item, Role, Task
+from cirbench.video import expand_corpus
 
 
 @dataclass
@@ -86,10 +87,13 @@ def _encode(encoder: Encoder, items: list[Item], role: Role, instruction: str | 
                         description=label)
 
 
-def _mean_vectors(vecs: np.ndarray, rows: list[list[int]]) -> np.ndarray:
+def _mean_vectors(vecs: np.ndarray, rows: list[list[int]],
+                  weights: list[list[float]] | None = None) -> np.ndarray:
+    """One vector per group of rows: the (weighted) mean, re-normalised (query phrasings, video frames)."""
     if all(len(r) == 1 for r in rows):
         return vecs[[r[0] for r in rows]]
-    out = np.stack([vecs[r].mean(0) for r in rows])
+    out = np.stack([np.average(vecs[r], axis=0, weights=None if weights is None else weights[i])
+                    for i, r in enumerate(rows)])
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
@@ -197,7 +201,9 @@ def evaluate(model: str | Encoder, task: str | Task, *, split: str | None = None
 
     q_inst = resolve_instruction(encoder, task, "query")
     d_inst = resolve_instruction(encoder, task, "document")
-    cv, c_stats = _encode(encoder, task.corpus, "document", d_inst, opts, "encoding gallery")
+    c_items, c_rows, c_weights = expand_corpus(task)  # video targets: several frames per gallery item
+    cv_all, c_stats = _encode(encoder, c_items, "document", d_inst, opts, "encoding gallery")
+    cv = _mean_vectors(cv_all, c_rows, c_weights)
     items, rows = query_items(task)
     qv_all, q_stats = _encode(encoder, items, "query", q_inst, opts, "encoding queries")
     qv = _mean_vectors(qv_all, rows)
@@ -232,6 +238,8 @@ def evaluate(model: str | Encoder, task: str | Task, *, split: str | None = None
                   "search": {"top_k": k, "dtype": opts.search_dtype, "backend": opts.search_backend,
                              "tie_break": "score desc, then corpus position asc"},
                   "query_vector": "mean of main + alternative phrasings" if any(len(r) > 1 for r in rows)
+                  else "single item",
+                  "corpus_vector": "mean of its frames' vectors" if any(len(r) > 1 for r in c_rows)
                   else "single item", **({"rerank": rerank_protocol} if rerank_protocol else {})},
         main_metric=task.protocol.main_metric,
         scores=scores,

@@ -40,11 +40,12 @@ __all__ = [
 
 AP_NORMALISERS = ("min(K,|G|)", "|G|", "hits")  # CIRCO, trec_eval/ranx, SoFT
 
-METRIC_KINDS = ("recall", "recall_subset", "map", "mrr", "medr", "precision", "avg")
+METRIC_KINDS = ("recall", "recall_subset", "map", "mrr", "medr", "precision", "avg", "mean_recall", "geo")
 
 _VALID_FORMS = (
     "R@k / Recall@k, R_s@k / Rsubset@k / Recall_subset@k, mAP@k / MAP@k, P@k / Precision@k, "
-    "MRR, MedR, Avg (CIRR's (R@5 + R_s@1)/2); k is a positive integer"
+    "MRR, MedR, Avg (CIRR's (R@5 + R_s@1)/2), meanR3 / meanR4 (CoVR), Acc@<x>km (geolocalisation); "
+    "k is a positive integer"
 )
 
 
@@ -229,7 +230,12 @@ _PLAIN = {
     "mrr": MetricSpec("MRR", "mrr", None, "mean"),
     "medr": MetricSpec("MedR", "medr", None, "median"),
     "avg": MetricSpec("Avg", "avg", None, "mean"),
+    # CoVR's meanR3 = mean(R@1, R@5, R@10) and meanR4 = mean(R@1, R@5, R@10, R@50), per query then averaged
+    "meanr3": MetricSpec("meanR3", "mean_recall", 3, "mean"),
+    "meanr4": MetricSpec("meanR4", "mean_recall", 4, "mean"),
 }
+_GEO = re.compile(r"^\s*acc\s*@\s*(\d+(?:\.\d+)?)\s*km\s*$", re.I)
+MEAN_RECALL_KS = {3: (1, 5, 10), 4: (1, 5, 10, 50)}
 
 
 def parse_metric(name: str) -> MetricSpec:
@@ -239,6 +245,10 @@ def parse_metric(name: str) -> MetricSpec:
     plain = _PLAIN.get(name.strip().lower())
     if plain is not None:
         return plain
+    geo = _GEO.match(name)
+    if geo:  # geolocalisation accuracy within X km: needs GPS, computed by cirbench.geo, not from hits
+        km = float(geo.group(1))
+        return MetricSpec(f"Acc@{int(km) if km.is_integer() else km}km", "geo", None, "mean")
     m = _AT_K.match(name)
     if m:
         entry = _PREFIXES.get(m.group(1).lower())
@@ -333,6 +343,12 @@ def per_query_metrics(
             sub = subset_hits(spec)
             _need_depth(spec, 1, sub.shape[1], "subset_ranked")
             return (compute(r5) + compute(rs1)) / 2.0
+        if spec.kind == "mean_recall":
+            assert spec.k is not None
+            parts = [compute(parse_metric(f"R@{k}")) for k in MEAN_RECALL_KS[spec.k]]
+            return np.mean(parts, axis=0)
+        if spec.kind == "geo":
+            raise ValueError(f"{spec.name} needs GPS coordinates: it is computed by cirbench.geo, not from hits")
         ranks = fr if fr is not None else _first_hit_rank(hits())
         if spec.kind == "mrr":
             return reciprocal_rank(ranks)

@@ -61,6 +61,14 @@ class Run:
             cols["first_relevant_rank"] = self.first_relevant_rank.astype(np.int64).tolist()
         if any("target_id" in q.meta for q in task.queries):  # CIRCO: Recall@K on the annotated target
             cols["target_id"] = [q.meta.get("target_id") for q in task.queries]
+        gps = task.extra.get("gps")
+        if gps is not None:  # geolocalisation: prediction = GPS of the top-1 item; truth from the query
+            gps = np.asarray(gps, dtype=np.float64)
+            top1 = self.indices[:, 0] if self.indices.shape[1] else np.full(len(self.query_ids), -1)
+            pred = np.where((top1 >= 0)[:, None], gps[np.maximum(top1, 0)], np.nan)
+            cols["pred_lat"], cols["pred_lon"] = pred[:, 0].tolist(), pred[:, 1].tolist()
+            cols["lat"] = [q.meta.get("lat") for q in task.queries]
+            cols["lon"] = [q.meta.get("lon") for q in task.queries]
         if any("semantic_aspects" in q.meta for q in task.queries):  # CIRCO: mAP per semantic aspect
             cols["aspects"] = [list(q.meta.get("semantic_aspects") or []) for q in task.queries]
         return pa.table(cols)

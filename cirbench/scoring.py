@@ -6,6 +6,7 @@ number in a result can be recomputed from its `run.parquet` alone.
 
 from __future__ import annotations
 
+import importlib
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,31 +29,70 @@ def _id_matrix(lists: Sequence[Sequence[str]], ids: dict[str, int], depth: int) 
 
 def per_query_values(table: pa.Table, protocol: Mapping[str, Any],
                      metrics: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """Per-query values of the protocol's metrics, computed from a run table (see cirbench.run)."""
+    """Per-query values of the protocol's metrics, computed from a run table (see cirbench.run).
+
+    A benchmark whose released evaluator differs from the generic one names its own scorer in
+    `protocol.notes["scorer"]` ("cirbench.<module>:<function>", same signature); geolocalisation metrics
+    (Acc@<x>km) come from the GPS columns of the run table.
+    """
     names = list(metrics or protocol["metrics"])
+    notes = protocol.get("notes") or {}
+    scorer = notes.get("scorer")
+    if scorer:
+        return _custom_scorer(scorer)(table, protocol, names)
+    geo_names = [n for n in names if parse_metric(n).kind == "geo"]
+    names = [n for n in names if n not in geo_names]
     ranked_l = table.column("ranked_ids").to_pylist()
     relevant_l = table.column("relevant_ids").to_pylist()
-    depth = max((len(r) for r in ranked_l), default=0)
+    # A list shorter than the run depth is the whole (eligible) gallery: pad it rather than call it shallow.
+    depth = max([len(r) for r in ranked_l] + [int((protocol.get("search") or {}).get("top_k")
+                                                  or protocol.get("top_k") or 0)])
     ids: dict[str, int] = {}
     ranked = _id_matrix(ranked_l, ids, depth)
     relevant = [np.array([ids.setdefault(c, len(ids)) for c in rel], dtype=np.int64) for rel in relevant_l]
     subset = None
     if "subset_ranked_ids" in table.column_names:
         sub_l = table.column("subset_ranked_ids").to_pylist()
-        subset = _id_matrix(sub_l, ids, max((len(r) for r in sub_l), default=1))
+        sub_k = max([parse_metric(n).k or 0 for n in names if parse_metric(n).kind == "recall_subset"]
+                    + [1 if "Avg" in names else 0, *(len(r) for r in sub_l)])
+        subset = _id_matrix(sub_l, ids, sub_k)
     first = (np.asarray(table.column("first_relevant_rank").to_pylist(), dtype=np.int64)
              if "first_relevant_rank" in table.column_names else None)
     norm = protocol.get("ap_normaliser", "min(K,|G|)")
     values = per_query_metrics(names, ranked, relevant, subset_ranked=subset, first_rank=first,
-                               ap_normaliser=norm)
-    if protocol.get("notes", {}).get("recall_on") == "target_id" and "target_id" in table.column_names:
+                               ap_normaliser=norm) if names else {}
+    if notes.get("recall_on") == "target_id" and "target_id" in table.column_names:
         # CIRCO: Recall@K counts the annotated target image only, mAP uses all ground truths.
         targets = [np.array([ids.setdefault(t, len(ids))] if t else [], dtype=np.int64)
                    for t in table.column("target_id").to_pylist()]
-        recall_names = [n for n in names if parse_metric(n).kind == "recall"]
+        recall_names = [n for n in names if parse_metric(n).kind in ("recall", "mean_recall")]
         if recall_names:
             values.update(per_query_metrics(recall_names, ranked, targets, ap_normaliser=norm))
-    return values
+    if geo_names:
+        values.update(_geo_values(table, geo_names))
+    return {parse_metric(n).name: values[parse_metric(n).name] for n in [*names, *geo_names]}
+
+
+def _custom_scorer(ref: str) -> Any:
+    """A benchmark's own scorer; only cirbench's modules can be named (a result file is not code)."""
+    module, _, func = ref.partition(":")
+    if not module.startswith("cirbench.") or not func:
+        raise ValueError(f"protocol notes.scorer {ref!r} must name a function in a cirbench module")
+    return getattr(importlib.import_module(module), func)
+
+
+def _geo_values(table: pa.Table, names: Sequence[str]) -> dict[str, np.ndarray]:
+    from cirbench.geo import geo_hits
+
+    cols = ("pred_lat", "pred_lon", "lat", "lon")
+    missing = [c for c in cols if c not in table.column_names]
+    if missing:
+        raise ValueError(f"geolocalisation metrics need the run's GPS columns; missing {missing}")
+    get = {c: np.asarray(table.column(c).to_pylist(), dtype=np.float64) for c in cols}
+    pred = np.stack([get["pred_lat"], get["pred_lon"]], axis=1)
+    true = np.stack([get["lat"], get["lon"]], axis=1)
+    thresholds = [float(parse_metric(n).name[4:-2]) for n in names]
+    return geo_hits(pred, true, thresholds)
 
 
 def breakdowns(table: pa.Table) -> dict[str, list[list[str]]]:

@@ -36,6 +36,8 @@ class TaskSpec:
     submission: SubmissionWriter | None = None
     options: dict[str, str] = field(default_factory=dict)
     """Task-specific options (name -> help) accepted as `--option name=value`."""
+    family: str | None = None
+    """Benchmark family that shares one data card (e.g. "mmlandmarks" for its seven tasks)."""
 
     @property
     def name(self) -> str:

@@ -66,5 +66,5 @@ for _preset, _size in (("mini", "test ~1k queries / ~4k gallery"), ("full", "tes
         metrics=("R@1", "R@5", "R@10", "R@50", "mAP@5", "mAP@10", "mAP@50"), size=_size,
         layout="a native cirbench dataset (cirbench.json + <split>/queries.parquet + corpus.parquet); "
                "built automatically when missing",
-        options={"seed": "build seed (default: the preset's)"},
+        options={"seed": "build seed (default: the preset's)"}, family="synthetic",
     ))

@@ -1,0 +1,1 @@
+"""Build flows: stages that turn sources into a native cirbench dataset."""

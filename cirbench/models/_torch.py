@@ -1,0 +1,283 @@
+"""Shared helpers for the torch-based adapters: options, devices, dtypes, and loading weights safely.
+
+Importing this module is cheap (torch is imported inside the functions), so adapters can import it at module
+level while the CLI still starts fast.
+
+Safety rules every adapter follows:
+- weights come as safetensors (`use_safetensors=True`); pickled checkpoints (.bin/.pt/.pth) are refused
+  unless the caller passes `allow_pickle=True`, because unpickling runs code;
+- remote code runs only with an explicit `trust_remote_code=True`; a config that needs it is refused with a
+  message that says so, instead of transformers' generic error;
+- a checkpoint that leaves weights uninitialised (missing keys) is an error, never a silent random layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+DTYPE_ALIASES = {
+    "float32": "float32", "fp32": "float32", "float": "float32", "f32": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16", "f16": "float16",
+}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+class RemoteCodeRefused(ValueError):
+    """The model needs code from its repository, and the user did not allow it."""
+
+
+class PickleRefused(ValueError):
+    """The only weights available are a pickle, and the user did not allow it."""
+
+
+# ----------------------------------------------------------------------------- options
+def opt_bool(value: Any, name: str) -> bool:
+    """Options arrive as Python values or as CLI strings ("true", "0", ...)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"option {name!r} must be true or false, not {value!r}")
+
+
+def opt_float(value: Any, name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"option {name!r} must be a number, not {value!r}") from e
+
+
+def opt_int(value: Any, name: str) -> int:
+    try:
+        f = float(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"option {name!r} must be an integer, not {value!r}") from e
+    if not f.is_integer():
+        raise ValueError(f"option {name!r} must be an integer, not {value!r}")
+    return int(f)
+
+
+def opt_str(value: Any) -> str | None:
+    return None if value is None or (isinstance(value, str) and value.strip() == "") else str(value)
+
+
+def check_options(adapter: str, given: Mapping[str, Any], accepted: Iterable[str]) -> None:
+    """A misspelt option must fail loudly: a silently ignored `fusion=imgae` would mislabel a result."""
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise TypeError(f"{adapter} got unknown option(s) {unknown}; accepted: {sorted(accepted)}")
+
+
+# ----------------------------------------------------------------------------- device / dtype
+def resolve_device(device: str | None) -> str:
+    """'auto' picks cuda, then mps, then cpu; None means cpu (the eval flow's default)."""
+    import torch
+
+    d = (device or "cpu").strip().lower()
+    if d == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        return "mps" if mps is not None and mps.is_available() else "cpu"
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for, but torch sees no CUDA device")
+    return d
+
+
+def canonical_dtype(dtype: str | None, default: str) -> str:
+    """'bf16' -> 'bfloat16' etc.; None -> `default`."""
+    name = (dtype or default).strip().lower().removeprefix("torch.")
+    if name not in DTYPE_ALIASES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16")
+    return DTYPE_ALIASES[name]
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        canonical_dtype(name, "float32")]
+
+
+# ----------------------------------------------------------------------------- where weights live
+def is_local(source: str | os.PathLike[str]) -> bool:
+    return Path(os.path.expanduser(os.fspath(source))).exists()
+
+
+def local_digest(path: str | os.PathLike[str]) -> str:
+    """A cheap fingerprint of local weights: names, sizes and mtimes of the files (two levels deep).
+
+    Reading gigabytes to hash them would cost more than a cache hit saves; replacing a file changes its
+    size or mtime, which is what matters here.
+    """
+    p = Path(path)
+    h = hashlib.sha1()
+    files = [p] if p.is_file() else sorted(x for x in list(p.glob("*")) + list(p.glob("*/*")) if x.is_file())
+    for f in files:
+        st = f.stat()
+        rel = f.name if p.is_file() else f.relative_to(p).as_posix()
+        h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+_SNAPSHOT = re.compile(r"[/\\]snapshots[/\\]([0-9a-f]{40})[/\\]")
+
+
+def resolved_commit(source: str, revision: str | None, filename: str = "config.json") -> str | None:
+    """The commit a hub id + revision resolved to (read off the cached snapshot path); None for local dirs.
+
+    Recorded so that a result run with revision="main" still says which weights it used.
+    """
+    if is_local(source):
+        return None
+    try:
+        from transformers.utils import cached_file
+
+        path = cached_file(source, filename, revision=revision, _raise_exceptions_for_missing_entries=False)
+    except Exception:
+        return None
+    m = _SNAPSHOT.search(str(path)) if path else None
+    return m.group(1) if m else None
+
+
+def weights_fingerprint(source: str, revision: str | None) -> dict[str, Any]:
+    """What identifies the weights: the commit for hub ids, a file digest for local paths."""
+    if is_local(source):
+        return {"local_digest": local_digest(os.path.expanduser(source))}
+    return {"revision": revision, "commit": resolved_commit(source, revision)}
+
+
+def check_local_weights(source: str, *, allow_pickle: bool = False) -> None:
+    """Refuse a local transformers directory whose only weights are pickles (clear message, no unpickling)."""
+    p = Path(os.path.expanduser(source))
+    if not p.is_dir():
+        return
+    names = [f.name for f in p.iterdir() if f.is_file()]
+    has_safe = any(n.endswith(".safetensors") or n.endswith(".safetensors.index.json") for n in names)
+    pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+    if not has_safe and pickles and not allow_pickle:
+        raise PickleRefused(
+            f"{source} holds weights only as pickle files ({', '.join(sorted(pickles))}); loading a pickle "
+            "can run arbitrary code. Convert them to safetensors, or pass allow_pickle=True if you trust "
+            "the file.")
+
+
+def config_dict(source: str, revision: str | None) -> dict[str, Any]:
+    """The model's config.json as a dict (from a local dir or the hub), without instantiating anything."""
+    from transformers import PretrainedConfig
+
+    cfg, _ = PretrainedConfig.get_config_dict(source, revision=revision)
+    return dict(cfg)
+
+
+def check_remote_code(source: str, cfg: Mapping[str, Any], *, trust_remote_code: bool) -> None:
+    """Refuse a config whose architecture exists only as code in its repository, unless allowed.
+
+    A config with `auto_map` but a model_type transformers knows loads with the built-in class and needs
+    no remote code, so it passes.
+    """
+    if trust_remote_code:
+        return
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    model_type = cfg.get("model_type")
+    if "auto_map" in cfg and model_type not in CONFIG_MAPPING_NAMES:
+        raise RemoteCodeRefused(
+            f"{source} needs code from its repository (config.json has auto_map and model_type "
+            f"{model_type!r}, which this transformers does not know). cirbench runs remote code only when "
+            "asked: pass the option trust_remote_code=True if you have read that code and trust it.")
+
+
+def check_loading_info(source: str, info: Mapping[str, Any]) -> None:
+    """Missing or mismatched keys mean randomly initialised layers: an error, not a warning in a log.
+
+    Unexpected keys (an unused lm_head, say) are harmless and pass.
+    """
+    missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(str(k) for k in (info.get("mismatched_keys") or ()))
+    if missing or mismatched:
+        detail = []
+        if missing:
+            detail.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if mismatched:
+            detail.append(f"wrong shape {mismatched[:5]}{' ...' if len(mismatched) > 5 else ''}")
+        raise ValueError(f"the checkpoint at {source} does not fit the model class: {'; '.join(detail)}")
+
+
+@contextmanager
+def safetensors_only(source: str, allow_pickle: bool) -> Any:
+    """Turn transformers' "do not set use_safetensors=True" error into cirbench's pickle refusal."""
+    try:
+        yield
+    except OSError as e:
+        if allow_pickle or "safetensors" not in str(e):
+            raise
+        raise PickleRefused(
+            f"{source} has no safetensors weights (only pickle files, if any); loading a pickle can run "
+            "arbitrary code. Use a safetensors revision, or pass allow_pickle=True if you trust the files."
+        ) from e
+
+
+@contextmanager
+def quiet_transformers() -> Any:
+    """Silence transformers' load reports while cirbench checks the same facts itself."""
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
+def hf_kwargs(revision: str | None, trust_remote_code: bool) -> dict[str, Any]:
+    """Arguments every from_pretrained call gets (the same call a hub id goes through)."""
+    kw: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if revision is not None:
+        kw["revision"] = revision
+    return kw
+
+
+def state_hash(obj: Any) -> str:
+    """Short hash of a JSON-able description (a processor config), for fingerprints."""
+    import json
+
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def processor_config(proc: Any) -> dict[str, Any]:
+    """An image processor's / tokenizer's settings as a dict (what changes pixels or token ids)."""
+    d: dict[str, Any] = {"class": type(proc).__name__}
+    to_dict = getattr(proc, "to_dict", None)
+    if callable(to_dict):
+        try:
+            cfg = dict(to_dict())
+        except Exception:
+            cfg = {}
+        for k in ("_processor_class", "processor_class", "auto_map", "name_or_path", "_commit_hash"):
+            cfg.pop(k, None)
+        d["hash"] = state_hash(cfg)
+    return d
+
+
+def to_numpy_f32(x: torch.Tensor) -> Any:
+    """L2-normalised float32 rows as numpy (normalising in float32 keeps bf16/fp16 outputs unit-length)."""
+    import torch
+
+    x = torch.nn.functional.normalize(x.detach().float(), p=2, dim=-1)
+    return x.cpu().numpy()

@@ -1,0 +1,307 @@
+"""Two-tower models (transformers CLIP, SigLIP, SigLIP2) and the CIR baselines built from their towers.
+
+A composed query (image + text) has no native embedding in a two-tower model, so CIR papers report
+baselines built from the towers; each is a named fusion mode here:
+
+| fusion     | composed query vector                        | can embed                     |
+|------------|----------------------------------------------|-------------------------------|
+| `sum`      | normalise(î + t̂)  (Pic2Word's "mixture")     | image, text, image+text       |
+| `weighted` | normalise((1 - alpha)·î + alpha·t̂)           | image, text, image+text       |
+| `image`    | î  (the text is ignored)                     | image, image+text             |
+| `text`     | t̂  (the image is ignored)                    | image, text, image+text       |
+
+î and t̂ are the L2-normalised image- and text-tower outputs; `alpha` is the weight of the text (0.5 ranks
+exactly like `sum`). Items with one modality use that modality's tower, on either side, so the gallery
+(documents) is always embedded by the image tower. `fusion=image` cannot embed a text-only item, so such a
+model is refused for text-query tasks before any encoding (ModelSpec.modalities).
+
+Loaded with `AutoModel.from_pretrained` (safetensors only, remote code only when allowed), so any
+transformers model with `get_image_features` / `get_text_features` works: `hf-clip:<hub id or dir>`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cirbench.models import _torch as T
+from cirbench.models.base import Batch, ModelSpec
+from cirbench.models.registry import register_family, register_model
+from cirbench.types import DatasetError, Item, Role
+
+if TYPE_CHECKING:
+    import torch
+
+FUSION_MODES = ("sum", "weighted", "image", "text")
+ADAPTER_VERSION = "1"
+"""Bumped when this adapter's numerics change, so cached vectors from an older adapter are not reused."""
+
+
+def fusion_modalities(fusion: str) -> tuple[str, ...]:
+    """What a two-tower model can embed under a fusion mode (see the module docstring)."""
+    return ("image", "image+text") if fusion == "image" else ("image", "text", "image+text")
+
+
+def parse_fusion(fusion: Any, alpha: Any) -> tuple[str, float | None]:
+    mode = str(fusion or "sum").strip().lower()
+    if mode in ("mixture", "late"):  # Pic2Word's name for the same baseline
+        mode = "sum"
+    if mode not in FUSION_MODES:
+        raise ValueError(f"unknown fusion mode {fusion!r}; use one of {list(FUSION_MODES)}")
+    if mode != "weighted":
+        return mode, None
+    a = T.opt_float(0.5 if alpha is None else alpha, "alpha")
+    if not 0.0 <= a <= 1.0:
+        raise ValueError(f"alpha is the weight of the text in [0, 1], not {a}")
+    return mode, a
+
+
+def fused_name(base: str, fusion: str, alpha: float | None) -> str:
+    """Distinct names per baseline, so result folders of `clip-b32` and `clip-b32+image` never collide."""
+    if fusion == "sum":
+        return base
+    return f"{base}+{fusion}{alpha:g}" if fusion == "weighted" else f"{base}+{fusion}"
+
+
+class TwoTowerEncoder:
+    """Shared encode logic of two-tower models: routes items to towers and fuses per the fusion mode.
+
+    Subclasses load the model and implement `_image_features(prepared)`, `_text_features(texts)` and
+    `_prepare(pil_image)`; this class never sees model-specific inputs.
+    """
+
+    spec: ModelSpec
+    fusion: str
+    alpha: float | None
+
+    def preprocess(self, image: Any) -> Any:
+        """PIL image -> model input; runs in the encode loop's worker threads."""
+        return self._prepare(image)
+
+    def _prepare(self, image: Any) -> Any:
+        raise NotImplementedError
+
+    def _image_features(self, prepared: Sequence[Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _route(self, item: Item, image: Any, role: Role) -> tuple[bool, bool]:
+        """(use the image tower, use the text tower) for one item."""
+        has_img = item.image is not None and image is not None
+        has_txt = item.text is not None
+        if item.image is not None and image is None:
+            raise DatasetError("batch carries no decoded image for an item that has one", record=item.id,
+                               field="image")
+        if has_img and has_txt and role == "query":
+            return {"sum": (True, True), "weighted": (True, True), "image": (True, False),
+                    "text": (False, True)}[self.fusion]
+        if has_img:
+            return True, False
+        if has_txt:
+            if self.fusion == "image":
+                raise DatasetError(f"model {self.spec.name!r} (fusion=image) cannot embed a text-only item",
+                                   record=item.id, field="text")
+            return False, True
+        raise DatasetError("item has neither image nor text", record=item.id)
+
+    def encode(self, batch: Batch, *, role: Role, instruction: str | None = None) -> np.ndarray:
+        """(n, dim) float32 unit rows. Two-tower models take no instruction; it is ignored."""
+        import torch
+
+        routes = [self._route(it, img, role) for it, img in zip(batch.items, batch.images, strict=True)]
+        img_rows = [i for i, (ui, _) in enumerate(routes) if ui]
+        txt_rows = [i for i, (_, ut) in enumerate(routes) if ut]
+        feats_i = feats_t = None
+        with torch.inference_mode():
+            if img_rows:
+                prepared = [batch.images[i] for i in img_rows]
+                prepared = [self._prepare(p) if _is_pil(p) else p for p in prepared]
+                feats_i = torch.nn.functional.normalize(self._image_features(prepared).float(), dim=-1)
+            if txt_rows:
+                texts = [str(batch.items[i].text) for i in txt_rows]
+                feats_t = torch.nn.functional.normalize(self._text_features(texts).float(), dim=-1)
+        dim = (feats_i if feats_i is not None else feats_t).shape[-1]  # type: ignore[union-attr]
+        out = torch.zeros(len(routes), dim, dtype=torch.float32)
+        w_t = 0.5 if self.alpha is None else self.alpha
+        if feats_i is not None:
+            for j, i in enumerate(img_rows):
+                both = routes[i][1]
+                out[i] += feats_i[j].cpu() * ((1.0 - w_t) if both else 1.0)
+        if feats_t is not None:
+            for j, i in enumerate(txt_rows):
+                both = routes[i][0]
+                out[i] += feats_t[j].cpu() * (w_t if both else 1.0)
+        return T.to_numpy_f32(out)
+
+
+def _is_pil(x: Any) -> bool:
+    from PIL import Image
+
+    return isinstance(x, Image.Image)
+
+
+# ----------------------------------------------------------------------------- transformers CLIP / SigLIP
+MAX_LENGTH_PADDING = ("siglip", "siglip2")
+"""Model types whose text tower was trained on text padded to a fixed length (64 for SigLIP/SigLIP2):
+their pooled token is the last position, so padding to the longest text in a batch would change vectors."""
+
+HF_OPTIONS = ("revision", "fusion", "alpha", "device", "dtype", "trust_remote_code", "allow_pickle",
+              "lowercase", "max_length")
+
+
+class HFTwoTowerEncoder(TwoTowerEncoder):
+    """A transformers two-tower model (CLIP, SigLIP, SigLIP2, ...) through AutoModel + AutoProcessor.
+
+    Options: revision, fusion (sum|weighted|image|text), alpha, device (cpu|cuda|auto), dtype
+    (float32|bfloat16|float16; default float32 as in the models' own examples), trust_remote_code
+    (default False), allow_pickle (default False), lowercase (lowercase texts, SigLIP2's training default),
+    max_length (text tokens; default the text tower's position limit).
+    """
+
+    family = "hf-clip"
+
+    def __init__(self, spec: ModelSpec | None = None, *, model_id: str | None = None, **options: Any) -> None:
+        from transformers import AutoModel, AutoProcessor
+
+        opts = {**dict((spec.extra.get("options") or {}) if spec else {}), **options}
+        T.check_options(f"{self.family} adapter", opts, HF_OPTIONS)
+        source = model_id or (spec.id if spec else None)
+        if not source:
+            raise ValueError("hf-clip needs a hub id or a local directory")
+        self.source = source
+        local = T.is_local(source)
+        self.revision = None if local else T.opt_str(opts.get("revision", spec.revision if spec else None))
+        self.fusion, self.alpha = parse_fusion(opts.get("fusion"), opts.get("alpha"))
+        self.device = T.resolve_device(opts.get("device"))
+        self.dtype = T.canonical_dtype(opts.get("dtype"), "float32")
+        trc = T.opt_bool(opts.get("trust_remote_code", False), "trust_remote_code")
+        allow_pickle = T.opt_bool(opts.get("allow_pickle", False), "allow_pickle")
+        self.lowercase = T.opt_bool(opts.get("lowercase", False), "lowercase")
+
+        cfg = T.config_dict(source, self.revision)
+        T.check_remote_code(source, cfg, trust_remote_code=trc)
+        T.check_local_weights(source, allow_pickle=allow_pickle)
+        kw = T.hf_kwargs(self.revision, trc)
+        with T.quiet_transformers(), T.safetensors_only(source, allow_pickle):
+            loaded: Any = AutoModel.from_pretrained(source, dtype=T.torch_dtype(self.dtype),
+                                                    use_safetensors=None if allow_pickle else True,
+                                                    output_loading_info=True, **kw)
+            model, info = loaded
+            processor = AutoProcessor.from_pretrained(source, **kw)
+        T.check_loading_info(source, info)
+        self.weights = T.weights_fingerprint(source, self.revision)  # once: the weights actually loaded
+        if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+            raise ValueError(f"{source} loads as {type(model).__name__}, which has no image and text towers "
+                             "(get_image_features / get_text_features); hf-clip needs a two-tower model")
+        self.model = model.to(self.device).eval()
+        self.image_processor = processor.image_processor
+        self.tokenizer = processor.tokenizer
+        self.model_type = str(cfg.get("model_type", ""))
+        text_cfg = getattr(model.config, "text_config", None)
+        limit = getattr(text_cfg, "max_position_embeddings", None) or self.tokenizer.model_max_length
+        self.max_length = (T.opt_int(opts["max_length"], "max_length") if opts.get("max_length") is not None
+                           else int(min(limit, self.tokenizer.model_max_length or limit)))
+        self.padding: bool | str = "max_length" if self.model_type in MAX_LENGTH_PADDING else True
+        self._in_dtype = next(self.model.parameters()).dtype
+
+        dim = getattr(model.config, "projection_dim", None) or getattr(
+            getattr(model.config, "vision_config", None), "hidden_size", None)
+        base = spec or ModelSpec(name=f"{self.family}:{source}", id=source, license="unknown",
+                                 description=f"transformers {type(model).__name__} loaded from {source}")
+        self.spec = dataclasses.replace(
+            base, name=fused_name(base.name, self.fusion, self.alpha), revision=self.revision,
+            dim=base.dim or dim, modalities=fusion_modalities(self.fusion), dtype=self.dtype,
+            extra={**dict(base.extra), "family": self.family, "fusion": self.fusion, "alpha": self.alpha})
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"adapter": f"{self.family}/{ADAPTER_VERSION}", "id": self.source,
+                **self.weights,
+                "model_class": type(self.model).__name__, "dtype": self.dtype,
+                "fusion": self.fusion, "alpha": self.alpha,
+                "image_processor": T.processor_config(self.image_processor),
+                "tokenizer": {"class": type(self.tokenizer).__name__, "size": len(self.tokenizer)},
+                "text": {"padding": self.padding, "max_length": self.max_length, "lowercase": self.lowercase}}
+
+    def _prepare(self, image: Any) -> dict[str, torch.Tensor]:
+        out = self.image_processor(images=[image], return_tensors="pt")
+        return {k: v for k, v in out.items() if hasattr(v, "shape")}
+
+    def _image_features(self, prepared: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        import torch
+
+        inputs = {k: torch.cat([p[k] for p in prepared]).to(self.device) for k in prepared[0]}
+        if "pixel_values" in inputs:
+            inputs["pixel_values"] = inputs["pixel_values"].to(self._in_dtype)
+        return _pooled(self.model.get_image_features(**inputs))
+
+    def _text_features(self, texts: Sequence[str]) -> torch.Tensor:
+        if self.lowercase:
+            texts = [t.lower() for t in texts]
+        tok = self.tokenizer(list(texts), padding=self.padding, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        keep = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
+        return _pooled(self.model.get_text_features(**keep))
+
+
+def _pooled(out: Any) -> torch.Tensor:
+    """transformers 4.x returns a tensor from get_*_features, 5.x a ModelOutput with pooler_output."""
+    import torch
+
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+# ----------------------------------------------------------------------------- registry
+def _hf_factory(spec: ModelSpec, **options: Any) -> HFTwoTowerEncoder:
+    return HFTwoTowerEncoder(spec, **options)
+
+
+def _hf_family(target: str, **options: Any) -> HFTwoTowerEncoder:
+    return HFTwoTowerEncoder(None, model_id=target, **options)
+
+
+_TWO_TOWER = ("image", "text", "image+text")
+_OPENAI_NOTE = ("Licence: MIT per the openai/CLIP repository (the hub card declares none). Revision "
+                "pinned as in mteb's registry.")
+ALIASES = [
+    ModelSpec(name="clip-b32", id="openai/clip-vit-base-patch32",
+              revision="3d74acf9a28c67741b2f4f2ea7635f0aaf6f0268", dim=512, modalities=_TWO_TOWER,
+              license="MIT", parameters=151_000_000,
+              description=f"OpenAI CLIP ViT-B/32 (transformers). {_OPENAI_NOTE}",
+              extra={"family": "hf-clip"}),
+    ModelSpec(name="clip-b16", id="openai/clip-vit-base-patch16",
+              revision="57c216476eefef5ab752ec549e440a49ae4ae5f3", dim=512, modalities=_TWO_TOWER,
+              license="MIT", parameters=151_000_000,
+              description=f"OpenAI CLIP ViT-B/16 (transformers). {_OPENAI_NOTE}",
+              extra={"family": "hf-clip"}),
+    ModelSpec(name="clip-l14", id="openai/clip-vit-large-patch14",
+              revision="32bd64288804d66eefd0ccbe215aa642df71cc41", dim=768, modalities=_TWO_TOWER,
+              license="MIT", parameters=428_000_000,
+              description=f"OpenAI CLIP ViT-L/14 at 224 px (transformers). {_OPENAI_NOTE}",
+              extra={"family": "hf-clip"}),
+    ModelSpec(name="siglip-b16", id="google/siglip-base-patch16-224",
+              revision="7fd15f0689c79d79e38b1c2e2e2370a7bf2761ed", dim=768, modalities=_TWO_TOWER,
+              license="Apache-2.0", parameters=203_155_970,
+              description="SigLIP B/16 at 224 px; texts padded to 64 tokens as in training. Its tokenizer "
+                          "needs the sentencepiece package. Revision pinned as in mteb's registry.",
+              extra={"family": "hf-clip"}),
+    ModelSpec(name="siglip-so400m", id="google/siglip-so400m-patch14-384",
+              revision="9fdffc58afc957d1a03a25b10dba0329ab15c2a3", dim=1152, modalities=_TWO_TOWER,
+              license="Apache-2.0", parameters=877_960_498,
+              description="SigLIP So400m/14 at 384 px; texts padded to 64 tokens. Its tokenizer needs the "
+                          "sentencepiece package. Revision pinned as in mteb's registry.",
+              extra={"family": "hf-clip"}),
+    ModelSpec(name="siglip2", id="google/siglip2-base-patch16-224",
+              revision="75de2d55ec2d0b4efc50b3e9ad70dba96a7b2fa2", dim=768, modalities=_TWO_TOWER,
+              license="Apache-2.0",
+              description="SigLIP2 B/16 at 224 px; texts lowercased and padded to 64 tokens (SigLIP2's "
+                          "training defaults). Revision as pinned by several public projects (not in mteb).",
+              extra={"family": "hf-clip", "options": {"lowercase": True}}),
+]
+for _spec in ALIASES:
+    register_model(_spec, _hf_factory)
+register_family("hf-clip", _hf_family)

@@ -1,0 +1,18 @@
+"""Helpers for tests, here and in users' own suites: tiny random models that load through real loaders.
+
+Importing this package is cheap; the builders import torch/transformers only when called.
+"""
+
+from cirbench.testing.tiny import (
+    build_tiny_clip,
+    build_tiny_gme,
+    build_tiny_open_clip,
+    build_tiny_sentence_transformer,
+    build_tiny_siglip,
+    build_tiny_siglip2,
+    demo_images,
+    put_in_hub_cache,
+)
+
+__all__ = ["build_tiny_clip", "build_tiny_gme", "build_tiny_open_clip", "build_tiny_sentence_transformer",
+           "build_tiny_siglip", "build_tiny_siglip2", "demo_images", "put_in_hub_cache"]
