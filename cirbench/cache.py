@@ -89,8 +89,9 @@ class EmbeddingCache:
             write_json(meta, {"cache_format": CACHE_FORMAT, **self.namespace})
         dim = vectors.shape[1]
         flat = pa.array(vectors.reshape(-1), type=pa.float32())
-        table = pa.table({"key": pa.array(list(keys), pa.string()),
-                          "vector": pa.FixedSizeListArray.from_arrays(flat, dim)})
+        table = pa.table(
+            {"key": pa.array(list(keys), pa.string()), "vector": pa.FixedSizeListArray.from_arrays(flat, dim)}
+        )
         name = f"part-{len(list(self.dir.glob('part-*.parquet'))):06d}-{uuid.uuid4().hex[:8]}.parquet"
         with atomic_write(self.dir / name, binary=True) as f:
             pq.write_table(table, f)

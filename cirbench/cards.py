@@ -23,9 +23,17 @@ from cirbench.types import DatasetError, Task
 NOTES_START = "<!-- cirbench:notes:start (hand-written; kept when the card is regenerated) -->"
 NOTES_END = "<!-- cirbench:notes:end -->"
 
-_HUB_LICENSES = {"mit": "mit", "apache-2.0": "apache-2.0", "apache 2.0": "apache-2.0",
-                 "cc by-nc 4.0": "cc-by-nc-4.0", "cc-by-nc-4.0": "cc-by-nc-4.0", "cc by 4.0": "cc-by-4.0",
-                 "cc-by-4.0": "cc-by-4.0", "cc by-sa 4.0": "cc-by-sa-4.0", "cdla": "cdla-permissive-1.0"}
+_HUB_LICENSES = {
+    "mit": "mit",
+    "apache-2.0": "apache-2.0",
+    "apache 2.0": "apache-2.0",
+    "cc by-nc 4.0": "cc-by-nc-4.0",
+    "cc-by-nc-4.0": "cc-by-nc-4.0",
+    "cc by 4.0": "cc-by-4.0",
+    "cc-by-4.0": "cc-by-4.0",
+    "cc by-sa 4.0": "cc-by-sa-4.0",
+    "cdla": "cdla-permissive-1.0",
+}
 
 
 def hub_license(text: str) -> str:
@@ -38,8 +46,12 @@ def hub_license(text: str) -> str:
 
 
 def size_category(n: int) -> str:
-    for bound, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                         (1_000_000, "100K<n<1M")):
+    for bound, label in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
         if n < bound:
             return label
     return "1M<n<10M"
@@ -58,7 +70,9 @@ def _load_splits(spec: TaskSpec, data_dir: Path | None) -> dict[str, Task]:
 
 def _md_table(header: list[str], rows: Iterable[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in r) + " |" for r in rows]
+    lines += [
+        "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in r) + " |" for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -74,52 +88,110 @@ def render_card(family: str, specs: list[tuple[TaskSpec, dict[str, Task]]], note
     }
     if n_queries:
         header["size_categories"] = [size_category(n_queries)]
-    parts = ["---\n" + yaml.safe_dump(header, sort_keys=False).rstrip() + "\n---", f"# {family}",
-             md.description or "", "## At a glance",
-             f"Licence: {md.license}. Source: {md.source or '–'}.",
-             _md_table(["cirbench task", "splits", "protocols (first = official, default)", "query → corpus",
-                        "metrics", "size (documented)"],
-                       [[f"`{sp.name}`", ", ".join(sp.splits), ", ".join(f"`{p}`" for p in sp.protocols),
-                         f"{sp.metadata.query_modality} → {sp.metadata.corpus_modality}",
-                         ", ".join(sp.metrics) or "–", sp.size or "–"] for sp, _ in specs])]
+    parts = [
+        "---\n" + yaml.safe_dump(header, sort_keys=False).rstrip() + "\n---",
+        f"# {family}",
+        md.description or "",
+        "## At a glance",
+        f"Licence: {md.license}. Source: {md.source or '–'}.",
+        _md_table(
+            [
+                "cirbench task",
+                "splits",
+                "protocols (first = official, default)",
+                "query → corpus",
+                "metrics",
+                "size (documented)",
+            ],
+            [
+                [
+                    f"`{sp.name}`",
+                    ", ".join(sp.splits),
+                    ", ".join(f"`{p}`" for p in sp.protocols),
+                    f"{sp.metadata.query_modality} → {sp.metadata.corpus_modality}",
+                    ", ".join(sp.metrics) or "–",
+                    sp.size or "–",
+                ]
+                for sp, _ in specs
+            ],
+        ),
+    ]
     parts.append("## Sizes")
     loaded = [(sp, splits) for sp, splits in specs if splits]
     if loaded:
-        parts.append(_md_table(["task", "split", "queries", "gallery", "labels", "dataset revision"],
-                               [[sp.name, s, len(t.queries), len(t.corpus),
-                                 "yes" if t.has_labels else "no (test server)", f"`{t.revision}`"]
-                                for sp, splits in loaded for s, t in splits.items()]))
+        parts.append(
+            _md_table(
+                ["task", "split", "queries", "gallery", "labels", "dataset revision"],
+                [
+                    [
+                        sp.name,
+                        s,
+                        len(t.queries),
+                        len(t.corpus),
+                        "yes" if t.has_labels else "no (test server)",
+                        f"`{t.revision}`",
+                    ]
+                    for sp, splits in loaded
+                    for s, t in splits.items()
+                ],
+            )
+        )
         for sp, splits in loaded:
             for split, t in splits.items():
                 cats = Counter((q.category or "–", q.subcategory or "–") for q in t.queries)
                 if len(cats) > 1:
-                    parts.append(f"Queries per category and subcategory in `{sp.name}/{split}`:\n\n" + _md_table(
-                        ["category", "subcategory", "queries"], [[c, s, n] for (c, s), n in sorted(cats.items())]))
+                    parts.append(
+                        f"Queries per category and subcategory in `{sp.name}/{split}`:\n\n"
+                        + _md_table(
+                            ["category", "subcategory", "queries"],
+                            [[c, s, n] for (c, s), n in sorted(cats.items())],
+                        )
+                    )
     else:
-        parts.append("The data is not on the machine that wrote this card, so the sizes above are the "
-                     "documented ones; run `cirbench card` with `--data-dir` to count them. Expected layout: "
-                     f"{specs[0][0].layout or 'see the notes below'}.")
+        parts.append(
+            "The data is not on the machine that wrote this card, so the sizes above are the "
+            "documented ones; run `cirbench card` with `--data-dir` to count them. Expected layout: "
+            f"{specs[0][0].layout or 'see the notes below'}."
+        )
     for sp, splits in specs:
         first = next(iter(splits.values()), None)
         if first is None:
             continue
         p = first.protocol
-        parts.append(f"## Protocol of `{sp.name}` (official)\n\n" + _md_table(["field", "value"], [
-            ["name", p.name], ["metrics", ", ".join(p.metrics)], ["main metric", p.main_metric],
-            ["run depth (top K)", p.top_k], ["AP normaliser", p.ap_normaliser],
-            ["reference excluded", p.exclude_reference], ["gallery", p.gallery],
-            ["text template", f"`{p.text_template}`"],
-            ["pseudo-token template", f"`{p.pseudo_token_template}`" if p.pseudo_token_template else "–"],
-            ["caption join", p.caption_join or "–"], *[[f"note: {k}", v] for k, v in p.notes.items()]]))
+        parts.append(
+            f"## Protocol of `{sp.name}` (official)\n\n"
+            + _md_table(
+                ["field", "value"],
+                [
+                    ["name", p.name],
+                    ["metrics", ", ".join(p.metrics)],
+                    ["main metric", p.main_metric],
+                    ["run depth (top K)", p.top_k],
+                    ["AP normaliser", p.ap_normaliser],
+                    ["reference excluded", p.exclude_reference],
+                    ["gallery", p.gallery],
+                    ["text template", f"`{p.text_template}`"],
+                    [
+                        "pseudo-token template",
+                        f"`{p.pseudo_token_template}`" if p.pseudo_token_template else "–",
+                    ],
+                    ["caption join", p.caption_join or "–"],
+                    *[[f"note: {k}", v] for k, v in p.notes.items()],
+                ],
+            )
+        )
     if not loaded:
-        parts.append("## Protocol\n\nEvery result records the full protocol (gallery, exclusions, K values, "
-                     "AP normaliser, text templating); the named variants are listed above.")
+        parts.append(
+            "## Protocol\n\nEvery result records the full protocol (gallery, exclusions, K values, "
+            "AP normaliser, text templating); the named variants are listed above."
+        )
     if md.pitfalls:
         parts.append("## Known pitfalls\n\n" + "\n".join(f"- {x}" for x in md.pitfalls))
     if md.citation:
         parts.append(f"## Citation\n\n```bibtex\n{md.citation.strip()}\n```")
-    parts.append(f"{NOTES_START}\n{notes.strip()}\n{NOTES_END}" if notes.strip() else
-                 f"{NOTES_START}\n{NOTES_END}")
+    parts.append(
+        f"{NOTES_START}\n{notes.strip()}\n{NOTES_END}" if notes.strip() else f"{NOTES_START}\n{NOTES_END}"
+    )
     return "\n\n".join(x for x in parts if x) + "\n"
 
 
@@ -142,15 +214,18 @@ def families() -> dict[str, list[TaskSpec]]:
     return out
 
 
-def write_card(name: str, out_dir: Path, *, data_dir: Path | None = None,
-               build_synthetic_full: bool = False) -> Path:
+def write_card(
+    name: str, out_dir: Path, *, data_dir: Path | None = None, build_synthetic_full: bool = False
+) -> Path:
     """Write the card of a task's family to `<out_dir>/<family>.md`, keeping its hand-written notes."""
     fams = families()
     family = name if name in fams else (get_task_spec(name).family or name)
     specs = fams[family]
     path = out_dir / f"{family}.md"
-    loaded = [(sp, {} if sp.name == "synthetic-full" and not build_synthetic_full
-               else _load_splits(sp, data_dir)) for sp in specs]
+    loaded = [
+        (sp, {} if sp.name == "synthetic-full" and not build_synthetic_full else _load_splits(sp, data_dir))
+        for sp in specs
+    ]
     text = render_card(family, loaded, existing_notes(path))
     with atomic_write(path) as f:
         f.write(text)

@@ -1,4 +1,7 @@
-"""The `cirbench` command. Thin: parse options, call the Python API, print. Heavy imports stay inside commands."""
+"""The `cirbench` command. Thin: parse options, call the Python API, print.
+
+Heavy imports (torch costs seconds) stay inside the commands.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-app = typer.Typer(help="Build and evaluate Composed Image Retrieval benchmarks.", no_args_is_help=True,
-                  pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    help="Build and evaluate Composed Image Retrieval benchmarks.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 
 
 def _console() -> Console:
@@ -51,8 +57,12 @@ def _fail(e: BaseException) -> None:
 
 @app.command("eval")
 def eval_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="alias, family:target, or module:factory")] = DEFAULT_MODEL,
-    task: Annotated[str, typer.Option("--task", "-t", help="registered task or native dataset dir")] = DEFAULT_TASK,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="alias, family:target, or module:factory")
+    ] = DEFAULT_MODEL,
+    task: Annotated[
+        str, typer.Option("--task", "-t", help="registered task or native dataset dir")
+    ] = DEFAULT_TASK,
     split: Annotated[str | None, typer.Option(help="split (default: the task's)")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="dataset root (else $CIRBENCH_DATA/<task>)")] = None,
     protocol: Annotated[str | None, typer.Option(help="named protocol variant (default: official)")] = None,
@@ -61,21 +71,31 @@ def eval_cmd(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
     dtype: Annotated[str | None, typer.Option(help="model dtype: float32, bfloat16, float16")] = None,
     top_k: Annotated[int | None, typer.Option(help="run depth (default: the protocol's)")] = None,
-    limit: Annotated[int | None, typer.Option(help="only the first N queries (a smoke run; recorded)")] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="do not read or write the embedding cache")] = False,
+    limit: Annotated[
+        int | None, typer.Option(help="only the first N queries (a smoke run; recorded)")
+    ] = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="do not read or write the embedding cache")
+    ] = False,
     cache_dir: Annotated[Path | None, typer.Option(help="cache root (default $CIRBENCH_CACHE)")] = None,
     workers: Annotated[int | None, typer.Option(help="image decode threads")] = None,
     search_dtype: Annotated[str, typer.Option(help="float32 (exact) or bfloat16")] = "float32",
     search_backend: Annotated[str, typer.Option(help="torch, faiss or auto")] = "torch",
     option: Annotated[list[str] | None, typer.Option("--option", help="model option name=value")] = None,
-    task_option: Annotated[list[str] | None, typer.Option("--task-option", help="task option name=value")] = None,
+    task_option: Annotated[
+        list[str] | None, typer.Option("--task-option", help="task option name=value")
+    ] = None,
     trust_remote_code: Annotated[bool, typer.Option(help="allow a model's own remote code to run")] = False,
     bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95% CIs")] = 1000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
     rerank: Annotated[str | None, typer.Option(help="reranker: soft (SoFT soft filtering)")] = None,
-    constraints: Annotated[Path | None, typer.Option(help="SoFT constraints file (JSON/JSONL by query id)")] = None,
+    constraints: Annotated[
+        Path | None, typer.Option(help="SoFT constraints file (JSON/JSONL by query id)")
+    ] = None,
     rerank_lambda: Annotated[float, typer.Option(help="SoFT λ in [0, 1]")] = 0.5,
-    rerank_mode: Annotated[str, typer.Option(help="SoFT mode: soft, reward, penalty, penalty-as-coded")] = "soft",
+    rerank_mode: Annotated[
+        str, typer.Option(help="SoFT mode: soft, reward, penalty, penalty-as-coded")
+    ] = "soft",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Score a model on a task: prints the table and writes result.json, run.parquet (+ submission)."""
@@ -85,14 +105,37 @@ def eval_cmd(
     mopts = _kv(option, "--option")
     if trust_remote_code:
         mopts["trust_remote_code"] = True
-    opts = EvalOptions(batch_size=batch_size, device=device, dtype=dtype, top_k=top_k, use_cache=not no_cache,
-                       cache_dir=cache_dir, workers=workers, search_dtype=search_dtype,
-                       search_backend=search_backend, n_bootstrap=bootstrap, seed=seed, progress=not quiet,
-                       rerank=rerank, constraints=constraints, rerank_lambda=rerank_lambda,
-                       rerank_mode=rerank_mode)
+    opts = EvalOptions(
+        batch_size=batch_size,
+        device=device,
+        dtype=dtype,
+        top_k=top_k,
+        use_cache=not no_cache,
+        cache_dir=cache_dir,
+        workers=workers,
+        search_dtype=search_dtype,
+        search_backend=search_backend,
+        n_bootstrap=bootstrap,
+        seed=seed,
+        progress=not quiet,
+        rerank=rerank,
+        constraints=constraints,
+        rerank_lambda=rerank_lambda,
+        rerank_mode=rerank_mode,
+    )
     try:
-        result = evaluate(model, task, split=split, data_dir=data_dir, protocol=protocol, output=output,
-                          limit=limit, options=opts, model_options=mopts, task_options=_kv(task_option, "--task-option"))
+        result = evaluate(
+            model,
+            task,
+            split=split,
+            data_dir=data_dir,
+            protocol=protocol,
+            output=output,
+            limit=limit,
+            options=opts,
+            model_options=mopts,
+            task_options=_kv(task_option, "--task-option"),
+        )
     except (ValueError, KeyError, FileNotFoundError) as e:
         _fail(e)
         return
@@ -120,8 +163,15 @@ def tasks_cmd() -> None:
         table.add_column(col)
     for spec in list_tasks():
         md = spec.metadata
-        table.add_row(md.name, ", ".join(spec.splits), ", ".join(spec.protocols), spec.size,
-                      f"{md.query_modality} → {md.corpus_modality}", ", ".join(spec.metrics), md.license)
+        table.add_row(
+            md.name,
+            ", ".join(spec.splits),
+            ", ".join(spec.protocols),
+            spec.size,
+            f"{md.query_modality} → {md.corpus_modality}",
+            ", ".join(spec.metrics),
+            md.license,
+        )
     _console().print(table)
 
 
@@ -137,11 +187,22 @@ def models_cmd() -> None:
         table.add_column(col)
     for s in list_models():
         params = f"{s.parameters / 1e6:.0f}M" if s.parameters else "–"
-        table.add_row(s.name, s.id, str(s.revision or "–"), str(s.dim or "–"), params, ", ".join(s.modalities),
-                      s.dtype, s.license)
+        table.add_row(
+            s.name,
+            s.id,
+            str(s.revision or "–"),
+            str(s.dim or "–"),
+            params,
+            ", ".join(s.modalities),
+            s.dtype,
+            s.license,
+        )
     _console().print(table)
-    _console().print("families: " + ", ".join(f"{f}:<id or path>" for f in sorted(_FAMILIES))
-                  + ", package.module:factory, entry points in group 'cirbench.models'")
+    _console().print(
+        "families: "
+        + ", ".join(f"{f}:<id or path>" for f in sorted(_FAMILIES))
+        + ", package.module:factory, entry points in group 'cirbench.models'"
+    )
 
 
 @app.command("compare")
@@ -167,14 +228,23 @@ def compare_cmd(
         return
     for p in info["problems"]:
         _console().print(f"[yellow]warning (forced):[/yellow] {p}")
-    table = Table(title=f"{rb.model.get('name')} − {ra.model.get('name')} on {ra.task['name']}/"
-                        f"{ra.task['split']} ({info['n_common']} paired queries, {method})")
+    table = Table(
+        title=f"{rb.model.get('name')} − {ra.model.get('name')} on {ra.task['name']}/"
+        f"{ra.task['split']} ({info['n_common']} paired queries, {method})"
+    )
     for col in ("metric", "A", "B", "B − A", "95% CI", "p", ""):
         table.add_column(col, justify="right")
     for t in tests:
         sig = "[green]significant[/green]" if t.p_value < 0.05 else "[dim]tie[/dim]"
-        table.add_row(t.metric, f"{100 * t.mean_a:.2f}", f"{100 * t.mean_b:.2f}", f"{100 * t.diff:+.2f}",
-                      f"[{100 * t.ci_low:+.2f}, {100 * t.ci_high:+.2f}]", f"{t.p_value:.4f}", sig)
+        table.add_row(
+            t.metric,
+            f"{100 * t.mean_a:.2f}",
+            f"{100 * t.mean_b:.2f}",
+            f"{100 * t.diff:+.2f}",
+            f"[{100 * t.ci_low:+.2f}, {100 * t.ci_high:+.2f}]",
+            f"{t.p_value:.4f}",
+            sig,
+        )
     _console().print(table)
 
 
@@ -238,7 +308,9 @@ def demo_cmd(
 
 @app.command("leaderboard")
 def leaderboard_cmd(
-    results: Annotated[list[Path], typer.Argument(help="result.json files or directories (searched recursively)")],
+    results: Annotated[
+        list[Path], typer.Argument(help="result.json files or directories (searched recursively)")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("leaderboards"),
     reported: Annotated[Path | None, typer.Option(help="citation file of published numbers (CSV)")] = None,
     resamples: Annotated[int, typer.Option(help="paired-bootstrap resamples for ties")] = 10000,
@@ -259,7 +331,9 @@ def card_cmd(
     task: Annotated[str | None, typer.Argument(help="task or family (omit with --all)")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="directory of the cards")] = Path("data_cards"),
     data_dir: Annotated[Path | None, typer.Option(help="dataset root, to count sizes and categories")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="regenerate the card of every registered benchmark")] = False,
+    all_: Annotated[
+        bool, typer.Option("--all", help="regenerate the card of every registered benchmark")
+    ] = False,
 ) -> None:
     """Write a benchmark's data card from the task itself (hand-written notes in the card are kept)."""
     from cirbench.cards import write_all_cards, write_card
@@ -283,7 +357,9 @@ def card_cmd(
 def validate_submission_cmd(
     file: Annotated[Path, typer.Argument(help="the submission file")],
     task: Annotated[str, typer.Option("--task", "-t", help="cirr or circo")],
-    data_dir: Annotated[Path | None, typer.Option(help="dataset root, to check ids against the split")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="dataset root, to check ids against the split")
+    ] = None,
 ) -> None:
     """Check a test-server submission file before upload; names every problem."""
     from cirbench.submission import validate_submission

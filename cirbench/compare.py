@@ -17,8 +17,17 @@ from cirbench.run import read_run_table
 from cirbench.scoring import per_query_values
 from cirbench.stats import PairedTest, paired_bootstrap, paired_permutation
 
-PROTOCOL_FIELDS = ("name", "metrics", "top_k", "ap_normaliser", "exclude_reference", "gallery",
-                   "text_template", "caption_join", "notes")
+PROTOCOL_FIELDS = (
+    "name",
+    "metrics",
+    "top_k",
+    "ap_normaliser",
+    "exclude_reference",
+    "gallery",
+    "text_template",
+    "caption_join",
+    "notes",
+)
 """Protocol fields that must agree; instructions and search settings belong to the model run."""
 
 
@@ -33,21 +42,30 @@ def incompatibilities(a: Result, b: Result) -> list[str]:
     return problems
 
 
-def compare_results(a: Result, b: Result, *, force: bool = False, method: str = "bootstrap",
-                    n_resamples: int = 10000, seed: int = 0,
-                    metrics: list[str] | None = None) -> tuple[list[PairedTest], dict[str, Any]]:
+def compare_results(
+    a: Result,
+    b: Result,
+    *,
+    force: bool = False,
+    method: str = "bootstrap",
+    n_resamples: int = 10000,
+    seed: int = 0,
+    metrics: list[str] | None = None,
+) -> tuple[list[PairedTest], dict[str, Any]]:
     """Paired tests of b - a per metric; raises ValueError when the results are not comparable."""
     problems = incompatibilities(a, b)
     if problems and not force:
-        raise ValueError("results are not comparable (use --force to compare anyway):\n- "
-                         + "\n- ".join(problems))
+        raise ValueError(
+            "results are not comparable (use --force to compare anyway):\n- " + "\n- ".join(problems)
+        )
     paths = [r.run_path() for r in (a, b)]
     if any(p is None for p in paths):
         raise ValueError("both results need their run.parquet (files.run) to compare per query")
     ta, tb = (read_run_table(p) for p in paths if p is not None)
     # MedR is a median of ranks (inf where nothing was found): a paired mean test does not apply to it.
-    metric_names = metrics or [m for m in a.protocol["metrics"] if m in b.protocol["metrics"]
-                               and parse_metric(m).kind != "medr"]
+    metric_names = metrics or [
+        m for m in a.protocol["metrics"] if m in b.protocol["metrics"] and parse_metric(m).kind != "medr"
+    ]
     va = per_query_values(ta, a.protocol, metric_names)
     vb = per_query_values(tb, b.protocol, metric_names)
     qa, qb = ta.column("query_id").to_pylist(), tb.column("query_id").to_pylist()
@@ -64,5 +82,10 @@ def compare_results(a: Result, b: Result, *, force: bool = False, method: str = 
         x, y = va[m][sel_a], vb[m][sel_b]
         ok = ~(np.isnan(x) | np.isnan(y))
         out.append(test(x[ok], y[ok], metric=m, n_resamples=n_resamples, seed=seed))
-    return out, {"problems": problems, "n_common": len(common), "n_a": len(qa), "n_b": len(qb),
-                 "method": method}
+    return out, {
+        "problems": problems,
+        "n_common": len(common),
+        "n_a": len(qa),
+        "n_b": len(qb),
+        "method": method,
+    }

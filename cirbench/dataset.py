@@ -7,7 +7,7 @@ Layout of a dataset directory (every table is parquet, so `datasets.load_dataset
     <split>/queries.parquet     id, reference_id, text, relevant_ids, candidate_ids, exclude_ids,
                                 category, subcategory, hard_negative_ids, text_variants, meta (JSON string)
     <split>/corpus.parquet      id, image (bytes, nullable), image_path (relative, nullable), caption
-    <split>/references.parquet  optional: reference images that are not in the gallery (same columns as corpus)
+    <split>/references.parquet  optional: reference images not in the gallery (same columns as corpus)
     README.md                   the data card
     images/...                  optional image files named by image_path
 
@@ -36,25 +36,29 @@ FORMAT = "cirbench-dataset"
 FORMAT_VERSION = 1
 MANIFEST = "cirbench.json"
 
-QUERY_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("reference_id", pa.string()),
-    ("text", pa.string()),
-    ("relevant_ids", pa.list_(pa.string())),
-    ("candidate_ids", pa.list_(pa.string())),
-    ("exclude_ids", pa.list_(pa.string())),
-    ("category", pa.string()),
-    ("subcategory", pa.string()),
-    ("hard_negative_ids", pa.list_(pa.string())),
-    ("text_variants", pa.list_(pa.string())),
-    ("meta", pa.string()),
-])
-IMAGE_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("image", pa.binary()),
-    ("image_path", pa.string()),
-    ("caption", pa.string()),
-])
+QUERY_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("reference_id", pa.string()),
+        ("text", pa.string()),
+        ("relevant_ids", pa.list_(pa.string())),
+        ("candidate_ids", pa.list_(pa.string())),
+        ("exclude_ids", pa.list_(pa.string())),
+        ("category", pa.string()),
+        ("subcategory", pa.string()),
+        ("hard_negative_ids", pa.list_(pa.string())),
+        ("text_variants", pa.list_(pa.string())),
+        ("meta", pa.string()),
+    ]
+)
+IMAGE_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("image", pa.binary()),
+        ("image_path", pa.string()),
+        ("caption", pa.string()),
+    ]
+)
 REQUIRED_QUERY_COLUMNS = ("id", "text", "relevant_ids")
 REQUIRED_IMAGE_COLUMNS = ("id",)
 
@@ -93,40 +97,53 @@ class SplitData:
 def safe_path(root: Path, rel: str, *, file: Path, record: str, field_name: str) -> Path:
     """Resolve a relative path inside the dataset root; refuse anything that escapes it."""
     if os.path.isabs(rel):
-        raise DatasetError(f"absolute path {rel!r} is not allowed", file=file, record=record, field=field_name)
+        raise DatasetError(
+            f"absolute path {rel!r} is not allowed", file=file, record=record, field=field_name
+        )
     root_r = root.resolve()
     p = (root_r / rel).resolve()
     if p != root_r and root_r not in p.parents:
-        raise DatasetError(f"path {rel!r} escapes the dataset root {str(root_r)!r}", file=file,
-                           record=record, field=field_name)
+        raise DatasetError(
+            f"path {rel!r} escapes the dataset root {str(root_r)!r}",
+            file=file,
+            record=record,
+            field=field_name,
+        )
     return p
 
 
 # ----------------------------------------------------------------------------------------------- writing
 
+
 def _image_table(records: Sequence[ImageRecord]) -> pa.Table:
-    return pa.table({
-        "id": [r.id for r in records],
-        "image": [r.image for r in records],
-        "image_path": [r.image_path for r in records],
-        "caption": [r.caption for r in records],
-    }, schema=IMAGE_SCHEMA)
+    return pa.table(
+        {
+            "id": [r.id for r in records],
+            "image": [r.image for r in records],
+            "image_path": [r.image_path for r in records],
+            "caption": [r.caption for r in records],
+        },
+        schema=IMAGE_SCHEMA,
+    )
 
 
 def _query_table(records: Sequence[QueryRecord]) -> pa.Table:
-    return pa.table({
-        "id": [r.id for r in records],
-        "reference_id": [r.reference_id for r in records],
-        "text": [r.text for r in records],
-        "relevant_ids": [list(r.relevant_ids) for r in records],
-        "candidate_ids": [None if r.candidate_ids is None else list(r.candidate_ids) for r in records],
-        "exclude_ids": [list(r.exclude_ids) for r in records],
-        "category": [r.category for r in records],
-        "subcategory": [r.subcategory for r in records],
-        "hard_negative_ids": [list(r.hard_negative_ids) for r in records],
-        "text_variants": [list(r.text_variants) for r in records],
-        "meta": [json.dumps(r.meta, sort_keys=True) if r.meta else None for r in records],
-    }, schema=QUERY_SCHEMA)
+    return pa.table(
+        {
+            "id": [r.id for r in records],
+            "reference_id": [r.reference_id for r in records],
+            "text": [r.text for r in records],
+            "relevant_ids": [list(r.relevant_ids) for r in records],
+            "candidate_ids": [None if r.candidate_ids is None else list(r.candidate_ids) for r in records],
+            "exclude_ids": [list(r.exclude_ids) for r in records],
+            "category": [r.category for r in records],
+            "subcategory": [r.subcategory for r in records],
+            "hard_negative_ids": [list(r.hard_negative_ids) for r in records],
+            "text_variants": [list(r.text_variants) for r in records],
+            "meta": [json.dumps(r.meta, sort_keys=True) if r.meta else None for r in records],
+        },
+        schema=QUERY_SCHEMA,
+    )
 
 
 def _write_parquet(table: pa.Table, path: Path) -> None:
@@ -134,12 +151,22 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, compression="zstd", write_statistics=False, store_schema=True)
 
 
-def write_dataset(root: str | os.PathLike[str], splits: Mapping[str, SplitData], *, name: str,
-                  version: str = "1.0", description: str = "", license: str = "unknown",
-                  citation: str = "", protocol: Protocol | None = None,
-                  taxonomy: Mapping[str, str] | None = None, instructions: Mapping[str, str] | None = None,
-                  extra: Mapping[str, Any] | None = None, card: str | None = None,
-                  files: Mapping[str, bytes] | None = None) -> Path:
+def write_dataset(
+    root: str | os.PathLike[str],
+    splits: Mapping[str, SplitData],
+    *,
+    name: str,
+    version: str = "1.0",
+    description: str = "",
+    license: str = "unknown",
+    citation: str = "",
+    protocol: Protocol | None = None,
+    taxonomy: Mapping[str, str] | None = None,
+    instructions: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    card: str | None = None,
+    files: Mapping[str, bytes] | None = None,
+) -> Path:
     """Write a dataset atomically: into a temporary sibling directory, validated, then moved into place.
 
     `files` are extra files (relative path -> bytes) such as a contact sheet or images named by image_path.
@@ -149,10 +176,18 @@ def write_dataset(root: str | os.PathLike[str], splits: Mapping[str, SplitData],
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         manifest: dict[str, Any] = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "name": name, "version": version,
-            "description": description, "license": license, "citation": citation,
-            "protocol": (protocol or Protocol()).to_dict(), "taxonomy": dict(taxonomy or {}),
-            "instructions": dict(instructions or {}), "splits": {}, **(extra or {}),
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "version": version,
+            "description": description,
+            "license": license,
+            "citation": citation,
+            "protocol": (protocol or Protocol()).to_dict(),
+            "taxonomy": dict(taxonomy or {}),
+            "instructions": dict(instructions or {}),
+            "splits": {},
+            **(extra or {}),
         }
         for rel, data in (files or {}).items():
             p = safe_path(tmp, rel, file=tmp / rel, record=rel, field_name="files")
@@ -162,8 +197,13 @@ def write_dataset(root: str | os.PathLike[str], splits: Mapping[str, SplitData],
             (tmp / split).mkdir()
             _write_parquet(_query_table(sd.queries), tmp / split / "queries.parquet")
             _write_parquet(_image_table(sd.corpus), tmp / split / "corpus.parquet")
-            entry = {"queries": f"{split}/queries.parquet", "corpus": f"{split}/corpus.parquet",
-                     "num_queries": len(sd.queries), "num_corpus": len(sd.corpus), "has_labels": sd.has_labels}
+            entry = {
+                "queries": f"{split}/queries.parquet",
+                "corpus": f"{split}/corpus.parquet",
+                "num_queries": len(sd.queries),
+                "num_corpus": len(sd.corpus),
+                "has_labels": sd.has_labels,
+            }
             if sd.references:
                 _write_parquet(_image_table(sd.references), tmp / split / "references.parquet")
                 entry["references"] = f"{split}/references.parquet"
@@ -203,6 +243,7 @@ def _tree_hash(root: Path) -> str:
 
 # ----------------------------------------------------------------------------------------------- reading
 
+
 def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(root) / MANIFEST
     if not path.is_file():
@@ -214,8 +255,11 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     if manifest.get("format") != FORMAT:
         raise DatasetError(f"expected format {FORMAT!r}", file=path, field="format")
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise DatasetError(f"unsupported format_version {manifest.get('format_version')!r}",
-                           file=path, field="format_version")
+        raise DatasetError(
+            f"unsupported format_version {manifest.get('format_version')!r}",
+            file=path,
+            field="format_version",
+        )
     return manifest
 
 
@@ -249,8 +293,9 @@ def _images(root: Path, path: Path) -> list[Item]:
         elif rels[i] is not None:
             image = safe_path(root, rels[i], file=path, record=iid, field_name="image_path")
         else:
-            raise DatasetError("record has neither image bytes nor image_path", file=path, record=iid,
-                               field="image")
+            raise DatasetError(
+                "record has neither image bytes nor image_path", file=path, record=iid, field="image"
+            )
         items.append(Item(id=iid, image=image, caption=captions[i]))
     return items
 
@@ -268,15 +313,21 @@ def load_native(root: str | os.PathLike[str], split: str = "test") -> Task:
     root = Path(root)
     manifest = read_manifest(root)
     if split not in manifest["splits"]:
-        raise DatasetError(f"unknown split {split!r}; available: {sorted(manifest['splits'])}",
-                           file=root / MANIFEST, field="splits")
+        raise DatasetError(
+            f"unknown split {split!r}; available: {sorted(manifest['splits'])}",
+            file=root / MANIFEST,
+            field="splits",
+        )
     entry = manifest["splits"][split]
-    corpus = _images(root, safe_path(root, entry["corpus"], file=root / MANIFEST, record=split,
-                                     field_name="corpus"))
+    corpus = _images(
+        root, safe_path(root, entry["corpus"], file=root / MANIFEST, record=split, field_name="corpus")
+    )
     refs = {it.id: it for it in corpus}
     if "references" in entry:
-        for it in _images(root, safe_path(root, entry["references"], file=root / MANIFEST, record=split,
-                                          field_name="references")):
+        for it in _images(
+            root,
+            safe_path(root, entry["references"], file=root / MANIFEST, record=split, field_name="references"),
+        ):
             refs.setdefault(it.id, it)
     qpath = safe_path(root, entry["queries"], file=root / MANIFEST, record=split, field_name="queries")
     table = _read_table(qpath, REQUIRED_QUERY_COLUMNS)
@@ -296,13 +347,15 @@ def load_native(root: str | os.PathLike[str], split: str = "test") -> Task:
         image = None
         if ref_id is not None:
             if ref_id not in refs:
-                raise DatasetError(f"unknown reference image {ref_id!r}", file=qpath, record=qid,
-                                   field="reference_id")
+                raise DatasetError(
+                    f"unknown reference image {ref_id!r}", file=qpath, record=qid, field="reference_id"
+                )
             image = refs[ref_id].image
         relevant = _str_list(cols["relevant_ids"][i], file=qpath, record=qid, field_name="relevant_ids")
         if has_labels and not relevant:
-            raise DatasetError("labelled split has a query with no relevant id", file=qpath, record=qid,
-                               field="relevant_ids")
+            raise DatasetError(
+                "labelled split has a query with no relevant id", file=qpath, record=qid, field="relevant_ids"
+            )
         cand = get("candidate_ids")[i]
         variants = _str_list(get("text_variants")[i], file=qpath, record=qid, field_name="text_variants")
         meta_s = get("meta")[i]
@@ -310,29 +363,53 @@ def load_native(root: str | os.PathLike[str], split: str = "test") -> Task:
             meta = json.loads(meta_s) if meta_s else {}
         except json.JSONDecodeError as e:
             raise DatasetError(f"malformed JSON: {e}", file=qpath, record=qid, field="meta") from e
-        queries.append(Query(
-            id=qid, item=Item(id=qid, image=image, text=text), relevant_ids=relevant, reference_id=ref_id,
-            candidate_ids=None if cand is None else _str_list(cand, file=qpath, record=qid,
-                                                              field_name="candidate_ids"),
-            exclude_ids=_str_list(get("exclude_ids")[i], file=qpath, record=qid, field_name="exclude_ids"),
-            category=get("category")[i], subcategory=get("subcategory")[i],
-            alt_items=tuple(Item(id=f"{qid}#{j}", image=image, text=t) for j, t in enumerate(variants, 1)),
-            hard_negative_ids=_str_list(get("hard_negative_ids")[i], file=qpath, record=qid,
-                                        field_name="hard_negative_ids"),
-            meta=meta,
-        ))
+        queries.append(
+            Query(
+                id=qid,
+                item=Item(id=qid, image=image, text=text),
+                relevant_ids=relevant,
+                reference_id=ref_id,
+                candidate_ids=None
+                if cand is None
+                else _str_list(cand, file=qpath, record=qid, field_name="candidate_ids"),
+                exclude_ids=_str_list(
+                    get("exclude_ids")[i], file=qpath, record=qid, field_name="exclude_ids"
+                ),
+                category=get("category")[i],
+                subcategory=get("subcategory")[i],
+                alt_items=tuple(
+                    Item(id=f"{qid}#{j}", image=image, text=t) for j, t in enumerate(variants, 1)
+                ),
+                hard_negative_ids=_str_list(
+                    get("hard_negative_ids")[i], file=qpath, record=qid, field_name="hard_negative_ids"
+                ),
+                meta=meta,
+            )
+        )
     p = manifest.get("protocol", {})
     known = set(Protocol.__dataclass_fields__)
-    protocol = Protocol(**{k: (tuple(v) if k == "metrics" else v) for k, v in p.items() if k in known})
+    fields: dict[str, Any] = {k: (tuple(v) if k == "metrics" else v) for k, v in p.items() if k in known}
+    protocol = Protocol(**fields)
     metadata = TaskMetadata(
-        name=manifest["name"], description=manifest.get("description", ""),
-        source=str(manifest.get("source", root)), license=manifest.get("license", "unknown"),
-        citation=manifest.get("citation", ""), taxonomy=manifest.get("taxonomy", {}),
-        instructions=manifest.get("instructions", {}), pitfalls=tuple(manifest.get("pitfalls", ())),
+        name=manifest["name"],
+        description=manifest.get("description", ""),
+        source=str(manifest.get("source", root)),
+        license=manifest.get("license", "unknown"),
+        citation=manifest.get("citation", ""),
+        taxonomy=manifest.get("taxonomy", {}),
+        instructions=manifest.get("instructions", {}),
+        pitfalls=tuple(manifest.get("pitfalls", ())),
     )
-    task = Task(metadata=metadata, split=split, queries=queries, corpus=corpus, protocol=protocol,
-                revision=manifest.get("revision"), has_labels=has_labels,
-                extra={"dataset_dir": str(root), "version": manifest.get("version")})
+    task = Task(
+        metadata=metadata,
+        split=split,
+        queries=queries,
+        corpus=corpus,
+        protocol=protocol,
+        revision=manifest.get("revision"),
+        has_labels=has_labels,
+        extra={"dataset_dir": str(root), "version": manifest.get("version")},
+    )
     try:
         task.validate()
     except DatasetError as e:

@@ -12,8 +12,15 @@ from cirbench.result import Result
 DEMO_MODELS = ("cirbench-fusion", "image-only", "text-only", "random")
 
 
-def run_demo(out: Path, *, limit: int | None = None, progress: bool = True, console: Console | None = None,
-             task: str = "synthetic-mini", models: tuple[str, ...] = DEMO_MODELS) -> list[Result]:
+def run_demo(
+    out: Path,
+    *,
+    limit: int | None = None,
+    progress: bool = True,
+    console: Console | None = None,
+    task: str = "synthetic-mini",
+    models: tuple[str, ...] = DEMO_MODELS,
+) -> list[Result]:
     """Evaluate the default model and the baselines; write results, a summary and a per-category chart."""
     from cirbench.display import comparison_table
     from cirbench.evaluation import EvalOptions, evaluate, safe_name
@@ -24,12 +31,17 @@ def run_demo(out: Path, *, limit: int | None = None, progress: bool = True, cons
     results = []
     for name in models:
         console.rule(f"{name} on {task}")
-        results.append(evaluate(name, task, output=out / safe_name(name), limit=limit,
-                                options=EvalOptions(progress=progress)))
+        results.append(
+            evaluate(
+                name, task, output=out / safe_name(name), limit=limit, options=EvalOptions(progress=progress)
+            )
+        )
     for kind in ("category", "subcategory"):
         console.print(comparison_table(results, kind=kind))
     chart = per_group_bar_chart(results, out / "per_category.png", kind="category")
     per_group_bar_chart(results, out / "per_subcategory.png", kind="subcategory")
-    console.print(f"wrote {len(results)} results under {out}/ and the charts {chart}, "
-                  f"{out / 'per_subcategory.png'} in {time.perf_counter() - t0:.0f} s")
+    console.print(
+        f"wrote {len(results)} results under {out}/ and the charts {chart}, "
+        f"{out / 'per_subcategory.png'} in {time.perf_counter() - t0:.0f} s"
+    )
     return results

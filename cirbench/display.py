@@ -21,12 +21,15 @@ def fmt(score: Score | None, metric: str, *, ci: bool = True) -> str:
     return text
 
 
-def result_table(result: Result, *, breakdown: Sequence[str] = ("category", "subcategory"),
-                 ci: bool = True) -> Table:
+def result_table(
+    result: Result, *, breakdown: Sequence[str] = ("category", "subcategory"), ci: bool = True
+) -> Table:
     """One row per group (overall first, then each category and subcategory), one column per metric."""
     metrics = list(result.overall) or list(result.protocol.get("metrics", []))
-    title = (f"{result.model.get('name')} on {result.task['name']}/{result.task['split']} "
-             f"({result.task['num_queries']} queries, {result.task['num_corpus']} gallery)")
+    title = (
+        f"{result.model.get('name')} on {result.task['name']}/{result.task['split']} "
+        f"({result.task['num_queries']} queries, {result.task['num_corpus']} gallery)"
+    )
     table = Table(title=title, caption="values in %; ± is half the 95% bootstrap interval" if ci else None)
     table.add_column("group", style="bold")
     table.add_column("n", justify="right")
@@ -44,11 +47,15 @@ def result_table(result: Result, *, breakdown: Sequence[str] = ("category", "sub
         for g, scores in groups.items():
             label = f"  {g}" if kind == "subcategory" and taxonomy else g
             n = next(iter(scores.values())).n if scores else 0
-            table.add_row(f"[dim]{kind}[/dim] {label}", str(n), *[fmt(scores.get(m), m, ci=ci) for m in metrics])
+            table.add_row(
+                f"[dim]{kind}[/dim] {label}", str(n), *[fmt(scores.get(m), m, ci=ci) for m in metrics]
+            )
     return table
 
 
-def comparison_table(results: Sequence[Result], *, kind: str = "subcategory", metric: str | None = None) -> Table:
+def comparison_table(
+    results: Sequence[Result], *, kind: str = "subcategory", metric: str | None = None
+) -> Table:
     """Models side by side on one metric, per group: the modality-bias view of a demo run."""
     metric = metric or results[0].main_metric
     table = Table(title=f"{metric} (%) per {kind}: {results[0].task['name']}/{results[0].task['split']}")
@@ -59,5 +66,7 @@ def comparison_table(results: Sequence[Result], *, kind: str = "subcategory", me
     table.add_section()
     groups = sorted({g for r in results for g in r.scores.get(kind, {})})
     for g in groups:
-        table.add_row(g, *[fmt(r.scores.get(kind, {}).get(g, {}).get(metric), metric, ci=False) for r in results])
+        table.add_row(
+            g, *[fmt(r.scores.get(kind, {}).get(g, {}).get(metric), metric, ci=False) for r in results]
+        )
     return table

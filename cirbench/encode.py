@@ -31,10 +31,11 @@ def _prepare(encoder: Encoder, item: Item) -> Any | None:
     return pre(img) if pre is not None else img
 
 
-def _batches(encoder: Encoder, items: Sequence[Item], batch_size: int, workers: int,
-             prefetch: int) -> Iterator[Batch]:
+def _batches(
+    encoder: Encoder, items: Sequence[Item], batch_size: int, workers: int, prefetch: int
+) -> Iterator[Batch]:
     """Decoded batches in order, decoding up to `prefetch` batches ahead in a thread pool."""
-    chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
     if workers <= 0:
         for chunk in chunks:
             yield Batch(chunk, [_prepare(encoder, it) for it in chunk])
@@ -58,10 +59,20 @@ def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
-def encode_items(encoder: Encoder, items: Sequence[Item], *, role: Role, instruction: str | None = None,
-                 cache: EmbeddingCache | None = None, batch_size: int = 32, workers: int | None = None,
-                 prefetch: int = 4, flush_every: int = 2048, progress: bool = True,
-                 description: str = "encoding") -> tuple[np.ndarray, dict[str, Any]]:
+def encode_items(
+    encoder: Encoder,
+    items: Sequence[Item],
+    *,
+    role: Role,
+    instruction: str | None = None,
+    cache: EmbeddingCache | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    prefetch: int = 4,
+    flush_every: int = 2048,
+    progress: bool = True,
+    description: str = "encoding",
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Vectors for `items` in order, plus stats (how many came from the cache, time, items/s).
 
     Identical items (same content key) are encoded once. Text-bearing items are sorted by text length so
@@ -85,8 +96,10 @@ def encode_items(encoder: Encoder, items: Sequence[Item], *, role: Role, instruc
     rank, size = world()
     if size > 1:
         if cache is None:
-            raise ValueError("distributed encoding merges shards through the embedding cache: "
-                             "do not combine it with --no-cache")
+            raise ValueError(
+                "distributed encoding merges shards through the embedding cache: "
+                "do not combine it with --no-cache"
+            )
         barrier()  # every rank has read the cache before any rank writes to it: all see the same todo list
         todo = todo[rank::size]  # every rank sorted the same list, so the shards are disjoint and complete
     dim: int | None = next(iter(vectors.values())).shape[0] if vectors else None
@@ -102,20 +115,27 @@ def encode_items(encoder: Encoder, items: Sequence[Item], *, role: Role, instruc
     with progress_bar(progress) as bar:
         task_id = bar.add_task(description, total=len(ukeys), completed=n_cached)
         try:
-            for batch in _batches(encoder, todo, batch_size, default_workers() if workers is None
-                                  else workers, prefetch):
+            for batch in _batches(
+                encoder, todo, batch_size, default_workers() if workers is None else workers, prefetch
+            ):
                 out = np.asarray(encoder.encode(batch, role=role, instruction=instruction), dtype=np.float32)
                 if out.ndim != 2 or out.shape[0] != len(batch.items):
-                    raise ValueError(f"encoder {encoder.spec.name!r} returned shape {out.shape} for a batch "
-                                     f"of {len(batch.items)} items")
+                    raise ValueError(
+                        f"encoder {encoder.spec.name!r} returned shape {out.shape} for a batch "
+                        f"of {len(batch.items)} items"
+                    )
                 if dim is None:
                     dim = out.shape[1]
                 elif out.shape[1] != dim:
-                    raise ValueError(f"encoder {encoder.spec.name!r} returned vectors of width {out.shape[1]}, "
-                                     f"but earlier (or cached) vectors have width {dim}")
+                    raise ValueError(
+                        f"encoder {encoder.spec.name!r} returned vectors of width {out.shape[1]}, "
+                        f"but earlier (or cached) vectors have width {dim}"
+                    )
                 if not np.isfinite(out).all():
                     bad = batch.items[int(np.where(~np.isfinite(out).all(1))[0][0])].id
-                    raise ValueError(f"encoder {encoder.spec.name!r} returned non-finite values for item {bad!r}")
+                    raise ValueError(
+                        f"encoder {encoder.spec.name!r} returned non-finite values for item {bad!r}"
+                    )
                 out = l2_normalise(out)
                 bkeys = [it.content_key() for it in batch.items]
                 vectors.update(zip(bkeys, out))
@@ -138,6 +158,12 @@ def encode_items(encoder: Encoder, items: Sequence[Item], *, role: Role, instruc
         raise ValueError("nothing to encode: no items")
     result = np.stack([vectors[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
     dt = time.perf_counter() - t0
-    stats = {"items": len(items), "unique": len(ukeys), "from_cache": n_cached, "encoded": len(todo),
-             "seconds": round(dt, 3), "items_per_s": round(len(todo) / dt, 2) if todo and dt > 0 else None}
+    stats = {
+        "items": len(items),
+        "unique": len(ukeys),
+        "from_cache": n_cached,
+        "encoded": len(todo),
+        "seconds": round(dt, 3),
+        "items_per_s": round(len(todo) / dt, 2) if todo and dt > 0 else None,
+    }
     return result, stats

@@ -56,8 +56,7 @@ class EvalOptions:
 def resolve_instruction(encoder: Encoder, task: Task, role: Role) -> str | None:
     """Model's instruction for this task, else the task's default, else the model's generic default."""
     spec_inst = encoder.spec.default_instructions
-    return (spec_inst.get(f"{task.name}:{role}") or task.metadata.instructions.get(role)
-            or spec_inst.get(role))
+    return spec_inst.get(f"{task.name}:{role}") or task.metadata.instructions.get(role) or spec_inst.get(role)
 
 
 def query_items(task: Task) -> tuple[list[Item], list[list[int]]]:
@@ -75,25 +74,40 @@ def query_items(task: Task) -> tuple[list[Item], list[list[int]]]:
     return items, rows
 
 
-def _encode(encoder: Encoder, items: list[Item], role: Role, instruction: str | None,
-            opts: EvalOptions, label: str) -> tuple[np.ndarray, dict[str, Any]]:
+def _encode(
+    encoder: Encoder, items: list[Item], role: Role, instruction: str | None, opts: EvalOptions, label: str
+) -> tuple[np.ndarray, dict[str, Any]]:
     cache = None
     if opts.use_cache:
         root = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
-        cache = EmbeddingCache(root, {"model": encoder.fingerprint(), "role": role,
-                                      "instruction": instruction})
-    return encode_items(encoder, items, role=role, instruction=instruction, cache=cache,
-                        batch_size=opts.batch_size, workers=opts.workers, progress=opts.progress,
-                        description=label)
+        cache = EmbeddingCache(
+            root, {"model": encoder.fingerprint(), "role": role, "instruction": instruction}
+        )
+    return encode_items(
+        encoder,
+        items,
+        role=role,
+        instruction=instruction,
+        cache=cache,
+        batch_size=opts.batch_size,
+        workers=opts.workers,
+        progress=opts.progress,
+        description=label,
+    )
 
 
-def _mean_vectors(vecs: np.ndarray, rows: list[list[int]],
-                  weights: list[list[float]] | None = None) -> np.ndarray:
+def _mean_vectors(
+    vecs: np.ndarray, rows: list[list[int]], weights: list[list[float]] | None = None
+) -> np.ndarray:
     """One vector per group of rows: the (weighted) mean, re-normalised (query phrasings, video frames)."""
     if all(len(r) == 1 for r in rows):
         return vecs[[r[0] for r in rows]]
-    out = np.stack([np.average(vecs[r], axis=0, weights=None if weights is None else weights[i])
-                    for i, r in enumerate(rows)])
+    out = np.stack(
+        [
+            np.average(vecs[r], axis=0, weights=None if weights is None else weights[i])
+            for i, r in enumerate(rows)
+        ]
+    )
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
@@ -118,34 +132,51 @@ def search_task(task: Task, qv: np.ndarray, cv: np.ndarray, k: int, opts: EvalOp
             assert task.galleries is not None
             gpos = np.asarray(sorted(pos[c] for c in task.galleries[gallery]), dtype=np.int64)
         local = {int(p): j for j, p in enumerate(gpos)}
-        res = exact_search(qv[qidx], cv[gpos], k,
-                           exclude=[[local[p] for p in excl[i] if p in local] for i in qidx],
-                           relevant=[[local[p] for p in relevant[i] if p in local] for i in qidx],
-                           dtype=opts.search_dtype, device=opts.device if opts.device != "auto" else "cpu",
-                           backend=opts.search_backend, progress=opts.progress)
+        res = exact_search(
+            qv[qidx],
+            cv[gpos],
+            k,
+            exclude=[[local[p] for p in excl[i] if p in local] for i in qidx],
+            relevant=[[local[p] for p in relevant[i] if p in local] for i in qidx],
+            dtype=opts.search_dtype,
+            device=opts.device if opts.device != "auto" else "cpu",
+            backend=opts.search_backend,
+            progress=opts.progress,
+        )
         kk = res.indices.shape[1]
         mapped = np.where(res.indices >= 0, gpos[np.maximum(res.indices, 0)], -1)
         indices[qidx, :kk] = mapped
         scores[qidx, :kk] = res.scores
         if res.first_relevant_rank is not None:
             first[qidx] = res.first_relevant_rank
-    run = Run(query_ids=[q.id for q in task.queries], corpus_ids=[it.id for it in task.corpus],
-              indices=indices, scores=scores, first_relevant_rank=first if task.has_labels else None)
+    run = Run(
+        query_ids=[q.id for q in task.queries],
+        corpus_ids=[it.id for it in task.corpus],
+        indices=indices,
+        scores=scores,
+        first_relevant_rank=first if task.has_labels else None,
+    )
     with_subset = [i for i, q in enumerate(task.queries) if q.candidate_ids is not None]
     if with_subset:
-        ks = [parse_metric(m).k or 0 for m in task.protocol.metrics
-              if parse_metric(m).kind == "recall_subset"]
-        ks = max([3, *ks])
-        sub = subset_search(qv, cv, [[pos[c] for c in (q.candidate_ids or ())] for q in task.queries], ks,
-                            exclude=excl)
+        sub_k = max(
+            [3]
+            + [parse_metric(m).k or 0 for m in task.protocol.metrics if parse_metric(m).kind == "recall_subset"]
+        )
+        sub = subset_search(
+            qv, cv, [[pos[c] for c in (q.candidate_ids or ())] for q in task.queries], sub_k, exclude=excl
+        )
         run.subset_indices, run.subset_scores = sub.indices, sub.scores
     return run
 
 
 def _hardware(device: str) -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                            "device": device}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device": device,
+    }
     try:
         import torch
 
@@ -162,11 +193,19 @@ def safe_name(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_") or "model"
 
 
-def evaluate(model: str | Encoder, task: str | Task, *, split: str | None = None,
-             data_dir: str | os.PathLike[str] | None = None, protocol: str | None = None,
-             output: str | os.PathLike[str] | None = None, limit: int | None = None,
-             options: EvalOptions | None = None, model_options: Mapping[str, Any] | None = None,
-             task_options: Mapping[str, Any] | None = None) -> cirbench.Result:
+def evaluate(
+    model: str | Encoder,
+    task: str | Task,
+    *,
+    split: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    protocol: str | None = None,
+    output: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+    options: EvalOptions | None = None,
+    model_options: Mapping[str, Any] | None = None,
+    task_options: Mapping[str, Any] | None = None,
+) -> cirbench.Result:
     """Score `model` on `task` and write result.json + run.parquet (+ a submission file) under `output`.
 
     `model` is an Encoder or a registry name; `task` a Task or a registry name / native dataset path.
@@ -181,7 +220,9 @@ def evaluate(model: str | Encoder, task: str | Task, *, split: str | None = None
     started = _dt.datetime.now(_dt.timezone.utc)
     t0 = time.perf_counter()
     if isinstance(task, str):
-        task = get_task(task, split, data_dir=data_dir, protocol=protocol, limit=limit, **(task_options or {}))
+        task = get_task(
+            task, split, data_dir=data_dir, protocol=protocol, limit=limit, **(task_options or {})
+        )
     else:
         task.validate()
         task = task.limit(limit)
@@ -191,8 +232,9 @@ def evaluate(model: str | Encoder, task: str | Task, *, split: str | None = None
     if opts.device != "cpu":
         mopts.setdefault("device", opts.device)
     encoder = get_model(model, **mopts) if isinstance(model, str) else model
-    check_modalities(encoder.spec, {"query": task.metadata.query_modality,
-                                    "corpus": task.metadata.corpus_modality})
+    check_modalities(
+        encoder.spec, {"query": task.metadata.query_modality, "corpus": task.metadata.corpus_modality}
+    )
     k = opts.top_k or task.protocol.top_k
     for m in task.protocol.metrics:
         mk = parse_metric(m).k
@@ -210,13 +252,21 @@ def evaluate(model: str | Encoder, task: str | Task, *, split: str | None = None
     run = search_task(task, qv, cv, k, opts)
     rerank_protocol = _rerank(run, task, encoder, cv, opts) if opts.rerank else None
 
-    out = Path(output) if output is not None else (
-        Path("results") / safe_name(task.name) / task.split / safe_name(encoder.spec.name))
+    out = (
+        Path(output)
+        if output is not None
+        else (Path("results") / safe_name(task.name) / task.split / safe_name(encoder.spec.name))
+    )
     table = run.to_table(task)
     if task.has_labels:
         values = per_query_values(table, task.protocol.to_dict())
-        scores = grouped_scores(values, breakdowns(table), n_resamples=opts.n_bootstrap,
-                                confidence=opts.confidence, seed=opts.seed)
+        scores = grouped_scores(
+            values,
+            breakdowns(table),
+            n_resamples=opts.n_bootstrap,
+            confidence=opts.confidence,
+            seed=opts.seed,
+        )
     else:
         scores = {"overall": {}}
     files: dict[str, Any] = {"run": "run.parquet"}
@@ -229,25 +279,53 @@ def evaluate(model: str | Encoder, task: str | Task, *, split: str | None = None
 
     spec_d = encoder.spec.to_dict()
     result = Result(
-        task={"name": task.name, "split": task.split, "revision": task.revision,
-              "num_queries": len(task.queries), "num_corpus": len(task.corpus),
-              "limit": task.extra.get("limit"), "has_labels": task.has_labels,
-              "dataset_dir": task.extra.get("dataset_dir"), "version": task.extra.get("version")},
-        model={**spec_d, "fingerprint": encoder.fingerprint(), "options": {k_: str(v) for k_, v in mopts.items()}},
-        protocol={**task.protocol.to_dict(), "instructions": {"query": q_inst, "document": d_inst},
-                  "search": {"top_k": k, "dtype": opts.search_dtype, "backend": opts.search_backend,
-                             "tie_break": "score desc, then corpus position asc"},
-                  "query_vector": "mean of main + alternative phrasings" if any(len(r) > 1 for r in rows)
-                  else "single item",
-                  "corpus_vector": "mean of its frames' vectors" if any(len(r) > 1 for r in c_rows)
-                  else "single item", **({"rerank": rerank_protocol} if rerank_protocol else {})},
+        task={
+            "name": task.name,
+            "split": task.split,
+            "revision": task.revision,
+            "num_queries": len(task.queries),
+            "num_corpus": len(task.corpus),
+            "limit": task.extra.get("limit"),
+            "has_labels": task.has_labels,
+            "dataset_dir": task.extra.get("dataset_dir"),
+            "version": task.extra.get("version"),
+        },
+        model={
+            **spec_d,
+            "fingerprint": encoder.fingerprint(),
+            "options": {k_: str(v) for k_, v in mopts.items()},
+        },
+        protocol={
+            **task.protocol.to_dict(),
+            "instructions": {"query": q_inst, "document": d_inst},
+            "search": {
+                "top_k": k,
+                "dtype": opts.search_dtype,
+                "backend": opts.search_backend,
+                "tie_break": "score desc, then corpus position asc",
+            },
+            "query_vector": "mean of main + alternative phrasings"
+            if any(len(r) > 1 for r in rows)
+            else "single item",
+            "corpus_vector": "mean of its frames' vectors"
+            if any(len(r) > 1 for r in c_rows)
+            else "single item",
+            **({"rerank": rerank_protocol} if rerank_protocol else {}),
+        },
         main_metric=task.protocol.main_metric,
         scores=scores,
-        bootstrap={"n_resamples": opts.n_bootstrap, "confidence": opts.confidence, "seed": opts.seed,
-                   "method": "percentile bootstrap over queries"},
+        bootstrap={
+            "n_resamples": opts.n_bootstrap,
+            "confidence": opts.confidence,
+            "seed": opts.seed,
+            "method": "percentile bootstrap over queries",
+        },
         encoding={"document": c_stats, "query": q_stats},
-        provenance={"started_at": started.isoformat(timespec="seconds"),
-                    "wall_time_s": round(time.perf_counter() - t0, 3), **_hardware(opts.device)},
+        provenance={
+            "started_at": started.isoformat(timespec="seconds"),
+            "wall_time_s": round(time.perf_counter() - t0, 3),
+            **_hardware(opts.device),
+        },
         files=files,
         cirbench_version=cirbench.__version__,
     )
@@ -265,14 +343,25 @@ def _rerank(run: Run, task: Task, encoder: Encoder, cv: np.ndarray, opts: EvalOp
     if opts.constraints is None:
         raise ValueError("--rerank soft needs --constraints FILE (per-query SoFT constraints)")
     constraints = load_constraints(opts.constraints)
-    reward, penalty = constraint_scores(encoder, constraints, run.query_ids, cv, run.indices,
-                                        progress=opts.progress)
+    reward, penalty = constraint_scores(
+        encoder, constraints, run.query_ids, cv, run.indices, progress=opts.progress
+    )
     pos = task.corpus_positions
-    new = rerank_run(run, reward, penalty, lam=opts.rerank_lambda, mode=opts.rerank_mode,
-                     relevant=[[pos[c] for c in q.relevant_ids] for q in task.queries])
+    new = rerank_run(
+        run,
+        reward,
+        penalty,
+        lam=opts.rerank_lambda,
+        mode=opts.rerank_mode,
+        relevant=[[pos[c] for c in q.relevant_ids] for q in task.queries],
+    )
     run.indices, run.scores, run.first_relevant_rank = new.indices, new.scores, new.first_relevant_rank
-    return soft_protocol(lam=opts.rerank_lambda, mode=opts.rerank_mode, depth=run.indices.shape[1],
-                         constraints=opts.constraints)
+    return soft_protocol(
+        lam=opts.rerank_lambda,
+        mode=opts.rerank_mode,
+        depth=run.indices.shape[1],
+        constraints=opts.constraints,
+    )
 
 
 def _submission_writer(task: Task) -> Any:

@@ -348,7 +348,7 @@ def per_query_metrics(
             parts = [compute(parse_metric(f"R@{k}")) for k in MEAN_RECALL_KS[spec.k]]
             return np.mean(parts, axis=0)
         if spec.kind == "geo":
-            raise ValueError(f"{spec.name} needs GPS coordinates: it is computed by cirbench.geo, not from hits")
+            raise ValueError(f"{spec.name} needs GPS coordinates: cirbench.geo computes it, not the hits")
         ranks = fr if fr is not None else _first_hit_rank(hits())
         if spec.kind == "mrr":
             return reciprocal_rank(ranks)

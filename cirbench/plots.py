@@ -9,8 +9,9 @@ from cirbench.io import atomic_write
 from cirbench.result import Result
 
 
-def per_group_bar_chart(results: Sequence[Result], path: Path, *, kind: str = "category",
-                        metric: str | None = None) -> Path:
+def per_group_bar_chart(
+    results: Sequence[Result], path: Path, *, kind: str = "category", metric: str | None = None
+) -> Path:
     """One group of bars per category (and overall), one bar per model, with 95% CI whiskers."""
     import matplotlib
 
@@ -31,9 +32,17 @@ def per_group_bar_chart(results: Sequence[Result], path: Path, *, kind: str = "c
             vals.append(100 * v)
             lo.append(100 * (v - s.ci_low) if s is not None and s.ci_low is not None else 0)
             hi.append(100 * (s.ci_high - v) if s is not None and s.ci_high is not None else 0)
-        ax.bar(x + (i - (len(results) - 1) / 2) * width, vals, width, yerr=[lo, hi], capsize=2,
-               label=str(r.model.get("name")))
-    ax.set_xticks(x, groups, rotation=30 if len(groups) > 6 else 0, ha="right" if len(groups) > 6 else "center")
+        ax.bar(
+            x + (i - (len(results) - 1) / 2) * width,
+            vals,
+            width,
+            yerr=[lo, hi],
+            capsize=2,
+            label=str(r.model.get("name")),
+        )
+    ax.set_xticks(
+        x, groups, rotation=30 if len(groups) > 6 else 0, ha="right" if len(groups) > 6 else "center"
+    )
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(f"{metric} per {kind}: {results[0].task['name']}/{results[0].task['split']}")
     ax.legend(fontsize="small")

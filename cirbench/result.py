@@ -66,8 +66,19 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("path")
-        order = ["schema_version", "cirbench_version", "task", "model", "protocol", "main_metric", "scores",
-                 "bootstrap", "encoding", "provenance", "files"]
+        order = [
+            "schema_version",
+            "cirbench_version",
+            "task",
+            "model",
+            "protocol",
+            "main_metric",
+            "scores",
+            "bootstrap",
+            "encoding",
+            "provenance",
+            "files",
+        ]
         return {k: d[k] for k in order}
 
     def write(self, path: str | os.PathLike[str]) -> Path:
@@ -84,16 +95,30 @@ class Result:
                 raise DatasetError("not a cirbench result: field is missing", file=where, field=key)
         major = str(d["schema_version"]).split(".")[0]
         if major != SCHEMA_VERSION.split(".")[0]:
-            raise DatasetError(f"unsupported schema_version {d['schema_version']!r}", file=where,
-                               field="schema_version")
-        scores = {kind: {g: ({m: Score(**s) for m, s in v.items()} if kind != "overall" else Score(**v))
-                         for g, v in groups.items()}
-                  for kind, groups in d["scores"].items()}
-        return cls(task=d["task"], model=d["model"], protocol=d["protocol"], main_metric=d["main_metric"],
-                   scores=scores, bootstrap=d.get("bootstrap", {}), encoding=d.get("encoding", {}),
-                   provenance=d.get("provenance", {}), files=d.get("files", {}),
-                   cirbench_version=d.get("cirbench_version", ""), schema_version=d["schema_version"],
-                   path=path)
+            raise DatasetError(
+                f"unsupported schema_version {d['schema_version']!r}", file=where, field="schema_version"
+            )
+        scores = {
+            kind: {
+                g: ({m: Score(**s) for m, s in v.items()} if kind != "overall" else Score(**v))
+                for g, v in groups.items()
+            }
+            for kind, groups in d["scores"].items()
+        }
+        return cls(
+            task=d["task"],
+            model=d["model"],
+            protocol=d["protocol"],
+            main_metric=d["main_metric"],
+            scores=scores,
+            bootstrap=d.get("bootstrap", {}),
+            encoding=d.get("encoding", {}),
+            provenance=d.get("provenance", {}),
+            files=d.get("files", {}),
+            cirbench_version=d.get("cirbench_version", ""),
+            schema_version=d["schema_version"],
+            path=path,
+        )
 
     @classmethod
     def read(cls, path: str | os.PathLike[str]) -> Result:

@@ -27,8 +27,9 @@ def _id_matrix(lists: Sequence[Sequence[str]], ids: dict[str, int], depth: int) 
     return out
 
 
-def per_query_values(table: pa.Table, protocol: Mapping[str, Any],
-                     metrics: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+def per_query_values(
+    table: pa.Table, protocol: Mapping[str, Any], metrics: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
     """Per-query values of the protocol's metrics, computed from a run table (see cirbench.run).
 
     A benchmark whose released evaluator differs from the generic one names its own scorer in
@@ -45,26 +46,38 @@ def per_query_values(table: pa.Table, protocol: Mapping[str, Any],
     ranked_l = table.column("ranked_ids").to_pylist()
     relevant_l = table.column("relevant_ids").to_pylist()
     # A list shorter than the run depth is the whole (eligible) gallery: pad it rather than call it shallow.
-    depth = max([len(r) for r in ranked_l] + [int((protocol.get("search") or {}).get("top_k")
-                                                  or protocol.get("top_k") or 0)])
+    depth = max(
+        [len(r) for r in ranked_l]
+        + [int((protocol.get("search") or {}).get("top_k") or protocol.get("top_k") or 0)]
+    )
     ids: dict[str, int] = {}
     ranked = _id_matrix(ranked_l, ids, depth)
     relevant = [np.array([ids.setdefault(c, len(ids)) for c in rel], dtype=np.int64) for rel in relevant_l]
     subset = None
     if "subset_ranked_ids" in table.column_names:
         sub_l = table.column("subset_ranked_ids").to_pylist()
-        sub_k = max([parse_metric(n).k or 0 for n in names if parse_metric(n).kind == "recall_subset"]
-                    + [1 if "Avg" in names else 0, *(len(r) for r in sub_l)])
+        sub_k = max(
+            [parse_metric(n).k or 0 for n in names if parse_metric(n).kind == "recall_subset"]
+            + [1 if "Avg" in names else 0, *(len(r) for r in sub_l)]
+        )
         subset = _id_matrix(sub_l, ids, sub_k)
-    first = (np.asarray(table.column("first_relevant_rank").to_pylist(), dtype=np.int64)
-             if "first_relevant_rank" in table.column_names else None)
+    first = (
+        np.asarray(table.column("first_relevant_rank").to_pylist(), dtype=np.int64)
+        if "first_relevant_rank" in table.column_names
+        else None
+    )
     norm = protocol.get("ap_normaliser", "min(K,|G|)")
-    values = per_query_metrics(names, ranked, relevant, subset_ranked=subset, first_rank=first,
-                               ap_normaliser=norm) if names else {}
+    values = (
+        per_query_metrics(names, ranked, relevant, subset_ranked=subset, first_rank=first, ap_normaliser=norm)
+        if names
+        else {}
+    )
     if notes.get("recall_on") == "target_id" and "target_id" in table.column_names:
         # CIRCO: Recall@K counts the annotated target image only, mAP uses all ground truths.
-        targets = [np.array([ids.setdefault(t, len(ids))] if t else [], dtype=np.int64)
-                   for t in table.column("target_id").to_pylist()]
+        targets = [
+            np.array([ids.setdefault(t, len(ids))] if t else [], dtype=np.int64)
+            for t in table.column("target_id").to_pylist()
+        ]
         recall_names = [n for n in names if parse_metric(n).kind in ("recall", "mean_recall")]
         if recall_names:
             values.update(per_query_metrics(recall_names, ranked, targets, ap_normaliser=norm))
@@ -114,23 +127,32 @@ def score(values: np.ndarray, metric: str, *, n_resamples: int, confidence: floa
         return Score(value=float("nan"), n=0)
     value = aggregate(metric, finite)
     if n_resamples > 0 and finite.size > 1:
-        lo, hi = bootstrap_ci(finite, statistic=spec.aggregate, n_resamples=n_resamples,
-                              confidence=confidence, seed=seed)
+        lo, hi = bootstrap_ci(
+            finite, statistic=spec.aggregate, n_resamples=n_resamples, confidence=confidence, seed=seed
+        )
     else:
         lo, hi = value, value
     return Score(value=float(value), ci_low=float(lo), ci_high=float(hi), n=int(finite.size))
 
 
-def grouped_scores(values: Mapping[str, np.ndarray], groups: Mapping[str, list[list[str]]], *,
-                   n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+def grouped_scores(
+    values: Mapping[str, np.ndarray],
+    groups: Mapping[str, list[list[str]]],
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
     """{"overall": {metric: Score}, kind: {group: {metric: Score}}} with groups in a stable order."""
-    kw = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
+    kw: dict[str, Any] = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
     out: dict[str, Any] = {"overall": {m: score(v, m, **kw) for m, v in values.items()}}
     for kind, per_query in groups.items():
         members: dict[str, list[int]] = defaultdict(list)
         for q, gs in enumerate(per_query):
             for g in gs:
                 members[g].append(q)
-        out[kind] = {g: {m: score(v[np.asarray(idx)], m, **kw) for m, v in values.items()}
-                     for g, idx in sorted(members.items())}
+        out[kind] = {
+            g: {m: score(v[np.asarray(idx)], m, **kw) for m, v in values.items()}
+            for g, idx in sorted(members.items())
+        }
     return out

@@ -25,8 +25,14 @@ MODALITIES = ("image", "text", "image+text")
 class DatasetError(ValueError):
     """Bad input data: the message names the file, the record and the field."""
 
-    def __init__(self, message: str, *, file: str | os.PathLike[str] | None = None,
-                 record: str | int | None = None, field: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | os.PathLike[str] | None = None,
+        record: str | int | None = None,
+        field: str | None = None,
+    ) -> None:
         where = []
         if file is not None:
             where.append(f"file {os.fspath(file)!r}")
@@ -69,12 +75,19 @@ class Item:
                 img = Image.open(self.image)
             img.load()
         except FileNotFoundError as e:
-            raise DatasetError("image file is missing", file=self.image if isinstance(self.image, Path)
-                               else None, record=self.id, field="image") from e
+            raise DatasetError(
+                "image file is missing",
+                file=self.image if isinstance(self.image, Path) else None,
+                record=self.id,
+                field="image",
+            ) from e
         except OSError as e:
-            raise DatasetError(f"image cannot be decoded: {e}", file=self.image
-                               if isinstance(self.image, Path) else None, record=self.id,
-                               field="image") from e
+            raise DatasetError(
+                f"image cannot be decoded: {e}",
+                file=self.image if isinstance(self.image, Path) else None,
+                record=self.id,
+                field="image",
+            ) from e
         return img.convert("RGB")
 
     def content_key(self) -> str:
@@ -203,8 +216,17 @@ class Task:
         """The first n queries (a smoke run); the corpus stays whole so scores stay comparable in kind."""
         if n is None or n >= len(self.queries):
             return self
-        return Task(self.metadata, self.split, self.queries[:n], self.corpus, self.protocol,
-                    self.revision, self.has_labels, self.galleries, {**self.extra, "limit": n})
+        return Task(
+            self.metadata,
+            self.split,
+            self.queries[:n],
+            self.corpus,
+            self.protocol,
+            self.revision,
+            self.has_labels,
+            self.galleries,
+            {**self.extra, "limit": n},
+        )
 
     def validate(self) -> None:
         """Check ids before any encoding: a bad id must fail in seconds, not after an hour of GPU time."""
@@ -226,8 +248,11 @@ class Task:
             qids.add(q.id)
             if q.gallery is not None and (self.galleries is None or q.gallery not in self.galleries):
                 raise DatasetError(f"unknown gallery {q.gallery!r}", record=q.id, field="gallery")
-            for fname, ids in (("relevant_ids", q.relevant_ids), ("exclude_ids", q.exclude_ids),
-                               ("candidate_ids", q.candidate_ids or ())):
+            for fname, ids in (
+                ("relevant_ids", q.relevant_ids),
+                ("exclude_ids", q.exclude_ids),
+                ("candidate_ids", q.candidate_ids or ()),
+            ):
                 for cid in ids:
                     if cid not in pos:
                         raise DatasetError(f"unknown corpus id {cid!r}", record=q.id, field=fname)

@@ -36,14 +36,41 @@ def tiny_dataset(tmp_path: Path) -> Path:
     colors = {"a": (255, 0, 0), "b": (0, 255, 0), "c": (0, 0, 255), "d": (255, 255, 0), "e": (0, 255, 255)}
     corpus = [ImageRecord(id=k, image=png(v), caption=f"a {k} square") for k, v in colors.items()]
     queries = [
-        QueryRecord(id="q1", reference_id="a", text="make it green", relevant_ids=["b"], category="Attribute",
-                    subcategory="Color", candidate_ids=["a", "b", "c"]),
-        QueryRecord(id="q2", reference_id="b", text="make it blue or yellow", relevant_ids=["c", "d"],
-                    category="Attribute", subcategory="Color", candidate_ids=["b", "c", "d"]),
-        QueryRecord(id="q3", reference_id="c", text="make it cyan", relevant_ids=["e"], category="Object",
-                    subcategory="Count", candidate_ids=["c", "d", "e"]),
+        QueryRecord(
+            id="q1",
+            reference_id="a",
+            text="make it green",
+            relevant_ids=["b"],
+            category="Attribute",
+            subcategory="Color",
+            candidate_ids=["a", "b", "c"],
+        ),
+        QueryRecord(
+            id="q2",
+            reference_id="b",
+            text="make it blue or yellow",
+            relevant_ids=["c", "d"],
+            category="Attribute",
+            subcategory="Color",
+            candidate_ids=["b", "c", "d"],
+        ),
+        QueryRecord(
+            id="q3",
+            reference_id="c",
+            text="make it cyan",
+            relevant_ids=["e"],
+            category="Object",
+            subcategory="Count",
+            candidate_ids=["c", "d", "e"],
+        ),
     ]
-    protocol = Protocol(metrics=("R@1", "R@2", "R_s@1", "mAP@2", "MRR"), main_metric="R@1", top_k=4,
-                        exclude_reference=True)
-    return write_dataset(tmp_path / "tiny", {"test": SplitData(queries=queries, corpus=corpus)}, name="tiny",
-                         protocol=protocol, taxonomy={"Color": "Attribute", "Count": "Object"})
+    protocol = Protocol(
+        metrics=("R@1", "R@2", "R_s@1", "mAP@2", "MRR"), main_metric="R@1", top_k=4, exclude_reference=True
+    )
+    return write_dataset(
+        tmp_path / "tiny",
+        {"test": SplitData(queries=queries, corpus=corpus)},
+        name="tiny",
+        protocol=protocol,
+        taxonomy={"Color": "Attribute", "Count": "Object"},
+    )

@@ -35,9 +35,11 @@ def test_query_vector_never_served_for_a_document(tmp_path: Path) -> None:
 
 def test_namespace_covers_instruction_and_model(tmp_path: Path) -> None:
     base = {"model": RandomEncoder(SPEC).fingerprint(), "role": "query", "instruction": "find it"}
-    keys = {EmbeddingCache(tmp_path, base).key,
-            EmbeddingCache(tmp_path, {**base, "instruction": "find it!"}).key,
-            EmbeddingCache(tmp_path, {**base, "model": RandomEncoder(SPEC, seed=1).fingerprint()}).key}
+    keys = {
+        EmbeddingCache(tmp_path, base).key,
+        EmbeddingCache(tmp_path, {**base, "instruction": "find it!"}).key,
+        EmbeddingCache(tmp_path, {**base, "model": RandomEncoder(SPEC, seed=1).fingerprint()}).key,
+    }
     assert len(keys) == 3
 
 
@@ -68,12 +70,27 @@ def test_interrupted_encode_resumes(tmp_path: Path) -> None:
     ns = {"model": RandomEncoder(SPEC).fingerprint(), "role": "document", "instruction": None}
     crashing = Crashing(fail_at=3)
     with pytest.raises(RuntimeError):
-        encode_items(crashing, data, role="document", cache=EmbeddingCache(tmp_path, ns), batch_size=2,
-                     flush_every=2, progress=False, workers=0)
+        encode_items(
+            crashing,
+            data,
+            role="document",
+            cache=EmbeddingCache(tmp_path, ns),
+            batch_size=2,
+            flush_every=2,
+            progress=False,
+            workers=0,
+        )
     assert len(EmbeddingCache(tmp_path, ns)) == 4  # two finished batches survived
     resumed = Crashing(fail_at=-1)
-    vecs, stats = encode_items(resumed, data, role="document", cache=EmbeddingCache(tmp_path, ns),
-                               batch_size=2, progress=False, workers=0)
+    vecs, stats = encode_items(
+        resumed,
+        data,
+        role="document",
+        cache=EmbeddingCache(tmp_path, ns),
+        batch_size=2,
+        progress=False,
+        workers=0,
+    )
     assert stats["from_cache"] == 4 and resumed.seen == 6  # nothing lost, nothing encoded twice
     fresh, _ = encode_items(RandomEncoder(SPEC), data, role="document", progress=False, workers=0)
     np.testing.assert_allclose(vecs, fresh, rtol=1e-6)

@@ -14,8 +14,21 @@ runner = CliRunner(env={"COLUMNS": "250"})
 
 
 def test_eval_writes_result_and_run(tiny_dataset: Path, tmp_path: Path) -> None:
-    res = runner.invoke(app, ["eval", "--model", "random", "--task", str(tiny_dataset), "--output",
-                              str(tmp_path / "o"), "--quiet", "--bootstrap", "100"])
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            "random",
+            "--task",
+            str(tiny_dataset),
+            "--output",
+            str(tmp_path / "o"),
+            "--quiet",
+            "--bootstrap",
+            "100",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "overall" in res.output and "Attribute" in res.output
     data = json.loads((tmp_path / "o" / "result.json").read_text())
@@ -23,8 +36,19 @@ def test_eval_writes_result_and_run(tiny_dataset: Path, tmp_path: Path) -> None:
 
 
 def test_eval_bad_model_is_a_clean_error(tiny_dataset: Path, tmp_path: Path) -> None:
-    res = runner.invoke(app, ["eval", "--model", "no-such-model", "--task", str(tiny_dataset), "-q",
-                              "--output", str(tmp_path / "o")])
+    res = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            "no-such-model",
+            "--task",
+            str(tiny_dataset),
+            "-q",
+            "--output",
+            str(tmp_path / "o"),
+        ],
+    )
     assert res.exit_code == 2 and "unknown model 'no-such-model'" in res.output
     assert not (tmp_path / "o").exists()
 
@@ -39,8 +63,21 @@ def test_tasks_and_models_tables() -> None:
 def test_compare_paired(tiny_dataset: Path, tmp_path: Path) -> None:
     vectors = write_vectors(tmp_path / "v.parquet")
     for name, model in (("a", "random"), ("b", f"precomputed:{vectors}")):
-        res = runner.invoke(app, ["eval", "-m", model, "-t", str(tiny_dataset), "-o", str(tmp_path / name),
-                                  "-q", "--bootstrap", "0"])
+        res = runner.invoke(
+            app,
+            [
+                "eval",
+                "-m",
+                model,
+                "-t",
+                str(tiny_dataset),
+                "-o",
+                str(tmp_path / name),
+                "-q",
+                "--bootstrap",
+                "0",
+            ],
+        )
         assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--resamples", "500"])
     assert res.exit_code == 0, res.output
@@ -49,8 +86,21 @@ def test_compare_paired(tiny_dataset: Path, tmp_path: Path) -> None:
 
 def test_compare_refuses_different_protocols(tiny_dataset: Path, tmp_path: Path) -> None:
     for name in ("a", "b"):
-        res = runner.invoke(app, ["eval", "-m", "random", "-t", str(tiny_dataset), "-o", str(tmp_path / name),
-                                  "-q", "--bootstrap", "0"])
+        res = runner.invoke(
+            app,
+            [
+                "eval",
+                "-m",
+                "random",
+                "-t",
+                str(tiny_dataset),
+                "-o",
+                str(tmp_path / name),
+                "-q",
+                "--bootstrap",
+                "0",
+            ],
+        )
         assert res.exit_code == 0, res.output
     path = tmp_path / "b" / "result.json"
     data = json.loads(path.read_text())
@@ -58,6 +108,7 @@ def test_compare_refuses_different_protocols(tiny_dataset: Path, tmp_path: Path)
     path.write_text(json.dumps(data))
     res = runner.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b")])
     assert res.exit_code == 2 and "ap_normaliser differs" in res.output
-    res = runner.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--force",
-                              "--resamples", "200"])
+    res = runner.invoke(
+        app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--force", "--resamples", "200"]
+    )
     assert res.exit_code == 0 and "warning (forced)" in res.output

@@ -33,8 +33,10 @@ def test_loadable_with_datasets(tiny_dataset: Path) -> None:
 
 
 def test_unknown_relevant_id_writes_nothing(tmp_path: Path) -> None:
-    split = SplitData(queries=[QueryRecord(id="q1", text="t", relevant_ids=["zz"], reference_id="a")],
-                      corpus=[ImageRecord(id="a", image=png((1, 2, 3)))])
+    split = SplitData(
+        queries=[QueryRecord(id="q1", text="t", relevant_ids=["zz"], reference_id="a")],
+        corpus=[ImageRecord(id="a", image=png((1, 2, 3)))],
+    )
     with pytest.raises(DatasetError) as err:
         write_dataset(tmp_path / "bad", {"test": split}, name="bad")
     msg = str(err.value)
@@ -44,15 +46,19 @@ def test_unknown_relevant_id_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_path_escaping_root_is_refused(tmp_path: Path) -> None:
-    split = SplitData(queries=[QueryRecord(id="q1", text="t", relevant_ids=["a"], reference_id="a")],
-                      corpus=[ImageRecord(id="a", image_path="../../etc/passwd")])
+    split = SplitData(
+        queries=[QueryRecord(id="q1", text="t", relevant_ids=["a"], reference_id="a")],
+        corpus=[ImageRecord(id="a", image_path="../../etc/passwd")],
+    )
     with pytest.raises(DatasetError, match="escapes the dataset root.*record 'a'.*field 'image_path'"):
         write_dataset(tmp_path / "evil", {"test": split}, name="evil")
 
 
 def test_missing_image_file_names_it(tmp_path: Path) -> None:
-    split = SplitData(queries=[QueryRecord(id="q1", text="t", relevant_ids=["a"], reference_id="a")],
-                      corpus=[ImageRecord(id="a", image_path="images/a.png")])
+    split = SplitData(
+        queries=[QueryRecord(id="q1", text="t", relevant_ids=["a"], reference_id="a")],
+        corpus=[ImageRecord(id="a", image_path="images/a.png")],
+    )
     root = write_dataset(tmp_path / "ds", {"test": split}, name="ds")
     task = load_native(root)
     with pytest.raises(DatasetError, match=r"image file is missing.*images/a.png.*record 'a'.*field 'image'"):
@@ -86,9 +92,10 @@ def test_empty_split_is_an_error(tmp_path: Path) -> None:
 
 def test_same_data_same_bytes(tmp_path: Path) -> None:
     def build(root: Path) -> Path:
-        split = SplitData(queries=[QueryRecord(id="q", text="t", relevant_ids=["a"], reference_id="a",
-                                               meta={"k": 1})],
-                          corpus=[ImageRecord(id="a", image=png((5, 5, 5)))])
+        split = SplitData(
+            queries=[QueryRecord(id="q", text="t", relevant_ids=["a"], reference_id="a", meta={"k": 1})],
+            corpus=[ImageRecord(id="a", image=png((5, 5, 5)))],
+        )
         return write_dataset(root, {"test": split}, name="same")
 
     a, b = build(tmp_path / "a"), build(tmp_path / "b")

@@ -29,15 +29,18 @@ QUERY_VECTORS = {
 def write_vectors(path: Path) -> Path:
     rows = [(q, "query", v) for q, v in QUERY_VECTORS.items()]
     rows += [(cid, "document", list(np.eye(5)[i])) for i, cid in enumerate("abcde")]
-    pq.write_table(pa.table({"id": [r[0] for r in rows], "role": [r[1] for r in rows],
-                             "vector": [r[2] for r in rows]}), path)
+    pq.write_table(
+        pa.table({"id": [r[0] for r in rows], "role": [r[1] for r in rows], "vector": [r[2] for r in rows]}),
+        path,
+    )
     return path
 
 
 def test_hand_computed_scores(tiny_dataset: Path, tmp_path: Path) -> None:
     vectors = write_vectors(tmp_path / "vectors.parquet")
-    result = cirbench.evaluate(f"precomputed:{vectors}", str(tiny_dataset), output=tmp_path / "out",
-                               options=QUIET)
+    result = cirbench.evaluate(
+        f"precomputed:{vectors}", str(tiny_dataset), output=tmp_path / "out", options=QUIET
+    )
     o = result.overall
     # q1: relevant b at rank 2; subset {b,c}: c first -> R_s@1 0; AP@2 = (1/2)/min(2,1) = 0.5; RR 1/2
     # q2: relevant {c,d}: d at rank 1, c at rank 3; subset {c,d}: d first; AP@2 = (1/1)/min(2,2) = 0.5
@@ -53,8 +56,11 @@ def test_hand_computed_scores(tiny_dataset: Path, tmp_path: Path) -> None:
     assert o["R@1"].n == 3 and o["R@1"].ci_low <= o["R@1"].value <= o["R@1"].ci_high
 
     table = read_run_table(tmp_path / "out" / "run.parquet")
-    assert table.column("ranked_ids").to_pylist() == [["c", "b", "d", "e"], ["d", "e", "c", "a"],
-                                                       ["e", "d", "a", "b"]]
+    assert table.column("ranked_ids").to_pylist() == [
+        ["c", "b", "d", "e"],
+        ["d", "e", "c", "a"],
+        ["e", "d", "a", "b"],
+    ]
     assert table.column("subset_ranked_ids").to_pylist()[0] == ["c", "b"]
     assert table.column("first_relevant_rank").to_pylist() == [2, 1, 1]
     # every number in the result is recomputable from run.parquet alone
@@ -85,8 +91,8 @@ def test_limit_is_recorded(tiny_dataset: Path, tmp_path: Path) -> None:
 
 
 def test_modality_refused_before_encoding(tiny_dataset: Path, tmp_path: Path) -> None:
-    from cirbench.models.baselines import RANDOM, RandomEncoder
     from cirbench.models.base import ModelSpec
+    from cirbench.models.baselines import RANDOM, RandomEncoder
 
     class TextOnly(RandomEncoder):
         def encode(self, batch, *, role, instruction=None):  # type: ignore[no-untyped-def]
@@ -101,8 +107,10 @@ def test_modality_refused_before_encoding(tiny_dataset: Path, tmp_path: Path) ->
 
 def test_wrong_width_vectors(tiny_dataset: Path, tmp_path: Path) -> None:
     path = tmp_path / "v.parquet"
-    pq.write_table(pa.table({"id": ["q1", "a"], "role": ["query", "document"],
-                             "vector": [[1.0, 0.0], [1.0, 0.0, 0.0]]}), path)
+    pq.write_table(
+        pa.table({"id": ["q1", "a"], "role": ["query", "document"], "vector": [[1.0, 0.0], [1.0, 0.0, 0.0]]}),
+        path,
+    )
     with pytest.raises(ValueError, match=r"one width.*\[2, 3\].*v.parquet.*'vector'"):
         cirbench.evaluate(f"precomputed:{path}", str(tiny_dataset), output=tmp_path / "o", options=QUIET)
     assert not (tmp_path / "o").exists()
@@ -113,7 +121,8 @@ def test_user_plugin_model(tiny_dataset: Path, tmp_path: Path, monkeypatch: pyte
         "from cirbench.models.baselines import RandomEncoder\n"
         "from cirbench.models.base import ModelSpec\n"
         "def factory(**options):\n"
-        "    return RandomEncoder(ModelSpec(name='mine', id='me/mine', revision='7'), seed=3)\n")
+        "    return RandomEncoder(ModelSpec(name='mine', id='me/mine', revision='7'), seed=3)\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     result = cirbench.evaluate("my_plugin:factory", str(tiny_dataset), output=tmp_path / "o", options=QUIET)
     assert result.model["name"] == "mine" and result.model["fingerprint"]["seed"] == 3
@@ -131,10 +140,12 @@ def test_soft_rerank_in_the_flow(tiny_dataset: Path, tmp_path: Path) -> None:
     pq.write_table(pa.concat_tables([table, extra.cast(table.schema)]), vectors)
     constraints = tmp_path / "constraints.json"
     constraints.write_text(json.dumps({"q1": {"prescriptive": "a green square"}, "q2": {}, "q3": {}}))
-    opts = EvalOptions(progress=False, n_bootstrap=0, rerank="soft", constraints=constraints,
-                       rerank_lambda=1.0)
-    result = cirbench.evaluate(f"precomputed:{vectors}", str(tiny_dataset), output=tmp_path / "o",
-                               options=opts)
+    opts = EvalOptions(
+        progress=False, n_bootstrap=0, rerank="soft", constraints=constraints, rerank_lambda=1.0
+    )
+    result = cirbench.evaluate(
+        f"precomputed:{vectors}", str(tiny_dataset), output=tmp_path / "o", options=opts
+    )
     # q1: c = 0.7·(1+0-0)/2 = .35 < b = 0.5·(1+1-0)/2 = .5 -> b first; q2, q3 keep their order
     assert result.overall["R@1"].value == pytest.approx(1.0)
     assert result.protocol["rerank"]["lambda"] == 1.0 and result.protocol["rerank"]["mode"] == "soft"

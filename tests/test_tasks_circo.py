@@ -168,7 +168,8 @@ def test_official_protocol_is_recorded(root: Path) -> None:
     assert p.ap_normaliser == "min(K,|G|)" and p.top_k == 50
     assert not p.exclude_reference and p.notes["recall_on"] == "target_id"
     assert "semantic_aspects" in p.notes["per_aspect"]
-    assert p.pseudo_token_template == "a photo of $ that {text}" and p.text_template == "{text}" and p.caption_join is None
+    assert p.pseudo_token_template == "a photo of $ that {text}" and p.text_template == "{text}"
+    assert p.caption_join is None
 
 
 def test_metrics_match_the_server_code(root: Path) -> None:

@@ -182,7 +182,8 @@ def test_official_protocol_is_recorded(root: Path) -> None:
     p = fashioniq.load(root, "val", "official").protocol
     assert p.metrics == ("R@10", "R@50") and not p.exclude_reference
     assert p.gallery == "category-val" and p.caption_join == "both-orders"
-    assert p.pseudo_token_template == "a photo of $ that {text}" and "re-normalised" in p.notes["caption_join"]
+    assert p.pseudo_token_template == "a photo of $ that {text}"
+    assert "re-normalised" in p.notes["caption_join"]
     assert "CSMCIR" in p.notes["gallery"]
 
 

@@ -44,7 +44,7 @@ class ModelSpec:
 
 @dataclass
 class Batch:
-    """What an Encoder receives: the Items and, for those with an image, the decoded (or preprocessed) image."""
+    """What an Encoder receives: the Items and, for those with an image, the decoded/preprocessed image."""
 
     items: Sequence[Item]
     images: Sequence[Any | None]
@@ -88,4 +88,5 @@ def check_modalities(spec: ModelSpec, needed: Mapping[str, str]) -> None:
         if modality not in spec.modalities:
             raise ValueError(
                 f"model {spec.name!r} cannot embed the {side} side of this task: it needs {modality!r} "
-                f"input, and the model supports only {list(spec.modalities)}")
+                f"input, and the model supports only {list(spec.modalities)}"
+            )

@@ -62,24 +62,37 @@ class PrecomputedEncoder:
             for col in ("id", "role", "vector"):
                 if col not in t.column_names:
                     raise DatasetError("required column is missing", file=self.path, field=col)
-            for n, (i, r, v) in enumerate(zip(t["id"].to_pylist(), t["role"].to_pylist(),
-                                              t["vector"].to_pylist())):
+            for n, (i, r, v) in enumerate(
+                zip(t["id"].to_pylist(), t["role"].to_pylist(), t["vector"].to_pylist())
+            ):
                 if r not in ("query", "document"):
-                    raise DatasetError(f"role must be 'query' or 'document', not {r!r}", file=self.path,
-                                       record=i if i is not None else n, field="role")
+                    raise DatasetError(
+                        f"role must be 'query' or 'document', not {r!r}",
+                        file=self.path,
+                        record=i if i is not None else n,
+                        field="role",
+                    )
                 dims.add(len(v))
                 self.table[(r, i)] = np.asarray(v, dtype=np.float32)
         if len(dims) != 1:
-            raise DatasetError(f"vectors must all have one width; found widths {sorted(dims)}",
-                               file=self.path, field="vector")
+            raise DatasetError(
+                f"vectors must all have one width; found widths {sorted(dims)}",
+                file=self.path,
+                field="vector",
+            )
         dim = dims.pop()
         digest = hashlib.sha256()
         for (r, i), v in sorted(self.table.items()):
             digest.update(f"{r}:{i}".encode())
             digest.update(v.tobytes())
         self.digest = digest.hexdigest()[:16]
-        self.spec = ModelSpec(name=f"precomputed:{self.path.name}", id=str(self.path), revision=self.digest,
-                              dim=dim, description="vectors read from a file")
+        self.spec = ModelSpec(
+            name=f"precomputed:{self.path.name}",
+            id=str(self.path),
+            revision=self.digest,
+            dim=dim,
+            description="vectors read from a file",
+        )
 
     def fingerprint(self) -> dict[str, Any]:
         return {"model": "precomputed", "digest": self.digest}
@@ -89,14 +102,23 @@ class PrecomputedEncoder:
         for it in batch.items:
             key = (role, it.id)
             if key not in self.table:
-                raise DatasetError(f"no {role} vector for id {it.id!r}", file=self.path, record=it.id,
-                                   field="id")
+                raise DatasetError(
+                    f"no {role} vector for id {it.id!r}", file=self.path, record=it.id, field="id"
+                )
             out.append(self.table[key])
         return l2_normalise(np.stack(out))
 
 
-RANDOM = ModelSpec(name="random", id="cirbench/random", revision="1", dim=64, license="Apache-2.0",
-                   parameters=0, description="Seeded random vectors: chance level.")
-register_model(RANDOM, lambda spec, **o: RandomEncoder(spec, **{k: v for k, v in o.items()
-                                                                  if k in ("seed", "dim")}))
+RANDOM = ModelSpec(
+    name="random",
+    id="cirbench/random",
+    revision="1",
+    dim=64,
+    license="Apache-2.0",
+    parameters=0,
+    description="Seeded random vectors: chance level.",
+)
+register_model(
+    RANDOM, lambda spec, **o: RandomEncoder(spec, **{k: v for k, v in o.items() if k in ("seed", "dim")})
+)
 register_family("precomputed", lambda target, **o: PrecomputedEncoder(target))

@@ -68,8 +68,10 @@ def get_model(name: str, **options: Any) -> Encoder:
             try:
                 module = importlib.import_module(family)
             except ImportError as e:
-                raise KeyError(f"unknown model {name!r}: no family {family!r} and module {family!r} "
-                               f"cannot be imported ({e}); families: {sorted(_FAMILIES)}") from e
+                raise KeyError(
+                    f"unknown model {name!r}: no family {family!r} and module {family!r} "
+                    f"cannot be imported ({e}); families: {sorted(_FAMILIES)}"
+                ) from e
             factory = getattr(module, target, None)
             if factory is None:
                 raise KeyError(f"plugin module {family!r} has no attribute {target!r}")
@@ -77,14 +79,18 @@ def get_model(name: str, **options: Any) -> Encoder:
     for ep in entry_points(group="cirbench.models"):
         if ep.name == name:
             return _checked(ep.load()(**options), name)
-    raise KeyError(f"unknown model {name!r}; aliases: {sorted(_MODELS)}; families: "
-                   f"{sorted(f + ':...' for f in _FAMILIES)}; or package.module:factory")
+    raise KeyError(
+        f"unknown model {name!r}; aliases: {sorted(_MODELS)}; families: "
+        f"{sorted(f + ':...' for f in _FAMILIES)}; or package.module:factory"
+    )
 
 
 def _checked(encoder: Any, name: str) -> Encoder:
     if not isinstance(encoder, Encoder):
-        raise TypeError(f"plugin {name!r} returned {type(encoder).__name__}, which is not an Encoder "
-                        "(needs .spec, .fingerprint() and .encode(batch, role=..., instruction=...))")
+        raise TypeError(
+            f"plugin {name!r} returned {type(encoder).__name__}, which is not an Encoder "
+            "(needs .spec, .fingerprint() and .encode(batch, role=..., instruction=...))"
+        )
     return encoder
 
 

@@ -247,14 +247,16 @@ def _protocol(name: str, gallery_rule: str, join: str) -> Protocol:
                      "also quote (mean R@10 + mean R@50) / 2",
         "gallery": GALLERY_NOTES[gallery_rule],
         "caption_join": JOIN_NOTES[join],
-        "pseudo_token_template": "the prompt of the code whose join rule is used; '$' (SEARLE) and '*' (Pic2Word) "
+        "pseudo_token_template": "the prompt of the code whose join rule is used; "
+                                 "'$' (SEARLE) and '*' (Pic2Word) "
                          "mark the pseudo-token of textual-inversion models. Models that embed the "
                          "reference image themselves use the joined text alone.",
     }
     return Protocol(
         name=name, metrics=("R@10", "R@50"), main_metric="R@10", top_k=50, ap_normaliser="min(K,|G|)",
         exclude_reference=gallery_rule in ("reference-excluded", "val-pairs"),
-        gallery=gallery_rule, text_template="{text}", pseudo_token_template=TEMPLATES[join], caption_join=join, notes=notes,
+        gallery=gallery_rule, text_template="{text}", pseudo_token_template=TEMPLATES[join],
+        caption_join=join, notes=notes,
     )
 
 

@@ -62,8 +62,10 @@ def list_tasks() -> list[TaskSpec]:
 def get_task_spec(name: str) -> TaskSpec:
     _import_builtin()
     if name not in _TASKS:
-        raise KeyError(f"unknown task {name!r}; registered tasks: {sorted(_TASKS)} "
-                       "(or pass the path of a native dataset directory)")
+        raise KeyError(
+            f"unknown task {name!r}; registered tasks: {sorted(_TASKS)} "
+            "(or pass the path of a native dataset directory)"
+        )
     return _TASKS[name]
 
 
@@ -75,8 +77,15 @@ def data_root(data_dir: str | os.PathLike[str] | None, task_name: str) -> Path |
     return Path(env) / task_name if env else None
 
 
-def get_task(name: str, split: str | None = None, *, data_dir: str | os.PathLike[str] | None = None,
-             protocol: str | None = None, limit: int | None = None, **options: Any) -> Task:
+def get_task(
+    name: str,
+    split: str | None = None,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    protocol: str | None = None,
+    limit: int | None = None,
+    **options: Any,
+) -> Task:
     """Load a registered task (or a native dataset directory) with its protocol, ready to evaluate."""
     from cirbench.dataset import MANIFEST, load_native
 

@@ -265,7 +265,7 @@ def load_fashioniq(target_type: str, data_dir: Path | None, split: str, protocol
     )
 
 
-def _protocol(name: str, target_type: str, template: str, join: str | None, gallery: str, below: int
+def _protocol(name: str, target_type: str, template: str | None, join: str | None, gallery: str, below: int
               ) -> Protocol:
     multi = target_type == "multi"
     notes = {

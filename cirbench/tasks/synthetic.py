@@ -24,19 +24,25 @@ SPLITS = ("test", "test_single", "train")
 def pipeline_config() -> dict[str, Any]:
     """The synthetic pipeline config: the repo's pipelines/synthetic.yaml, else the packaged copy."""
     repo = Path(__file__).resolve().parents[2] / "pipelines" / "synthetic.yaml"
-    text = repo.read_text() if repo.is_file() else (
-        resources.files("cirbench").joinpath("pipelines/synthetic.yaml").read_text())
+    text = (
+        repo.read_text()
+        if repo.is_file()
+        else (resources.files("cirbench").joinpath("pipelines/synthetic.yaml").read_text())
+    )
     return yaml.safe_load(text)
 
 
-def ensure_built(preset: str, data_dir: Path | None = None, *, seed: int | None = None,
-                 progress: bool = True) -> Path:
+def ensure_built(
+    preset: str, data_dir: Path | None = None, *, seed: int | None = None, progress: bool = True
+) -> Path:
     """The dataset directory of a preset, building it if it is not there yet."""
     from cirbench.build.synthetic import build_synthetic
 
     config = pipeline_config()
     seed = seed if seed is not None else int(config["presets"][preset]["seed"])
-    root = data_dir if data_dir is not None else default_cache_dir() / "datasets" / f"synthetic-{preset}-{seed}"
+    root = (
+        data_dir if data_dir is not None else default_cache_dir() / "datasets" / f"synthetic-{preset}-{seed}"
+    )
     if (root / MANIFEST).is_file():
         manifest = read_manifest(root)
         if manifest.get("preset", preset) == preset:
@@ -45,26 +51,38 @@ def ensure_built(preset: str, data_dir: Path | None = None, *, seed: int | None 
     return root
 
 
-def _loader(preset: str):  # type: ignore[no-untyped-def]
+def _loader(preset: str):
     def load(data_dir: Path | None, split: str, protocol: str, **options: Any) -> Task:
         seed = options.pop("seed", None)
-        root = ensure_built(preset, data_dir, seed=int(seed) if seed is not None else None,
-                            progress=bool(options.pop("progress", True)))
+        root = ensure_built(
+            preset,
+            data_dir,
+            seed=int(seed) if seed is not None else None,
+            progress=bool(options.pop("progress", True)),
+        )
         return load_native(root, split)
+
     return load
 
 
 for _preset, _size in (("mini", "test ~1k queries / ~4k gallery"), ("full", "test ~10k queries")):
-    register_task(TaskSpec(
-        metadata=TaskMetadata(
-            name=f"synthetic-{_preset}",
-            description="Procedural scenes edited along EDIR's 15 subcategories; exact multi-target ground "
-                        "truth from the scene graph, with single-target variants and hard negatives.",
-            source="built by cirbench (pipelines/synthetic.yaml)", license="Apache-2.0",
-        ),
-        load=_loader(_preset), splits=SPLITS, default_split="test",
-        metrics=("R@1", "R@5", "R@10", "R@50", "mAP@5", "mAP@10", "mAP@50"), size=_size,
-        layout="a native cirbench dataset (cirbench.json + <split>/queries.parquet + corpus.parquet); "
-               "built automatically when missing",
-        options={"seed": "build seed (default: the preset's)"}, family="synthetic",
-    ))
+    register_task(
+        TaskSpec(
+            metadata=TaskMetadata(
+                name=f"synthetic-{_preset}",
+                description="Procedural scenes edited along EDIR's 15 subcategories; exact multi-target "
+                "ground truth from the scene graph, with single-target variants and hard negatives.",
+                source="built by cirbench (pipelines/synthetic.yaml)",
+                license="CC-BY-4.0 (generated data)",
+            ),
+            load=_loader(_preset),
+            splits=SPLITS,
+            default_split="test",
+            metrics=("R@1", "R@5", "R@10", "R@50", "mAP@5", "mAP@10", "mAP@50"),
+            size=_size,
+            layout="a native cirbench dataset (cirbench.json + <split>/queries.parquet + corpus.parquet); "
+            "built automatically when missing",
+            options={"seed": "build seed (default: the preset's)"},
+            family="synthetic",
+        )
+    )
