@@ -248,16 +248,33 @@ def compare_cmd(
     _console().print(table)
 
 
+def _parse_shard(shard: str | None) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"--shard must look like i/n (e.g. 0/4), got {shard!r}") from None
+    if not 0 <= i < n:
+        raise typer.BadParameter(f"--shard {shard}: need 0 <= i < n")
+    return i, n
+
+
 @app.command("build")
 def build_cmd(
     pipeline: Annotated[Path, typer.Argument(help="pipeline config (pipelines/*.yaml)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output dataset directory")],
+    sources: Annotated[
+        str | None, typer.Option(help="image folder, hub dataset or benchmark")
+    ] = None,
+    shard: Annotated[str | None, typer.Option(help="i/n: build shard i of n (merge with --merge n)")] = None,
+    merge: Annotated[int | None, typer.Option(help="merge n finished shards into the dataset")] = None,
     preset: Annotated[str | None, typer.Option(help="preset in the config (e.g. mini, full)")] = None,
     seed: Annotated[int | None, typer.Option(help="override the config's seed")] = None,
     limit: Annotated[int | None, typer.Option(help="stop after N queries (a quick build)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
-    """Build a benchmark from a pipeline config into the native dataset format."""
+    """Build a benchmark from a pipeline config into the native dataset format (resumable)."""
     import yaml
 
     try:
@@ -266,14 +283,32 @@ def build_cmd(
         _fail(e)
         return
     kind = (config or {}).get("pipeline")
+    shard_t = _parse_shard(shard)
     if kind == "synthetic":
         from cirbench.build.synthetic import build_synthetic
 
         path = build_synthetic(config, out, preset=preset, seed=seed, limit=limit, progress=not quiet)
+    elif kind == "edir":
+        from cirbench.build.edir import merge_shards, run_edir
+
+        path = (
+            merge_shards(out, merge)
+            if merge
+            else run_edir(config, out, sources=sources, shard=shard_t, limit=limit, progress=not quiet)
+        )
+    elif kind == "soft-refine":
+        from cirbench.build.soft_refine import run_soft_refine
+
+        path = run_soft_refine(config, out, sources=sources, shard=shard_t, limit=limit, progress=not quiet)
     else:
-        _fail(ValueError(f"{pipeline}: unknown pipeline {kind!r} (field 'pipeline')"))
+        _fail(
+            ValueError(
+                f"{pipeline}: unknown pipeline {kind!r} (field 'pipeline'); "
+                "known: synthetic, edir, soft-refine"
+            )
+        )
         return
-    _console().print(f"wrote dataset {path}")
+    _console().print(f"wrote {path}")
 
 
 @app.command("train")

@@ -62,6 +62,7 @@ LAYOUT = """\
   elsewhere."""
 
 METADATA = TaskMetadata(
+    instructions={"query": "Retrieve an image that shows the provided image with the described changes."},
     name=NAME,
     description="Composed Image Retrieval on Common Objects in context: open-domain queries with "
                 "multiple ground truths, searched over the COCO 2017 unlabeled set.",

@@ -63,6 +63,8 @@ LAYOUT = """\
   --option image_root=DIR says where the ./dev/... paths of image_splits point."""
 
 METADATA = TaskMetadata(
+    instructions={"query": "Retrieve a day-to-day image that aligns with the modification instructions of "
+                           "the provided image."},  # M-BEIR's CIRR instruction, reused by MTEB
     name=NAME,
     description="Composed Image Retrieval on Real-life images (NLVR2 photos); one target per query, "
                 "plus a 6-image subset per query for Recall_subset.",

@@ -73,6 +73,7 @@ for _preset, _size in (("mini", "test ~1k queries / ~4k gallery"), ("full", "tes
                 description="Procedural scenes edited along EDIR's 15 subcategories; exact multi-target "
                 "ground truth from the scene graph, with single-target variants and hard negatives.",
                 source="built by cirbench (pipelines/synthetic.yaml)",
+                instructions={"query": "Given an image, find a similar image satisfying the query."},
                 license="CC-BY-4.0 (generated data)",
             ),
             load=_loader(_preset),
