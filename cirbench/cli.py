@@ -264,14 +264,14 @@ def _parse_shard(shard: str | None) -> tuple[int, int] | None:
 def build_cmd(
     pipeline: Annotated[Path, typer.Argument(help="pipeline config (pipelines/*.yaml)")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output dataset directory")],
-    sources: Annotated[
-        str | None, typer.Option(help="image folder, hub dataset or benchmark")
-    ] = None,
+    sources: Annotated[str | None, typer.Option(help="image folder, hub dataset or benchmark")] = None,
     shard: Annotated[str | None, typer.Option(help="i/n: build shard i of n (merge with --merge n)")] = None,
     merge: Annotated[int | None, typer.Option(help="merge n finished shards into the dataset")] = None,
     preset: Annotated[str | None, typer.Option(help="preset in the config (e.g. mini, full)")] = None,
     seed: Annotated[int | None, typer.Option(help="override the config's seed")] = None,
-    limit: Annotated[int | None, typer.Option(help="stop after N queries (a quick build)")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="a quick build: N queries (synthetic, soft-refine) or N sources (edir)")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Build a benchmark from a pipeline config into the native dataset format (resumable)."""

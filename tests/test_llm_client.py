@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -30,8 +31,14 @@ def server():
         yield s
 
 
-def client(url: str, tmp_path: Path | None = None, **kw) -> OpenAIChatLMM:
-    opts = {"max_retries": 3, "backoff_s": 0.01, "max_backoff_s": 0.05, "timeout_s": 5.0, "concurrency": 4}
+def client(url: str, tmp_path: Path | None = None, **kw: Any) -> OpenAIChatLMM:
+    opts: dict[str, Any] = {
+        "max_retries": 3,
+        "backoff_s": 0.01,
+        "max_backoff_s": 0.05,
+        "timeout_s": 5.0,
+        "concurrency": 4,
+    }
     opts.update(kw)
     return OpenAIChatLMM(model="fake-vlm", base_url=url, cache_dir=tmp_path, **opts)
 
@@ -40,7 +47,9 @@ def test_request_has_inline_images_system_prompt_json_mode_and_auth(server, monk
     monkeypatch.setenv("CIRBENCH_TEST_KEY", "sk-secret")
     c = client(server.url, api_key_env="CIRBENCH_TEST_KEY", seed=7)
     img = _png()
-    out = c.complete(LMMRequest(parts=(img, "what is this?"), system="be brief", max_tokens=33, temperature=0.0))
+    out = c.complete(
+        LMMRequest(parts=(img, "what is this?"), system="be brief", max_tokens=33, temperature=0.0)
+    )
     assert out == '{"ok": true}'
     body, headers = server.requests[0], server.headers[0]
     assert headers["Authorization"] == "Bearer sk-secret"
@@ -65,13 +74,17 @@ def test_answers_are_cached_on_disk_by_request_hash(server, tmp_path: Path) -> N
     assert "sk-" not in "".join(p.read_text() for p in tmp_path.rglob("*.json"))
 
 
-@pytest.mark.parametrize("first", [
-    Reply(status=500),
-    Reply(status=503),
-    Reply(status=429, headers={"Retry-After": "0"}),
-    Reply(status=200, body=b"this is not json {"),
-    Reply(status=200, body=b'{"choices": []}'),
-], ids=["500", "503", "429-retry-after", "malformed-body", "no-choices"])
+@pytest.mark.parametrize(
+    "first",
+    [
+        Reply(status=500),
+        Reply(status=503),
+        Reply(status=429, headers={"Retry-After": "0"}),
+        Reply(status=200, body=b"this is not json {"),
+        Reply(status=200, body=b'{"choices": []}'),
+    ],
+    ids=["500", "503", "429-retry-after", "malformed-body", "no-choices"],
+)
 def test_transient_failures_are_retried(server, first: Reply) -> None:
     server.script = [first, first]
     assert client(server.url).complete(LMMRequest(parts=("q",))) == '{"ok": true}'
@@ -90,6 +103,17 @@ def test_persistent_errors_raise_transient_lmm_error_after_the_retries(server) -
     with pytest.raises(LMMError, match="gave up after 4 attempts; last: HTTP 500") as e:
         client(server.url).complete(LMMRequest(parts=("q",)))
     assert e.value.transient and len(server.requests) == 4
+
+
+def test_a_persistently_empty_answer_is_not_transient(server) -> None:
+    server.script = [Reply(body=b'{"choices": [{"message": {"content": null}}]}')] * 4
+    with pytest.raises(LMMError, match="malformed response body") as e:
+        client(server.url).complete(LMMRequest(parts=("q",)))
+    assert not e.value.transient and len(server.requests) == 4  # retried, then given up for good
+    server.script = [Reply(body=b"<html>502 Bad Gateway</html>")] * 4
+    with pytest.raises(LMMError, match="not JSON") as e:
+        client(server.url).complete(LMMRequest(parts=("q2",)))
+    assert e.value.transient
 
 
 def test_client_errors_are_not_retried(server) -> None:
@@ -133,7 +157,7 @@ def test_concurrency_limit() -> None:
     with FakeChatServer(slow) as s:
         c = client(s.url, concurrency=2)
         out = c.complete_many([LMMRequest(parts=(f"q{k}",)) for k in range(6)])
-    assert [json.loads(o)["echo"] for o in out] == [f"q{k}" for k in range(6)]  # in request order
+    assert [json.loads(str(o))["echo"] for o in out] == [f"q{k}" for k in range(6)]  # in request order
     assert state["max"] == 2
 
 
@@ -170,8 +194,10 @@ def test_make_lmm_validates_config(tmp_path: Path) -> None:
         make_lmm({"backend": "gpt"})
     with pytest.raises(ValueError, match="unknown option"):
         make_lmm({"backend": "openai", "openai": {"model": "m", "temprature": 0}})
-    lmm = make_lmm({"backend": "openai", "openai": {"model": "m", "base_url": "http://127.0.0.1:1/v1"}},
-                   cache_dir=tmp_path)
+    lmm = make_lmm(
+        {"backend": "openai", "openai": {"model": "m", "base_url": "http://127.0.0.1:1/v1"}},
+        cache_dir=tmp_path,
+    )
     assert lmm is not None and lmm.fingerprint()["model"] == "m"
 
 
@@ -186,8 +212,10 @@ def test_local_backend_on_a_tiny_random_qwen2vl(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     try:
         d = build_tiny_gme(tmp_path / "vlm")
-        lmm = make_lmm({"backend": "local", "local": {"model": str(d), "max_new_tokens": 8}},
-                       cache_dir=tmp_path / "cache")
+        lmm = make_lmm(
+            {"backend": "local", "local": {"model": str(d), "max_new_tokens": 8}},
+            cache_dir=tmp_path / "cache",
+        )
         assert lmm is not None
         buf = io.BytesIO()
         Image.new("RGB", (56, 56), (10, 200, 30)).save(buf, format="PNG")
