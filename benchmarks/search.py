@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_SORT_BYTES_PER_SCORE = 4 + 2 + 4 + 8  # fp32 scores, bf16 scores, sorted values, int64 indices
+_SORT_BYTES_PER_SCORE = 4 + 4 + 8  # fp32 scores, sorted values, int64 indices (+2 for bf16 scores)
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ class Config:
 
     @property
     def naive_gb(self) -> float:
-        return self.nq * self.ng * _SORT_BYTES_PER_SCORE / 1e9
+        per_score = _SORT_BYTES_PER_SCORE + (2 if self.dtype == "bfloat16" else 0)
+        return self.nq * self.ng * per_score / 1e9
 
 
 # ------------------------------------------------------------------------------------------------ worker

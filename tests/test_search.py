@@ -308,3 +308,16 @@ def test_errors() -> None:
         subset_search(q, c, [[9], []], 1)
     with pytest.raises(ValueError, match="width"):
         subset_search(q, np.ones((5, 2), np.float32), [[1], []], 1)
+
+
+def test_vectorised_tie_count_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU code path for ties before a relevant item, exercised on CPU."""
+    import cirbench.search as search
+
+    monkeypatch.setattr(search, "_PER_ROW_TIES_ON_CPU", False)
+    q, c = int_data(20, 23, 150, 3)
+    rel = random_lists(21, 23, 150, 2)
+    ex = random_lists(22, 23, 150, 3)
+    for cc in (16, 150):
+        res = exact_search(q, c, 4, exclude=ex, relevant=rel, corpus_chunk=cc)
+        assert_same(res, *reference(q, c, 4, ex, rel))
