@@ -293,3 +293,151 @@ def put_in_hub_cache(src_dir: str | os.PathLike[str], cache_dir: str | os.PathLi
         (repo / "refs").mkdir(parents=True, exist_ok=True)
         (repo / "refs" / "main").write_text(commit)
     return snap
+
+
+def _bert_tokenizer(extra_words: tuple[str, ...] = (), model_max_length: int = 64) -> Any:
+    """A BertTokenizer over a small vocab.txt: specials, letters and their `##` continuations, a few words.
+
+    Every lower-case ASCII word tokenizes (letter by letter at worst), so no test text turns into [UNK].
+    """
+    from transformers import BertTokenizer
+
+    letters = list("abcdefghijklmnopqrstuvwxyz0123456789")
+    words = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + letters + ["##" + c for c in letters]
+             + list(".,!?\"'-") + sorted(set(extra_words)))
+    # transformers 5.x ignores `vocab_file=` here (the tokenizer keeps only the specials): pass a dict
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    return BertTokenizer(vocab=vocab, model_max_length=model_max_length)
+
+
+def build_tiny_blip2(out_dir: str | os.PathLike[str], *, image_size: int = 32, hidden: int = 32,
+                     layers: int = 2, num_query_tokens: int = 4, embed_dim: int = 16, seed: int = 0) -> Path:
+    """A random Blip2ForImageTextRetrieval (ViT + Q-Former with its text input) + Blip2Processor.
+
+    32 px images, 4 query tokens, 16-d projections; config.image_token_index set like the hub checkpoints'.
+    """
+    import torch
+    from transformers import Blip2Config, Blip2ForImageTextRetrieval, Blip2Processor
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _bert_tokenizer(("red", "blue", "dress", "make", "it", "a", "the", "with", "and"))
+    improc = _image_processor("BlipImageProcessor", size={"height": image_size, "width": image_size})
+    Blip2Processor(image_processor=improc, tokenizer=tok,
+                   num_query_tokens=num_query_tokens).save_pretrained(out)
+    cfg = Blip2Config(
+        vision_config=dict(image_size=image_size, patch_size=8, hidden_size=hidden, intermediate_size=37,
+                           num_hidden_layers=layers, num_attention_heads=4,
+                           initializer_range=0.02),  # the default, 1e-10, makes every image look alike
+        qformer_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=37,
+                            num_hidden_layers=layers, num_attention_heads=4, encoder_hidden_size=hidden,
+                            max_position_embeddings=64, pad_token_id=tok.pad_token_id,
+                            use_qformer_text_input=True),
+        num_query_tokens=num_query_tokens, image_text_hidden_size=embed_dim,
+        # the processor prepends one <image> per query token, as the hub checkpoints' processors do
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+    )
+    torch.manual_seed(seed)
+    model = Blip2ForImageTextRetrieval(cfg).eval()
+    with torch.no_grad():
+        # The constructor zeroes the query tokens and some LayerNorm weights (transformers 5.x), which makes
+        # vision outputs constant and cross-attention a no-op: randomise them so that every input matters.
+        model.query_tokens.normal_(0.0, 0.5)
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.normal_(1.0, 0.1)
+                m.bias.normal_(0.0, 0.1)
+    model.save_pretrained(out)
+    return out
+
+
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                   "<|eot_id|>", "<image>"]
+
+
+def _llama3_tokenizer() -> Any:
+    """A byte-level BPE tokenizer with Llama-3's chat markers and `<image>`, prepending <|begin_of_text|>.
+
+    No pad token, as in Llama-3's own tokenizer (E5-V pads with the end-of-text token).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = byte_vocab(LLAMA3_SPECIALS)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens(LLAMA3_SPECIALS)
+    bos = LLAMA3_SPECIALS[0]
+    tk.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                      special_tokens=[(bos, vocab[bos])])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=bos, eos_token="<|end_of_text|>",
+                                   model_max_length=4096)
+
+
+def build_tiny_llava_next(out_dir: str | os.PathLike[str], *, hidden: int = 32, layers: int = 2,
+                          seed: int = 0) -> Path:
+    """A random LlavaNextForConditionalGeneration (E5-V's architecture) + LlavaNextProcessor.
+
+    CLIP vision tower on 28 px tiles of 14 px patches (4 patches + CLS per tile), "anyres" grid pinpoints up
+    to 56x56, a 2-layer Llama; the tokenizer carries Llama-3's chat markers, so E5-V's prompts tokenize.
+    """
+    import torch
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _llama3_tokenizer()
+    pinpoints = [[28, 28], [28, 56], [56, 28], [56, 56]]
+    improc = _image_processor("LlavaNextImageProcessor", size={"shortest_edge": 28},
+                              crop_size={"height": 28, "width": 28}, image_grid_pinpoints=pinpoints)
+    LlavaNextProcessor(image_processor=improc, tokenizer=tok, patch_size=14,
+                       vision_feature_select_strategy="default",
+                       num_additional_image_tokens=1).save_pretrained(out)
+    cfg = LlavaNextConfig(
+        vision_config=dict(model_type="clip_vision_model", image_size=28, patch_size=14, hidden_size=hidden,
+                           intermediate_size=37, num_hidden_layers=layers, num_attention_heads=4,
+                           projection_dim=hidden),
+        text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=hidden, intermediate_size=37,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id),
+        image_token_index=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints,
+        vision_feature_select_strategy="default", vision_feature_layer=-2,
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # the newline embedding starts at zero
+        model.model.image_newline.normal_(0.0, 0.5)
+    model.save_pretrained(out)
+    return out
+
+
+def build_tiny_qwen2vl_lora(out_dir: str | os.PathLike[str], base_dir: str | os.PathLike[str], *,
+                            use_dora: bool = True, rank: int = 4, seed: int = 0) -> Path:
+    """A random peft (Do)LoRA adapter on a tiny Qwen2-VL (VLM2Vec-V2.0's release format); needs `peft`.
+
+    The adapter directory holds adapter_config.json (base_model_name_or_path = `base_dir`),
+    adapter_model.safetensors and, like the hub repo, the tokenizer and image processor.
+    """
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import Qwen2VLForConditionalGeneration
+
+    out = Path(out_dir)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(base_dir)
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, use_dora=use_dora,
+                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights="gaussian")
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, cfg)
+    with torch.no_grad():  # lora_B starts at zero (a no-op adapter): make the adapter change the model
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 0.2)
+    peft_model.save_pretrained(out)
+    for f in Path(base_dir).iterdir():
+        if f.is_file() and not f.name.startswith(("model", "config", "generation")):
+            shutil.copy(f, out / f.name)
+    return out

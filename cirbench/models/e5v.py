@@ -1,0 +1,220 @@
+"""E5-V (`e5-v`, `e5v:<hub id or dir>`): LLaVA-NeXT-8B prompted to summarise its input in one word.
+
+E5-V (kongds/E5-V) embeds anything as the last token's final hidden state after a prompt that asks for a
+one-word summary, inside Llama-3's chat template (LLAMA3_TEMPLATE below, the README's `llama3_template`).
+
+The prompts per input (`prompts` option; default "e5v", the CIRR prompts of E5-V's retrieval.py with
+`--use_e5v`, typos kept because the model was evaluated with them; exact strings in PROMPTS below):
+
+- e5v: gallery `<image>\\n Describe this image in one word:`; composed query
+  `<image>Modify this image with "{text}", desribe modified image in one word:`;
+- mteb: gallery `<image>\\nSummary above image in one word: ` (the README's); composed
+  `[INST] <image> Modify this image with "{text}" Describe modified image in one word: [/INST]` (mteb's
+  e5_v.py, template and all);
+- fashioniq-{dress,shirt,toptee}: retrieval.py's FashionIQ prompts (`Describe this {c} in one word based
+  on its style`, `change the style of this {c} to {text}`), with toptee named "shirt" as there.
+
+A text alone always gets `{text}\\nSummary above sentence in one word: `. E5-V takes no instruction: the
+`instruction` argument is ignored, the prompt set is chosen with the option.
+
+Loaded as `LlavaNextForConditionalGeneration` + `LlavaNextProcessor` (the README's classes); the forward
+pass stops before the LM head. Padding is on the left, as in retrieval.py, with Llama-3's end-of-text token
+as the pad; positions are computed from the attention mask, so each vector equals the one computed for the
+input alone (retrieval.py's batched runs let left padding shift positions, which makes its vectors depend on
+the batch). float16 on GPU as in the README, float32 on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cirbench.models import _torch as T
+from cirbench.models.base import Batch, ModelSpec
+from cirbench.models.registry import register_family, register_model
+from cirbench.types import DatasetError, Item, Role
+
+if TYPE_CHECKING:
+    import torch
+
+ADAPTER_VERSION = "1"
+IMAGE = "<image>"
+LLAMA3_TEMPLATE = ("<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|><|start_header_id|>assistant"
+                   "<|end_header_id|>\n\n \n")
+TEXT_PROMPT = "{text}\nSummary above sentence in one word: "
+PROMPTS: dict[str, tuple[str, str]] = {  # (image prompt, composed prompt)
+    "e5v": ("<image>\n Describe this image in one word:",
+            '<image>Modify this image with "{text}", desribe modified image in one word:'),
+    "mteb": ("<image>\nSummary above image in one word: ",
+             '[INST] <image> Modify this image with "{text}" Describe modified image in one word: [/INST]'),
+}
+for _cat, _name in (("dress", "dress"), ("shirt", "shirt"), ("toptee", "shirt")):
+    PROMPTS[f"fashioniq-{_cat}"] = (
+        f"<image>\n Describe this {_name} in one word based on its style:",
+        f"<image> change the style of this {_name} to {{text}}\n Desribe this modified {_name} in one word "
+        "based on its style:")
+E5V_OPTIONS = ("revision", "device", "dtype", "attn_implementation", "prompts", "max_length",
+               "trust_remote_code", "allow_pickle")
+
+
+def e5v_prompt(text: str | None, has_image: bool, prompts: str = "e5v") -> str:
+    """The full E5-V input string for one item (`<image>` not yet expanded to the image's tokens)."""
+    image_prompt, composed = PROMPTS[prompts]
+    if has_image:
+        body = composed.replace("{text}", text) if text is not None else image_prompt
+    elif text is not None:
+        body = TEXT_PROMPT.replace("{text}", text)
+    else:
+        raise ValueError("an E5-V input needs an image or a text")
+    return LLAMA3_TEMPLATE.format(body)
+
+
+class E5VEncoder:
+    """E5-V embeddings from a LLaVA-NeXT checkpoint (see the module docstring)."""
+
+    family = "e5v"
+
+    def __init__(self, spec: ModelSpec | None = None, *, model_id: str | None = None, **options: Any) -> None:
+        from transformers import AutoProcessor, LlavaNextForConditionalGeneration
+
+        opts = {**dict((spec.extra.get("options") or {}) if spec else {}), **options}
+        T.check_options("e5v adapter", opts, E5V_OPTIONS)
+        source = model_id or (spec.id if spec else None)
+        if not source:
+            raise ValueError("e5v needs a hub id or a local directory")
+        self.source = source
+        self.revision = None if T.is_local(source) else T.opt_str(
+            opts.get("revision", spec.revision if spec else None))
+        self.device = T.resolve_device(opts.get("device"))
+        self.dtype = T.canonical_dtype(opts.get("dtype"), "float16" if self.device.startswith("cuda") else
+                                       "float32")
+        self.attn_implementation = T.opt_str(opts.get("attn_implementation"))
+        self.prompts = str(opts.get("prompts", "e5v")).lower()
+        if self.prompts not in PROMPTS:
+            raise ValueError(f"prompts must be one of {sorted(PROMPTS)}, not {self.prompts!r}")
+        self.max_length = T.opt_int(opts.get("max_length", 8192), "max_length")
+        trc = T.opt_bool(opts.get("trust_remote_code", False), "trust_remote_code")
+        allow_pickle = T.opt_bool(opts.get("allow_pickle", False), "allow_pickle")
+
+        cfg = T.config_dict(source, self.revision)
+        T.check_remote_code(source, cfg, trust_remote_code=trc)
+        if cfg.get("model_type") != "llava_next":
+            raise ValueError(f"{source} has model_type {cfg.get('model_type')!r}; the e5v adapter needs a "
+                             "LLaVA-NeXT checkpoint (model_type 'llava_next')")
+        T.check_local_weights(source, allow_pickle=allow_pickle)
+        kw = T.hf_kwargs(self.revision, trc)
+        load_kw: dict[str, Any] = {"dtype": T.torch_dtype(self.dtype), "output_loading_info": True,
+                                   "use_safetensors": None if allow_pickle else True}
+        if self.attn_implementation:
+            load_kw["attn_implementation"] = self.attn_implementation
+        with T.quiet_transformers(), T.safetensors_only(source, allow_pickle):
+            loaded: Any = LlavaNextForConditionalGeneration.from_pretrained(source, **load_kw, **kw)
+            model, info = loaded
+            self.processor = AutoProcessor.from_pretrained(source, **kw)
+        T.check_loading_info(source, info)
+        self.weights = T.weights_fingerprint(source, self.revision)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:  # retrieval.py: pad_token_id = eos_token_id
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.image_token_id = int(model.config.image_token_index)
+        if self.tokenizer.convert_tokens_to_ids(IMAGE) != self.image_token_id:
+            raise ValueError(f"{source}: the tokenizer's {IMAGE} id does not match config.image_token_index")
+        dim = int(model.config.text_config.hidden_size)
+        base = spec or ModelSpec(name=f"{self.family}:{source}", id=source, license="unknown",
+                                 description=f"E5-V-style LLaVA-NeXT embeddings from {source}")
+        self.spec = dataclasses.replace(base, revision=self.revision, dim=base.dim or dim, dtype=self.dtype,
+                                        modalities=("image", "text", "image+text"),
+                                        extra={**dict(base.extra), "family": self.family,
+                                               "prompts": self.prompts})
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"adapter": f"{self.family}/{ADAPTER_VERSION}", "id": self.source, **self.weights,
+                "dtype": self.dtype, "attn_implementation": self.attn_implementation, "prompts": self.prompts,
+                "prompt_texts": PROMPTS[self.prompts], "max_length": self.max_length, "padding": "left",
+                "positions": "from-attention-mask", "pooling": "last-token",
+                "image_processor": T.processor_config(self.processor.image_processor),
+                "tokenizer": {"class": type(self.tokenizer).__name__, "size": len(self.tokenizer)}}
+
+    def preprocess(self, image: Any) -> dict[str, Any]:
+        """Anyres tiles + the number of `<image>` tokens the processor gives this image (worker threads)."""
+        out = self.processor(text=[IMAGE], images=[image.convert("RGB")], return_tensors="pt")
+        n = int((out["input_ids"] == self.image_token_id).sum())
+        return {"pixel_values": out["pixel_values"][0], "image_sizes": out["image_sizes"], "n_tokens": n}
+
+    def encode(self, batch: Batch, *, role: Role, instruction: str | None = None) -> np.ndarray:
+        """(n, dim) unit rows. E5-V's prompts replace instructions, so `instruction` is not used."""
+        import torch
+        from PIL import Image
+
+        texts: list[str] = []
+        tiles: list[torch.Tensor] = []
+        sizes: list[torch.Tensor] = []
+        n_image_tokens = 0
+        for it, img in zip(batch.items, batch.images, strict=True):
+            _check(it, img)
+            p = e5v_prompt(it.text, it.image is not None, self.prompts)
+            if it.image is not None:
+                pre: Any = self.preprocess(img) if isinstance(img, Image.Image) else img
+                tiles.append(pre["pixel_values"])
+                sizes.append(pre["image_sizes"])
+                p = p.replace(IMAGE, IMAGE * pre["n_tokens"], 1)
+                n_image_tokens += pre["n_tokens"]
+            texts.append(p)
+        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
+        if int((ids == self.image_token_id).sum()) != n_image_tokens:
+            raise ValueError("an input was truncated inside its image tokens at "
+                             f"max_length={self.max_length}; raise max_length")
+        inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask,
+                                  "position_ids": (mask.long().cumsum(-1) - 1).clamp(min=0)}
+        if tiles:
+            inputs["pixel_values"] = _pad_tiles(tiles).to(self.device, self.model.dtype)
+            inputs["image_sizes"] = torch.cat(sizes).to(self.device)
+        with torch.inference_mode():
+            hidden = self.model.model(**inputs).last_hidden_state
+        return T.to_numpy_f32(hidden[:, -1])
+
+
+def _pad_tiles(tiles: list[torch.Tensor]) -> torch.Tensor:
+    """(n_tiles, 3, H, W) tensors -> (batch, max_tiles, 3, H, W), zero-padded as the processor pads."""
+    import torch
+
+    n = max(t.shape[0] for t in tiles)
+    out = torch.zeros((len(tiles), n, *tiles[0].shape[1:]), dtype=tiles[0].dtype)
+    for i, t in enumerate(tiles):
+        out[i, : t.shape[0]] = t
+    return out
+
+
+def _check(item: Item, image: Any) -> None:
+    if item.image is None and item.text is None:
+        raise DatasetError("item has neither image nor text", record=item.id)
+    if item.image is not None and image is None:
+        raise DatasetError("batch carries no decoded image for an item that has one", record=item.id,
+                           field="image")
+
+
+E5V = ModelSpec(
+    name="e5-v", id="royokong/e5-v", revision="0c1f22679417b3ae925d779442221c40cd1861ab", dim=4096,
+    modalities=("image", "text", "image+text"), license="unknown", parameters=8_360_000_000, dtype="float16",
+    description="E5-V (LLaVA-NeXT-8B, Llama-3): one-word-summary prompts of E5-V's retrieval.py (CIRR set by "
+                "default; option prompts=mteb|fashioniq-<category>), last-token pooling. Revision pinned as "
+                "in mteb's registry; the hub card declares no licence. float16 on GPU, float32 on CPU.",
+    extra={"family": "e5v"})
+
+
+def _factory(spec: ModelSpec, **options: Any) -> E5VEncoder:
+    return E5VEncoder(spec, **options)
+
+
+def _family(target: str, **options: Any) -> E5VEncoder:
+    return E5VEncoder(None, model_id=target, **options)
+
+
+register_model(E5V, _factory)
+register_family("e5v", _family)
