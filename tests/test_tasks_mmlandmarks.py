@@ -359,3 +359,21 @@ def test_market1501_map_needs_depth() -> None:
     padded[0, :3] = [2, 0, 1]  # a gallery of 3 items, padded: fine
     # one positive at row 1: (old precision 0/1 + precision 1/2) / 2
     assert market1501_map(padded, [np.array([0])], None, topk=1000)[0] == pytest.approx(0.25)
+
+
+def test_geolocalisation_through_the_eval_flow(release: Path, tmp_path: Path) -> None:
+    """Acc@<x>km in result.json comes from the run file's GPS columns and equals geo_per_query on its top-1."""
+    import cirbench
+    from cirbench.evaluation import EvalOptions
+    from cirbench.run import read_run_table
+
+    task = get_task("mmlandmarks-g2c", data_dir=release)
+    result = cirbench.evaluate("random", task, output=tmp_path / "o",
+                               options=EvalOptions(progress=False, n_bootstrap=0))
+    table = read_run_table(tmp_path / "o" / "run.parquet")
+    pos = task.corpus_positions
+    top1 = np.array([pos[r[0]] for r in table.column("ranked_ids").to_pylist()])
+    expected = geo_per_query(top1, task)
+    for name, values in expected.items():
+        assert result.overall[name].value == pytest.approx(float(np.nanmean(values)))
+    assert {"pred_lat", "pred_lon", "lat", "lon"} <= set(table.column_names)
