@@ -86,8 +86,8 @@ def _image_features(items: Sequence[Item], *, resolution: int, channels_last: bo
         chunks = [items[s:s + chunk] for s in range(0, len(items), chunk)]
         pending = pool.map(lambda c: np.stack([prep(it) for it in c]), chunks)
         for s, pixels in zip(range(0, len(items), chunk), pending, strict=True):
-            out[s:s + len(pixels)] = E.image_features(pixels, resolution=resolution,
-                                                      channels_last=channels_last, device=device)
+            f = E.image_features(pixels, resolution=resolution, channels_last=channels_last, device=device)
+            out[s:s + len(pixels)] = f[:, E.IMAGE_DIM:]  # the fusion descriptor
             bar.update(task_id, advance=len(pixels))
     return out
 
@@ -296,19 +296,20 @@ def _fit(feats: TrainFeatures, *, bar: Any, epochs: int, batch_size: int, lr: fl
 def train_fusion_head(dataset_dir: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
                       split: str = "train", epochs: int = 30, batch_size: int = 256, lr: float = 2e-3,
                       seed: int = 0, progress: bool = True, weight_decay: float = 0.05, dropout: float = 0.1,
-                      input_dropout: float = 0.2,
-                      dim: int = 256, hidden: int = 512, resolution: int = E.DEFAULT_RESOLUTION,
-                      channels_last: bool = E.DEFAULT_CHANNELS_LAST, max_docs: int = 8192,
-                      device: str | None = "cpu", threads: int | None = 1, command: str | None = None,
+                      input_dropout: float = 0.2, dim: int = 256, hidden: int = 512,
+                      resolution: int = E.DEFAULT_RESOLUTION, channels_last: bool = E.DEFAULT_CHANNELS_LAST,
+                      max_docs: int = 2048, device: str | None = "cpu", threads: int | None = 1,
+                      command: str | None = None,
                       on_epoch: Callable[[int, float], None] | None = None) -> dict[str, Any]:
     """Train a fusion head on `split` of a native dataset; write `out_path` (.safetensors) and its .json.
 
     Returns the json metadata: config, training command, dataset name and revision, loss per epoch, the
     final training loss and the in-sample R@1.
 
-    `threads` is the torch thread count of the training loop (None: leave it). One is the default: the head's
+    `threads` is the torch thread count while it runs (None: leave it). One is the default: the head's
     matmuls are small, and on a shared 2-core machine a second OpenMP thread that waits for a descheduled
-    sibling made each step 20x slower in measurement; a fixed count also keeps the result reproducible.
+    sibling made training steps 20x and backbone passes 2-3x slower in measurement; a fixed count also
+    keeps the result reproducible. Image decoding still runs in two threads.
     """
     import torch
 
@@ -319,27 +320,25 @@ def train_fusion_head(dataset_dir: str | os.PathLike[str], out_path: str | os.Pa
         raise ValueError("epochs and batch_size must be at least 1")
     task = load_native(dataset_dir, split)
     t0 = time.perf_counter()
+    saved_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     with _progress(progress) as bar:
-        feats = extract_features(task, resolution=resolution, channels_last=channels_last, device=device,
-                                 bar=bar)
-        t_feat = time.perf_counter() - t0
-        saved_threads = torch.get_num_threads()
-        if threads is not None:
-            torch.set_num_threads(threads)
         try:
             train_threads = torch.get_num_threads()
+            feats = extract_features(task, resolution=resolution, channels_last=channels_last, device=device,
+                                     bar=bar)
+            t_feat = time.perf_counter() - t0
             params, history = _fit(feats, bar=bar, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                    weight_decay=weight_decay, dropout=dropout, input_dropout=input_dropout,
-                                   dim=dim, hidden=hidden,
-                                   max_docs=max_docs, on_epoch=on_epoch)
+                                   dim=dim, hidden=hidden, max_docs=max_docs, on_epoch=on_epoch)
             r1 = recall_at_1(params, feats)
         finally:
             torch.set_num_threads(saved_threads)
     n_rows = len(feats.row_ref)
     seconds = time.perf_counter() - t0
     n_params = sum(int(v.numel()) for v in params.values())
-    cmd = command or (f"cirbench train {dataset_dir} --out {out} --split {split} --epochs {epochs} "
-                      f"--batch-size {batch_size} --lr {lr} --seed {seed}")
+    cmd = command or f"cirbench train {dataset_dir} --out {out} --epochs {epochs} --seed {seed}"
     config = {"dim": dim, "hidden": hidden, "image_dim": E.DESCRIPTOR_DIM, "text_dim": E.TEXT_DIM,
               "image_descriptor": [list(g) for g in E.DESCRIPTOR],
               "resolution": resolution, "channels_last": channels_last, "preprocess": E.PREPROCESS,
@@ -357,8 +356,9 @@ def train_fusion_head(dataset_dir: str | os.PathLike[str], out_path: str | os.Pa
             "num_queries": len(task.queries), "num_rows": n_rows, "num_corpus": len(task.corpus),
             "epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
             "dropout": dropout, "input_dropout": input_dropout, "seed": seed, "max_docs": max_docs,
-            "loss": "symmetric multi-positive InfoNCE (query->gallery with the reference masked, "
-                    "target->batch queries), learned temperature",
+            "loss": "symmetric multi-positive InfoNCE, learned temperature: query -> sampled gallery "
+                    "(positives, hard negatives and the reference unless the protocol excludes it, random "
+                    "negatives up to max_docs); target -> the batch's queries",
             "final_loss": history[-1], "loss_history": [round(x, 5) for x in history],
             "train_recall@1": round(r1, 4), "logit_scale": round(float(params["logit_scale"].exp()), 3),
             "seconds": round(seconds, 1), "feature_seconds": round(t_feat, 1),

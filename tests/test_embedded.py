@@ -110,7 +110,7 @@ def test_registered_specs() -> None:
         assert spec is not None and spec.revision and spec.dim and spec.parameters
         assert spec.license != "unknown" and spec.description
     assert get_model_spec("image-only").modalities == ("image", "image+text")  # type: ignore[union-attr]
-    assert get_model_spec("text-only").modalities == ("text", "image+text")  # type: ignore[union-attr]
+    assert get_model_spec("text-only").modalities == ("text", "image", "image+text")  # type: ignore[union-attr]
 
 
 @pytest.fixture(scope="module")
