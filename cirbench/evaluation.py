@@ -160,7 +160,11 @@ def search_task(task: Task, qv: np.ndarray, cv: np.ndarray, k: int, opts: EvalOp
     if with_subset:
         sub_k = max(
             [3]
-            + [parse_metric(m).k or 0 for m in task.protocol.metrics if parse_metric(m).kind == "recall_subset"]
+            + [
+                parse_metric(m).k or 0
+                for m in task.protocol.metrics
+                if parse_metric(m).kind == "recall_subset"
+            ]
         )
         sub = subset_search(
             qv, cv, [[pos[c] for c in (q.candidate_ids or ())] for q in task.queries], sub_k, exclude=excl

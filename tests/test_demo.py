@@ -17,7 +17,10 @@ from cirbench.result import Result
 def test_demo_default_model_beats_the_baselines(tmp_path: Path) -> None:
     res = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["demo", "--out", str(tmp_path), "--quiet"])
     assert res.exit_code == 0, res.output
-    r = {name: Result.read(tmp_path / name) for name in ("cirbench-fusion", "image-only", "text-only", "random")}
+    r = {
+        name: Result.read(tmp_path / name)
+        for name in ("cirbench-fusion", "image-only", "text-only", "random")
+    }
     r1 = {name: res_.overall["R@1"].value for name, res_ in r.items()}
     assert r["cirbench-fusion"].task["num_queries"] == 1000 and r["cirbench-fusion"].task["limit"] is None
     assert r1["cirbench-fusion"] >= r1["image-only"] + 0.10, r1

@@ -362,7 +362,7 @@ def test_market1501_map_needs_depth() -> None:
 
 
 def test_geolocalisation_through_the_eval_flow(release: Path, tmp_path: Path) -> None:
-    """Acc@<x>km in result.json comes from the run file's GPS columns and equals geo_per_query on its top-1."""
+    """Acc@<x>km in result.json comes from the run's GPS columns and equals geo_per_query on its top-1."""
     import cirbench
     from cirbench.evaluation import EvalOptions
     from cirbench.run import read_run_table

@@ -81,7 +81,7 @@ LAYOUT = """\
   --option image_dir=DIR overrides the image folder."""
 
 METADATA = TaskMetadata(
-    instructions={"query": "Find an image to match the fashion image and style note."},  # MMEB's, as a sentence
+    instructions={"query": "Find an image to match the fashion image and style note."},
     name=NAME,
     description="Fashion product images (dress, shirt, toptee) with two relative captions per query; "
                 "R@10 and R@50 per category within the category's gallery.",
