@@ -14,26 +14,7 @@ from typing import Any
 
 import numpy as np
 
-TAXONOMY: dict[str, str] = {
-    "Color": "Attribute",
-    "Material": "Attribute",
-    "Shape": "Attribute",
-    "Texture": "Attribute",
-    "Addition": "Object",
-    "Remove": "Object",
-    "Replace": "Object",
-    "Count": "Object",
-    "Spatial": "Relationship",
-    "Action": "Relationship",
-    "Viewpoint": "Relationship",
-    "Style": "Global Environment",
-    "Time": "Global Environment",
-    "Weather": "Global Environment",
-    "Complex": "Complex",
-}
-"""EDIR's taxonomy: subcategory -> main category (5 categories, 15 subcategories)."""
-
-SUBCATEGORIES = tuple(TAXONOMY)
+from cirbench.taxonomy import SUBCATEGORIES, TAXONOMY  # noqa: E402  (re-exported)
 
 DEFINITIONS: dict[str, str] = {
     "Color": "change the colour of one visible object",

@@ -36,26 +36,8 @@ from cirbench.build.synthetic.scene import (
     choice,
     ordered,
 )
+from cirbench.taxonomy import SUBCATEGORIES, TAXONOMY  # noqa: E402  (re-exported)
 
-TAXONOMY: dict[str, str] = {
-    "Color": "Attribute",
-    "Material": "Attribute",
-    "Shape": "Attribute",
-    "Texture": "Attribute",
-    "Addition": "Object",
-    "Remove": "Object",
-    "Replace": "Object",
-    "Count": "Object",
-    "Spatial": "Relationship",
-    "Action": "Relationship",
-    "Viewpoint": "Relationship",
-    "Style": "Global Environment",
-    "Time": "Global Environment",
-    "Weather": "Global Environment",
-    "Complex": "Complex",
-}
-"""EDIR's 15 subcategories -> 5 main categories."""
-SUBCATEGORIES = tuple(TAXONOMY)
 SIMPLE = tuple(s for s in SUBCATEGORIES if s != "Complex")
 STRUCTURAL = frozenset({"Addition", "Remove", "Replace", "Count", "Spatial"})
 """Edits that change which objects exist or where: a Complex edit holds at most one of them."""
