@@ -24,6 +24,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from cirbench.models.base import ModelSpec
+    from cirbench.types import Item
+
 DTYPE_ALIASES = {
     "float32": "float32", "fp32": "float32", "float": "float32", "f32": "float32",
     "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -80,6 +83,29 @@ def check_options(adapter: str, given: Mapping[str, Any], accepted: Iterable[str
     unknown = sorted(set(given) - set(accepted))
     if unknown:
         raise TypeError(f"{adapter} got unknown option(s) {unknown}; accepted: {sorted(accepted)}")
+
+
+def adapter_target(name: str, spec: ModelSpec | None, model_id: str | None, options: Mapping[str, Any],
+                   accepted: Iterable[str]) -> tuple[dict[str, Any], str, str | None]:
+    """(options, source, revision) of what an adapter was asked to load, the same way for every adapter.
+
+    Options are the spec's stored ones overridden by the caller's, checked against `accepted`; the source is
+    `model_id` or the spec's id; a local path has no revision (its files are fingerprinted instead).
+    """
+    opts = {**dict((spec.extra.get("options") or {}) if spec else {}), **options}
+    check_options(f"{name} adapter", opts, accepted)
+    source = model_id or (spec.id if spec else None)
+    if not source:
+        raise ValueError(f"{name} needs a hub id or a local directory")
+    revision = None if is_local(source) else opt_str(opts.get("revision", spec.revision if spec else None))
+    return opts, source, revision
+
+
+def safety_options(opts: Mapping[str, Any]) -> tuple[bool, bool]:
+    """(trust_remote_code, allow_pickle): both off unless the user turns them on (see the module doc)."""
+    trc = opt_bool(opts.get("trust_remote_code", False), "trust_remote_code")
+    allow_pickle = opt_bool(opts.get("allow_pickle", False), "allow_pickle")
+    return trc, allow_pickle
 
 
 # ----------------------------------------------------------------------------- device / dtype
@@ -202,6 +228,20 @@ def check_remote_code(source: str, cfg: Mapping[str, Any], *, trust_remote_code:
             "asked: pass the option trust_remote_code=True if you have read that code and trust it.")
 
 
+def checked_config(source: str, revision: str | None, *, trust_remote_code: bool, model_type: str,
+                   needs: str) -> dict[str, Any]:
+    """config.json, refused before any weights load when it needs remote code or is another architecture.
+
+    `needs` completes the message "<source> has model_type X; <needs> (model_type '<model_type>')".
+    """
+    cfg = config_dict(source, revision)
+    check_remote_code(source, cfg, trust_remote_code=trust_remote_code)
+    if cfg.get("model_type") != model_type:
+        raise ValueError(f"{source} has model_type {cfg.get('model_type')!r}; {needs} "
+                         f"(model_type {model_type!r})")
+    return cfg
+
+
 def check_loading_info(source: str, info: Mapping[str, Any]) -> None:
     """Missing or mismatched keys mean randomly initialised layers: an error, not a warning in a log.
 
@@ -253,6 +293,27 @@ def hf_kwargs(revision: str | None, trust_remote_code: bool) -> dict[str, Any]:
     return kw
 
 
+def load_pretrained(cls: Any, source: str, *, revision: str | None, dtype: str, trust_remote_code: bool,
+                    allow_pickle: bool, attn_implementation: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """(model, weights fingerprint): `cls.from_pretrained` under the safety rules of the module docstring.
+
+    Pickles are refused (before and during the load) unless allowed, transformers' own load report is
+    silenced, and missing or mismatched keys are an error. The fingerprint identifies the weights in cache
+    keys (`weights_fingerprint`). `dtype` is a name ("float32", "bf16", ...); `attn_implementation` is passed
+    only when set, so the class's default applies otherwise.
+    """
+    check_local_weights(source, allow_pickle=allow_pickle)
+    kw: dict[str, Any] = {"dtype": torch_dtype(dtype), "output_loading_info": True,
+                          "use_safetensors": None if allow_pickle else True,
+                          **hf_kwargs(revision, trust_remote_code)}
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
+    with quiet_transformers(), safetensors_only(source, allow_pickle):
+        model, info = cls.from_pretrained(source, **kw)
+    check_loading_info(source, info)
+    return model, weights_fingerprint(source, revision)
+
+
 def state_hash(obj: Any) -> str:
     """Short hash of a JSON-able description (a processor config), for fingerprints."""
     import json
@@ -281,3 +342,14 @@ def to_numpy_f32(x: torch.Tensor) -> Any:
 
     x = torch.nn.functional.normalize(x.detach().float(), p=2, dim=-1)
     return x.cpu().numpy()
+
+
+def check_item(item: Item, image: Any) -> None:
+    """An item must have something to embed, and an image item its decoded image (errors name the item)."""
+    from cirbench.types import DatasetError
+
+    if item.image is None and item.text is None:
+        raise DatasetError("item has neither image nor text", record=item.id)
+    if item.image is not None and image is None:
+        raise DatasetError("batch carries no decoded image for an item that has one", record=item.id,
+                           field="image")

@@ -48,7 +48,7 @@ import numpy as np
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
 from cirbench.models.registry import register_family, register_model
-from cirbench.types import DatasetError, Item, Role
+from cirbench.types import Role
 
 if TYPE_CHECKING:
     import torch
@@ -75,42 +75,28 @@ class Blip2Encoder:
     def __init__(self, spec: ModelSpec | None = None, *, model_id: str | None = None, **options: Any) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer, Blip2ForImageTextRetrieval
 
-        opts = {**dict((spec.extra.get("options") or {}) if spec else {}), **options}
-        T.check_options("blip2 adapter", opts, BLIP2_OPTIONS)
-        source = model_id or (spec.id if spec else None)
-        if not source:
-            raise ValueError("blip2 needs a hub id or a local directory")
+        opts, source, self.revision = T.adapter_target("blip2", spec, model_id, options, BLIP2_OPTIONS)
         self.source = source
-        self.revision = None if T.is_local(source) else T.opt_str(
-            opts.get("revision", spec.revision if spec else None))
         self.device = T.resolve_device(opts.get("device"))
         self.dtype = T.canonical_dtype(opts.get("dtype"), "float32")
         self.max_length = T.opt_int(opts.get("max_length", 32), "max_length")
         self.pre_caption = T.opt_bool(opts.get("pre_caption", True), "pre_caption")
         self.max_words = T.opt_int(opts.get("max_words", 30), "max_words")
-        trc = T.opt_bool(opts.get("trust_remote_code", False), "trust_remote_code")
-        allow_pickle = T.opt_bool(opts.get("allow_pickle", False), "allow_pickle")
+        trc, allow_pickle = T.safety_options(opts)
 
-        cfg = T.config_dict(source, self.revision)
-        T.check_remote_code(source, cfg, trust_remote_code=trc)
-        if cfg.get("model_type") != "blip-2":
-            raise ValueError(f"{source} has model_type {cfg.get('model_type')!r}; the blip2 adapter needs a "
-                             "BLIP-2 checkpoint (model_type 'blip-2')")
+        cfg = T.checked_config(source, self.revision, trust_remote_code=trc, model_type="blip-2",
+                               needs="the blip2 adapter needs a BLIP-2 checkpoint")
         if not (cfg.get("qformer_config") or {}).get("use_qformer_text_input", False):
             raise ValueError(f"{source} is a BLIP-2 checkpoint without the Q-Former's text input (a "
                              "captioning/LLM checkpoint); the blip2 adapter needs a retrieval (ITM) "
                              "checkpoint such as Salesforce/blip2-itm-vit-g")
-        T.check_local_weights(source, allow_pickle=allow_pickle)
+        model, self.weights = T.load_pretrained(
+            Blip2ForImageTextRetrieval, source, revision=self.revision, dtype=self.dtype,
+            trust_remote_code=trc, allow_pickle=allow_pickle)
         kw = T.hf_kwargs(self.revision, trc)
-        with T.quiet_transformers(), T.safetensors_only(source, allow_pickle):
-            loaded: Any = Blip2ForImageTextRetrieval.from_pretrained(
-                source, dtype=T.torch_dtype(self.dtype), use_safetensors=None if allow_pickle else True,
-                output_loading_info=True, **kw)
-            model, info = loaded
+        with T.quiet_transformers():
             self.image_processor = AutoImageProcessor.from_pretrained(source, **kw)
             self.tokenizer = AutoTokenizer.from_pretrained(source, **kw)
-        T.check_loading_info(source, info)
-        self.weights = T.weights_fingerprint(source, self.revision)
         self.model = model.to(self.device).eval()
         self.tokenizer.padding_side = "right"
         self.n_query = int(model.config.num_query_tokens)
@@ -146,7 +132,7 @@ class Blip2Encoder:
         images: list[int] = []
         texts: list[int] = []
         for i, (it, img) in enumerate(zip(batch.items, batch.images, strict=True)):
-            _check(it, img)
+            T.check_item(it, img)
             (fused if it.image is not None and it.text is not None else
              images if it.image is not None else texts).append(i)
         pixels: dict[int, Any] = {}
@@ -212,14 +198,6 @@ class Blip2Encoder:
                                attention_mask=mask).last_hidden_state[:, 0]
         proj = self.model.text_projection
         return torch.nn.functional.normalize(proj(h.to(proj.weight.dtype)).float(), dim=-1)
-
-
-def _check(item: Item, image: Any) -> None:
-    if item.image is None and item.text is None:
-        raise DatasetError("item has neither image nor text", record=item.id)
-    if item.image is not None and image is None:
-        raise DatasetError("batch carries no decoded image for an item that has one", record=item.id,
-                           field="image")
 
 
 def _factory(spec: ModelSpec, **options: Any) -> Blip2Encoder:

@@ -34,7 +34,7 @@ import numpy as np
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
 from cirbench.models.registry import register_family, register_model
-from cirbench.types import DatasetError, Item, Role
+from cirbench.types import Role
 
 if TYPE_CHECKING:
     import torch
@@ -79,14 +79,8 @@ class E5VEncoder:
     def __init__(self, spec: ModelSpec | None = None, *, model_id: str | None = None, **options: Any) -> None:
         from transformers import AutoProcessor, LlavaNextForConditionalGeneration
 
-        opts = {**dict((spec.extra.get("options") or {}) if spec else {}), **options}
-        T.check_options("e5v adapter", opts, E5V_OPTIONS)
-        source = model_id or (spec.id if spec else None)
-        if not source:
-            raise ValueError("e5v needs a hub id or a local directory")
+        opts, source, self.revision = T.adapter_target("e5v", spec, model_id, options, E5V_OPTIONS)
         self.source = source
-        self.revision = None if T.is_local(source) else T.opt_str(
-            opts.get("revision", spec.revision if spec else None))
         self.device = T.resolve_device(opts.get("device"))
         self.dtype = T.canonical_dtype(opts.get("dtype"), "float16" if self.device.startswith("cuda") else
                                        "float32")
@@ -95,26 +89,15 @@ class E5VEncoder:
         if self.prompts not in PROMPTS:
             raise ValueError(f"prompts must be one of {sorted(PROMPTS)}, not {self.prompts!r}")
         self.max_length = T.opt_int(opts.get("max_length", 8192), "max_length")
-        trc = T.opt_bool(opts.get("trust_remote_code", False), "trust_remote_code")
-        allow_pickle = T.opt_bool(opts.get("allow_pickle", False), "allow_pickle")
+        trc, allow_pickle = T.safety_options(opts)
 
-        cfg = T.config_dict(source, self.revision)
-        T.check_remote_code(source, cfg, trust_remote_code=trc)
-        if cfg.get("model_type") != "llava_next":
-            raise ValueError(f"{source} has model_type {cfg.get('model_type')!r}; the e5v adapter needs a "
-                             "LLaVA-NeXT checkpoint (model_type 'llava_next')")
-        T.check_local_weights(source, allow_pickle=allow_pickle)
-        kw = T.hf_kwargs(self.revision, trc)
-        load_kw: dict[str, Any] = {"dtype": T.torch_dtype(self.dtype), "output_loading_info": True,
-                                   "use_safetensors": None if allow_pickle else True}
-        if self.attn_implementation:
-            load_kw["attn_implementation"] = self.attn_implementation
-        with T.quiet_transformers(), T.safetensors_only(source, allow_pickle):
-            loaded: Any = LlavaNextForConditionalGeneration.from_pretrained(source, **load_kw, **kw)
-            model, info = loaded
-            self.processor = AutoProcessor.from_pretrained(source, **kw)
-        T.check_loading_info(source, info)
-        self.weights = T.weights_fingerprint(source, self.revision)
+        T.checked_config(source, self.revision, trust_remote_code=trc, model_type="llava_next",
+                         needs="the e5v adapter needs a LLaVA-NeXT checkpoint")
+        model, self.weights = T.load_pretrained(
+            LlavaNextForConditionalGeneration, source, revision=self.revision, dtype=self.dtype,
+            trust_remote_code=trc, allow_pickle=allow_pickle, attn_implementation=self.attn_implementation)
+        with T.quiet_transformers():
+            self.processor = AutoProcessor.from_pretrained(source, **T.hf_kwargs(self.revision, trc))
         self.model = model.to(self.device).eval()
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
@@ -155,7 +138,7 @@ class E5VEncoder:
         sizes: list[torch.Tensor] = []
         n_image_tokens = 0
         for it, img in zip(batch.items, batch.images, strict=True):
-            _check(it, img)
+            T.check_item(it, img)
             p = e5v_prompt(it.text, it.image is not None, self.prompts)
             if it.image is not None:
                 pre: Any = self.preprocess(img) if isinstance(img, Image.Image) else img
@@ -189,14 +172,6 @@ def _pad_tiles(tiles: list[torch.Tensor]) -> torch.Tensor:
     for i, t in enumerate(tiles):
         out[i, : t.shape[0]] = t
     return out
-
-
-def _check(item: Item, image: Any) -> None:
-    if item.image is None and item.text is None:
-        raise DatasetError("item has neither image nor text", record=item.id)
-    if item.image is not None and image is None:
-        raise DatasetError("batch carries no decoded image for an item that has one", record=item.id,
-                           field="image")
 
 
 E5V = ModelSpec(

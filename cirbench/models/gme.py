@@ -35,7 +35,7 @@ import numpy as np
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
 from cirbench.models.registry import register_family, register_model
-from cirbench.types import DatasetError, Role
+from cirbench.types import Role
 
 if TYPE_CHECKING:
     import torch
@@ -101,14 +101,8 @@ class GMEEncoder:
     def __init__(self, spec: ModelSpec | None = None, *, model_id: str | None = None, **options: Any) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer, Qwen2VLModel
 
-        opts = {**dict((spec.extra.get("options") or {}) if spec else {}), **options}
-        T.check_options("gme adapter", opts, GME_OPTIONS)
-        source = model_id or (spec.id if spec else None)
-        if not source:
-            raise ValueError("gme needs a hub id or a local directory")
+        opts, source, self.revision = T.adapter_target("gme", spec, model_id, options, GME_OPTIONS)
         self.source = source
-        local = T.is_local(source)
-        self.revision = None if local else T.opt_str(opts.get("revision", spec.revision if spec else None))
         self.device = T.resolve_device(opts.get("device"))
         self.dtype = T.canonical_dtype(opts.get("dtype"), "float16" if self.device.startswith("cuda") else
                                        "float32")
@@ -119,17 +113,13 @@ class GMEEncoder:
             raise ValueError(f"position_ids must be 'sequential' (gme_inference.py) or 'mrope', "
                              f"not {self.position_ids!r}")
         self.instruct_documents = T.opt_bool(opts.get("instruct_documents", False), "instruct_documents")
-        trc = T.opt_bool(opts.get("trust_remote_code", False), "trust_remote_code")
-        allow_pickle = T.opt_bool(opts.get("allow_pickle", False), "allow_pickle")
+        trc, allow_pickle = T.safety_options(opts)
 
-        cfg = T.config_dict(source, self.revision)
-        T.check_remote_code(source, cfg, trust_remote_code=trc)
-        if cfg.get("model_type") not in ("qwen2_vl",):
-            raise ValueError(f"{source} has model_type {cfg.get('model_type')!r}; the gme adapter implements "
-                             "GME on Qwen2-VL (model_type 'qwen2_vl')")
-        T.check_local_weights(source, allow_pickle=allow_pickle)
+        T.checked_config(source, self.revision, trust_remote_code=trc, model_type="qwen2_vl",
+                         needs="the gme adapter implements GME on Qwen2-VL")
+        T.check_local_weights(source, allow_pickle=allow_pickle)  # refuse pickles before loading anything
         kw = T.hf_kwargs(self.revision, trc)
-        with T.quiet_transformers(), T.safetensors_only(source, allow_pickle):
+        with T.quiet_transformers():
             self.image_processor = AutoImageProcessor.from_pretrained(source, **kw)
             factor = int(self.image_processor.patch_size) * int(self.image_processor.merge_size)
             self.factor = factor
@@ -137,14 +127,9 @@ class GMEEncoder:
             self.image_processor = AutoImageProcessor.from_pretrained(
                 source, **_pixel_kwargs(self.min_pixels, self.max_pixels), **kw)
             self.tokenizer = AutoTokenizer.from_pretrained(source, **kw)
-            load_kw: dict[str, Any] = {"dtype": T.torch_dtype(self.dtype), "output_loading_info": True,
-                                       "use_safetensors": None if allow_pickle else True}
-            if self.attn_implementation:
-                load_kw["attn_implementation"] = self.attn_implementation
-            loaded: Any = Qwen2VLModel.from_pretrained(source, **load_kw, **kw)
-            model, info = loaded
-        T.check_loading_info(source, info)
-        self.weights = T.weights_fingerprint(source, self.revision)  # once: the weights actually loaded
+        model, self.weights = T.load_pretrained(
+            Qwen2VLModel, source, revision=self.revision, dtype=self.dtype, trust_remote_code=trc,
+            allow_pickle=allow_pickle, attn_implementation=self.attn_implementation)
         self.tokenizer.padding_side = "right"
         self.model = model.to(self.device).eval()
         self.image_token_id = int(model.config.image_token_id)
@@ -206,14 +191,10 @@ class GMEEncoder:
         grids: list[torch.Tensor] = []
         merge = int(self.image_processor.merge_size) ** 2
         for it, img in zip(batch.items, batch.images, strict=True):
-            if it.image is None and it.text is None:
-                raise DatasetError("item has neither image nor text", record=it.id)
+            T.check_item(it, img)
             p = prompt(inst, it.text, it.image is not None)
             if it.image is not None:
-                if img is None:
-                    raise DatasetError("batch carries no decoded image for an item that has one",
-                                       record=it.id, field="image")
-                pre = self.preprocess(img) if isinstance(img, Image.Image) else img
+                pre: Any = self.preprocess(img) if isinstance(img, Image.Image) else img
                 pixel_values.append(pre["pixel_values"])
                 grids.append(pre["image_grid_thw"])
                 n_tokens = int(pre["image_grid_thw"].prod()) // merge

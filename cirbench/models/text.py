@@ -43,20 +43,13 @@ class SentenceTransformerEncoder:
     def __init__(self, spec: ModelSpec | None = None, *, model_id: str | None = None, **options: Any) -> None:
         from sentence_transformers import SentenceTransformer
 
-        opts = {**dict((spec.extra.get("options") or {}) if spec else {}), **options}
-        T.check_options("st adapter", opts, ST_OPTIONS)
-        source = model_id or (spec.id if spec else None)
-        if not source:
-            raise ValueError("st needs a hub id or a local directory")
+        opts, source, self.revision = T.adapter_target("st", spec, model_id, options, ST_OPTIONS)
         self.source = source
-        self.revision = None if T.is_local(source) else T.opt_str(opts.get("revision",
-                                                                            spec.revision if spec else None))
         self.device = T.resolve_device(opts.get("device"))
         self.dtype = T.canonical_dtype(opts.get("dtype"), "float32")
         self.use_captions = T.opt_bool(opts.get("use_captions", True), "use_captions")
         self.use_instructions = T.opt_bool(opts.get("use_instructions", False), "use_instructions")
-        trc = T.opt_bool(opts.get("trust_remote_code", False), "trust_remote_code")
-        allow_pickle = T.opt_bool(opts.get("allow_pickle", False), "allow_pickle")
+        trc, allow_pickle = T.safety_options(opts)
         T.check_local_weights(source, allow_pickle=allow_pickle)
         model_kwargs: dict[str, Any] = {"dtype": T.torch_dtype(self.dtype)}
         if not allow_pickle:

@@ -34,7 +34,7 @@ from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
 from cirbench.models.gme import DEFAULT_INSTRUCTION, IMAGE_PAD, GMEEncoder, _pixel_kwargs
 from cirbench.models.registry import register_family, register_model
-from cirbench.types import DatasetError, Item, Role
+from cirbench.types import Item, Role
 
 if TYPE_CHECKING:
     import torch
@@ -120,14 +120,8 @@ class VLM2VecEncoder:
     base_revision: str | None = None
 
     def __init__(self, spec: ModelSpec | None = None, *, model_id: str | None = None, **options: Any) -> None:
-        opts = {**dict((spec.extra.get("options") or {}) if spec else {}), **options}
-        T.check_options("vlm2vec adapter", opts, VLM2VEC_OPTIONS)
-        source = model_id or (spec.id if spec else None)
-        if not source:
-            raise ValueError("vlm2vec needs a hub id or a local directory")
+        opts, source, self.revision = T.adapter_target("vlm2vec", spec, model_id, options, VLM2VEC_OPTIONS)
         self.source = source
-        self.revision = None if T.is_local(source) else T.opt_str(
-            opts.get("revision", spec.revision if spec else None))
         self.device = T.resolve_device(opts.get("device"))
         self.dtype = T.canonical_dtype(opts.get("dtype"), "bfloat16" if self.device.startswith("cuda") else
                                        "float32")
@@ -137,8 +131,7 @@ class VLM2VecEncoder:
         if self.prompt_style not in PROMPT_STYLES:
             raise ValueError(f"prompt_style must be one of {list(PROMPT_STYLES)}, not {self.prompt_style!r}")
         self.document_newline = T.opt_bool(opts.get("document_newline", False), "document_newline")
-        self.trc = T.opt_bool(opts.get("trust_remote_code", False), "trust_remote_code")
-        self.allow_pickle = T.opt_bool(opts.get("allow_pickle", False), "allow_pickle")
+        self.trc, self.allow_pickle = T.safety_options(opts)
 
         adapter_cfg = _hub_file(source, "adapter_config.json", self.revision)
         if adapter_cfg:
@@ -160,28 +153,18 @@ class VLM2VecEncoder:
                                         extra={**dict(base.extra), "family": self.family})
 
     # ------------------------------------------------------------------ loading
-    def _from_pretrained(self, cls: Any, source: str, revision: str | None) -> Any:
-        cfg = T.config_dict(source, revision)
-        T.check_remote_code(source, cfg, trust_remote_code=self.trc)
-        if cfg.get("model_type") != "qwen2_vl":
-            raise ValueError(f"{source} has model_type {cfg.get('model_type')!r}; the vlm2vec adapter "
-                             "implements VLM2Vec-V2 on Qwen2-VL (model_type 'qwen2_vl')")
-        T.check_local_weights(source, allow_pickle=self.allow_pickle)
-        kw: dict[str, Any] = {"dtype": T.torch_dtype(self.dtype), "output_loading_info": True,
-                              "use_safetensors": None if self.allow_pickle else True,
-                              **T.hf_kwargs(revision, self.trc)}
-        if self.attn_implementation:
-            kw["attn_implementation"] = self.attn_implementation
-        with T.quiet_transformers(), T.safetensors_only(source, self.allow_pickle):
-            model, info = cls.from_pretrained(source, **kw)
-        T.check_loading_info(source, info)
-        return model
+    def _from_pretrained(self, cls: Any, source: str, revision: str | None) -> tuple[Any, dict[str, Any]]:
+        """(model, weights fingerprint) of a Qwen2-VL checkpoint: a full model, or an adapter's base."""
+        T.checked_config(source, revision, trust_remote_code=self.trc, model_type="qwen2_vl",
+                         needs="the vlm2vec adapter implements VLM2Vec-V2 on Qwen2-VL")
+        return T.load_pretrained(cls, source, revision=revision, dtype=self.dtype, trust_remote_code=self.trc,
+                                 allow_pickle=self.allow_pickle, attn_implementation=self.attn_implementation)
 
     def _load_full(self, source: str, revision: str | None) -> Any:
         from transformers import Qwen2VLModel
 
-        self.weights = T.weights_fingerprint(source, revision)
-        return self._from_pretrained(Qwen2VLModel, source, revision)
+        model, self.weights = self._from_pretrained(Qwen2VLModel, source, revision)
+        return model
 
     def _load_adapter(self, adapter_cfg: str, opts: dict[str, Any]) -> tuple[Any, str, str | None]:
         """Base model + peft adapter, merged (what VLM2Vec's MMEBModel.load and mteb's wrapper do)."""
@@ -203,13 +186,13 @@ class VLM2VecEncoder:
             raise T.PickleRefused(f"{self.source} has no adapter_model.safetensors (only a pickle, if any); "
                                   "loading a pickle can run arbitrary code. Pass allow_pickle=True if you "
                                   "trust the file.")
-        full = self._from_pretrained(Qwen2VLForConditionalGeneration, base, self.base_revision)
+        full, base_weights = self._from_pretrained(Qwen2VLForConditionalGeneration, base, self.base_revision)
         kw = {"revision": self.revision} if self.revision else {}
         with T.quiet_transformers():
             merged = PeftModel.from_pretrained(full, self.source, **kw).merge_and_unload()
         self.weights = {"peft": {**T.weights_fingerprint(self.source, self.revision),
                                     "type": acfg.get("peft_type"), "use_dora": bool(acfg.get("use_dora"))},
-                        "base": {"id": base, **T.weights_fingerprint(base, self.base_revision)}}
+                        "base": {"id": base, **base_weights}}
         has_tok = _hub_file(self.source, "tokenizer_config.json", self.revision)
         return merged.model, (self.source if has_tok else base), (
             self.revision if has_tok else self.base_revision)
@@ -268,7 +251,7 @@ class VLM2VecEncoder:
         pixel_values: list[torch.Tensor] = []
         grids: list[torch.Tensor] = []
         for it, img in zip(batch.items, batch.images, strict=True):
-            _check(it, img)
+            T.check_item(it, img)
             p = self.prompt_for(it, role, instruction)
             if it.image is not None:
                 pre: Any = self.preprocess(img) if isinstance(img, Image.Image) else img
@@ -308,14 +291,6 @@ def _budget(improc: Any) -> tuple[int, int]:
     if lo is None or hi is None:
         raise ValueError(f"cannot read the pixel budget of {type(improc).__name__}")
     return int(lo), int(hi)
-
-
-def _check(item: Item, image: Any) -> None:
-    if item.image is None and item.text is None:
-        raise DatasetError("item has neither image nor text", record=item.id)
-    if item.image is not None and image is None:
-        raise DatasetError("batch carries no decoded image for an item that has one", record=item.id,
-                           field="image")
 
 
 # ============================================================================= registry

@@ -128,12 +128,19 @@ def stage_lmm_config(cfg: Mapping[str, Any], stage: str) -> dict[str, Any]:
     return stage_lmm(cfg, stage)
 
 
-def identity(cfg: Mapping[str, Any], sources: str) -> dict[str, Any]:
-    """What a unit's result depends on (so the work dir can refuse to mix builds): not the limit, not the
-    work-dir durability, not the contact sheet size."""
+def work_identity(pipeline: str, cfg: Mapping[str, Any], sources: str) -> dict[str, Any]:
+    """What a build's units depend on (so the work dir can refuse to mix builds), for any pipeline: the
+    config less what only shapes the export or the card (work-dir durability, export settings, name,
+    version, licence, description), and the sources. The limit is never in it."""
     keep = {
         k: v
         for k, v in cfg.items()
         if k not in ("work", "export", "name", "version", "license", "description")
     }
-    return {"pipeline": "edir", "config": keep, "sources": sources}
+    return {"pipeline": pipeline, "config": keep, "sources": sources}
+
+
+def identity(cfg: Mapping[str, Any], sources: str) -> dict[str, Any]:
+    """What a unit's result depends on: not the limit, not the work-dir durability, not the contact sheet
+    size (see work_identity)."""
+    return work_identity("edir", cfg, sources)

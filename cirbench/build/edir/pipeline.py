@@ -35,12 +35,11 @@ from cirbench.build.edir.verify import EmbeddingVerifier, lmm_verify, make_verif
 from cirbench.build.edir.workdir import (
     BuildIncomplete,
     WorkDir,
-    check_shard,
-    fingerprint_of,
     run_units,
     shard_slice,
+    start_build,
 )
-from cirbench.build.llm import LMM, lmm_fingerprint, make_lmm
+from cirbench.build.llm import LMM, lmm_fingerprint, make_stage_lmms
 from cirbench.build.llm.base import image_mime
 from cirbench.build.llm.templates import template_fingerprint
 
@@ -117,15 +116,8 @@ def load_stages(
 ) -> Stages:
     from cirbench.cache import default_cache_dir
 
-    cache_dir = default_cache_dir() / "lmm"
-    shared: dict[str, LMM | None] = {}
-    lmms: dict[str, LMM | None] = {}
-    for stage in STAGES_WITH_LMM:
-        sc = stage_lmm_config(cfg, stage)
-        key = json.dumps(sc, sort_keys=True)
-        if key not in shared:  # stages with the same backend share one client (one concurrency limit)
-            shared[key] = make_lmm(sc, cache_dir=cache_dir)
-        lmms[stage] = shared[key]
+    lmms = make_stage_lmms({s: stage_lmm_config(cfg, s) for s in STAGES_WITH_LMM},
+                           cache_dir=default_cache_dir() / "lmm")
     editor = editor or make_editor(cfg["editor"])
     verifier = make_verifier(cfg["verify"]["embedding"])
     if verifier is not None:
@@ -139,10 +131,7 @@ def load_stages(
     }
     if any(m is None for m in lmms.values()):
         models["templates"] = template_fingerprint()
-    key = fingerprint_of(models)
-    if work.read_json(f"models/{key}.json") is None:
-        work.write_json(f"models/{key}.json", models)
-    return Stages(cfg, pool, editor, lmms, verifier, key)
+    return Stages(cfg, pool, editor, lmms, verifier, work.record_models(models))
 
 
 def _edit_record(e: PlannedEdit, blobs: Mapping[str, str]) -> dict[str, Any]:
@@ -299,15 +288,9 @@ def run_edir(
     """
     # keys sorted, as merge_shards reads them back from the work dir: the same card and manifest either way
     cfg = json.loads(json.dumps(resolve(config), sort_keys=True))
-    spec = sources or cfg["sources"]["default"]
-    if not spec:
-        raise ValueError(
-            "no sources: pass --sources (folder:DIR, hf:NAME[@SPLIT], dataset:PATH[@SPLIT]) or set "
-            "sources.default in the config"
-        )
-    i, n = check_shard(shard)
-    out = Path(out)
-    work = WorkDir(out, durable=bool(cfg["work"]["durable"]))
+    spec, (i, n), work = start_build(
+        cfg, out, sources, shard, source_forms="folder:DIR, hf:NAME[@SPLIT], dataset:PATH[@SPLIT]"
+    )
     work.bind(identity(cfg, spec), settings=cfg)
     pool = open_pool(spec, cfg["sources"])
     pool_rec = prepare_pool(work, spec, cfg, pool)
@@ -333,7 +316,7 @@ def run_edir(
     work.mark_shard((i, n), {"limit": limit, "units": mine})
     if n > 1:
         return work.root
-    return export_edir(work, out, cfg, pool_rec, order, limit=limit)
+    return export_edir(work, Path(out), cfg, pool_rec, order, limit=limit)
 
 
 def merge_shards(out: str | os.PathLike[str], n: int) -> Path:

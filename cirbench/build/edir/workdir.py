@@ -21,10 +21,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+
+from cirbench.io import atomic_write
 
 T = TypeVar("T")
 log = logging.getLogger("cirbench.build")
@@ -68,24 +69,10 @@ def shard_slice(items: Sequence[T], shard: tuple[int, int] | None) -> list[T]:
 
 
 def atomic_bytes(path: Path, data: bytes, *, durable: bool = False) -> None:
-    """Write to a temp file beside `path` and rename it into place (fsync first when durable).
-
-    A rename is atomic on POSIX: readers (and a rerun after SIGKILL) see the old state or the new file whole.
-    fsync protects against power loss, not against a killed process, so it is off by default.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """`data` written atomically to `path` (see cirbench.io.atomic_write); fsync is off by default because a
+    unit's many files need only survive a killed process, which the rename alone guarantees."""
+    with atomic_write(path, binary=True, durable=durable) as f:
+        f.write(data)
 
 
 def dumps(obj: Any) -> bytes:
@@ -203,6 +190,28 @@ class WorkDir:
 
     def write_json(self, name: str, obj: Any) -> None:
         atomic_bytes(self.root / name, dumps(obj), durable=True)
+
+    def record_models(self, models: Mapping[str, Any]) -> str:
+        """Keep `models/<key>.json` (what the units are made with: editor, LMMs, checks); returns the key
+        that unit records cite, so a merged build can say which models made each unit."""
+        key = fingerprint_of(models)
+        if self.read_json(f"models/{key}.json") is None:
+            self.write_json(f"models/{key}.json", models)
+        return key
+
+
+def start_build(cfg: Mapping[str, Any], out: str | os.PathLike[str], sources: str | None,
+                shard: tuple[int, int] | None, *, source_forms: str) -> tuple[str, tuple[int, int], WorkDir]:
+    """(source spec, (i, n), work dir): what every resumable build settles before it binds its work dir.
+
+    The sources are the argument, else the config's `sources.default`; `source_forms` lists the accepted
+    forms for the error that neither was given. The work dir is `<out>.work/`, fsync'd as `work.durable` says.
+    """
+    spec = sources or cfg["sources"]["default"]
+    if not spec:
+        raise ValueError(f"no sources: pass --sources ({source_forms}) or set sources.default in the config")
+    i, n = check_shard(shard)
+    return spec, (i, n), WorkDir(out, durable=bool(cfg["work"]["durable"]))
 
 
 class LazyFiles(Mapping[str, bytes]):

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,20 @@ def make_lmm(cfg: Mapping[str, Any] | None, *, cache_dir: Path | None = None) ->
     return None
 
 
+def make_stage_lmms(sections: Mapping[str, Mapping[str, Any]], *, cache_dir: Path | None = None
+                    ) -> dict[str, LMM | None]:
+    """stage -> backend, one `make_lmm` per distinct config section: stages with the same backend share one
+    client, and so one concurrency limit."""
+    shared: dict[str, LMM | None] = {}
+    lmms: dict[str, LMM | None] = {}
+    for stage, section in sections.items():
+        key = json.dumps(section, sort_keys=True)
+        if key not in shared:
+            shared[key] = make_lmm(section, cache_dir=cache_dir)
+        lmms[stage] = shared[key]
+    return lmms
+
+
 def lmm_fingerprint(lmm: LMM | None) -> dict[str, Any]:
     if lmm is None:
         return {"backend": "template"}
@@ -51,4 +66,5 @@ __all__ = [
     "extract_json",
     "lmm_fingerprint",
     "make_lmm",
+    "make_stage_lmms",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cirbench.build.edir.config import merge_defaults, stage_lmm
+from cirbench.build.edir.config import merge_defaults, stage_lmm, work_identity
 
 DESCRIBE_PROMPT = """\
 The image is a reference image, and these texts say how a user wants it changed:
@@ -98,9 +98,5 @@ def stage_lmm_config(cfg: Mapping[str, Any], stage: str) -> dict[str, Any]:
 
 
 def identity(cfg: Mapping[str, Any], sources: str) -> dict[str, Any]:
-    keep = {
-        k: v
-        for k, v in cfg.items()
-        if k not in ("work", "export", "name", "version", "license", "description")
-    }
-    return {"pipeline": "soft-refine", "config": keep, "sources": sources}
+    """What a unit's result depends on (see cirbench.build.edir.config.work_identity)."""
+    return work_identity("soft-refine", cfg, sources)

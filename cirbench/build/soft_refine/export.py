@@ -23,7 +23,8 @@ from cirbench.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
 from cirbench.types import Item, Protocol, Task
 
 
-def _image(item: Item) -> bytes:
+def image_bytes(item: Item) -> bytes:
+    """The item's encoded image as stored (inline bytes or the file's bytes), for export and for the LMM."""
     if isinstance(item.image, bytes):
         return item.image
     if item.image is None:
@@ -86,7 +87,7 @@ def export_soft(
 
     def record(item: Item, caption: str | None) -> ImageRecord:
         if inline:
-            return ImageRecord(id=item.id, image=_image(item), caption=caption)
+            return ImageRecord(id=item.id, image=image_bytes(item), caption=caption)
         rel = f"images/{_file_name(item)}"
         items[rel] = item
         return ImageRecord(id=item.id, image_path=rel, caption=caption)
@@ -189,7 +190,7 @@ def export_soft(
         extra={"generator": generator, "source": "cirbench.build.soft_refine"},
         card=card,
         files=LazyFiles(
-            _image,
+            image_bytes,
             items,
             {
                 "rejections.jsonl": log,

@@ -24,14 +24,13 @@ import numpy as np
 from cirbench.build.edir.common import rejection, seed_for
 from cirbench.build.edir.workdir import (
     WorkDir,
-    check_shard,
-    fingerprint_of,
     run_units,
     shard_slice,
+    start_build,
 )
-from cirbench.build.llm import LMM, lmm_fingerprint, make_lmm
+from cirbench.build.llm import LMM, lmm_fingerprint, make_stage_lmms
 from cirbench.build.soft_refine.config import STAGES_WITH_LMM, identity, resolve, stage_lmm_config
-from cirbench.build.soft_refine.export import export_soft
+from cirbench.build.soft_refine.export import export_soft, image_bytes
 from cirbench.build.soft_refine.mining import Miner
 from cirbench.build.soft_refine.stages import describe, score_lists, single_target
 from cirbench.types import Item, Query, Task
@@ -49,14 +48,6 @@ def load_source(spec: str, cfg: Mapping[str, Any]) -> Task:
     return get_task(
         name, split or scfg.get("split"), data_dir=scfg.get("data_dir"), **dict(scfg.get("options") or {})
     )
-
-
-def image_bytes(item: Item) -> bytes:
-    if isinstance(item.image, bytes):
-        return item.image
-    if item.image is None:
-        raise ValueError(f"item {item.id!r} has no image")
-    return Path(item.image).read_bytes()
 
 
 @dataclass
@@ -78,14 +69,8 @@ def load_context(cfg: dict[str, Any], task: Task, work: WorkDir, progress: bool)
     from cirbench.cache import default_cache_dir
     from cirbench.models import get_model
 
-    shared: dict[str, LMM | None] = {}
-    lmms: dict[str, LMM | None] = {}
-    for stage in STAGES_WITH_LMM:
-        sc = stage_lmm_config(cfg, stage)
-        key = json.dumps(sc, sort_keys=True)
-        if key not in shared:
-            shared[key] = make_lmm(sc, cache_dir=default_cache_dir() / "lmm")
-        lmms[stage] = shared[key]
+    lmms = make_stage_lmms({s: stage_lmm_config(cfg, s) for s in STAGES_WITH_LMM},
+                           cache_dir=default_cache_dir() / "lmm")
     m = cfg["mining"]
     encoder = get_model(str(m["model"]), **dict(m["options"] or {}))
     miner = Miner(
@@ -97,10 +82,7 @@ def load_context(cfg: dict[str, Any], task: Task, work: WorkDir, progress: bool)
         progress=progress,
     )
     models = {"mining": miner.fingerprint(), "lmm": {s: lmm_fingerprint(x) for s, x in lmms.items()}}
-    key = fingerprint_of(models)
-    if work.read_json(f"models/{key}.json") is None:
-        work.write_json(f"models/{key}.json", models)
-    return Context(cfg, task, miner, lmms, key)
+    return Context(cfg, task, miner, lmms, work.record_models(models))
 
 
 def captions_of(q: Query) -> list[str]:
@@ -218,15 +200,10 @@ def run_soft_refine(
     limit: the first N queries of the source split."""
     # keys sorted, as merge_shards reads them back from the work dir: the same card and manifest either way
     cfg = json.loads(json.dumps(resolve(config), sort_keys=True))
-    spec = sources or cfg["sources"]["default"]
-    if not spec:
-        raise ValueError(
-            "no sources: pass --sources (a native dataset dir, dataset:PATH[@SPLIT] or "
-            "task:NAME[@SPLIT]) or set sources.default in the config"
-        )
-    i, n = check_shard(shard)
-    out = Path(out)
-    work = WorkDir(out, durable=bool(cfg["work"]["durable"]))
+    spec, (i, n), work = start_build(
+        cfg, out, sources, shard,
+        source_forms="a native dataset dir, dataset:PATH[@SPLIT] or task:NAME[@SPLIT]",
+    )
     work.bind(identity(cfg, spec), settings={**cfg, "_sources": spec})
     task = load_source(spec, cfg)
     queries = task.queries[:limit] if limit is not None else list(task.queries)
@@ -247,7 +224,7 @@ def run_soft_refine(
     work.mark_shard((i, n), {"limit": limit, "units": [q.id for q in mine]})
     if n > 1:
         return work.root
-    return export_soft(work, out, cfg, task, [q.id for q in queries], spec=spec, limit=limit)
+    return export_soft(work, Path(out), cfg, task, [q.id for q in queries], spec=spec, limit=limit)
 
 
 def merge_soft_shards(out: str | os.PathLike[str], n: int) -> Path:
