@@ -1,28 +1,35 @@
 """Encoding throughput: cirbench's adapters and encode loop against the bare forward pass of the same model.
 
 Everything runs on random-initialised models built from configs (no weights are downloaded): the tiny test
-models of every adapter (where decoding and preprocessing dominate), and a real-size CLIP ViT-B/32
-(`CLIPModel(CLIPConfig())`, saved and loaded back through `hf-clip:`), in float32 and bfloat16. The workload
+models of every adapter (where decoding and preprocessing dominate), and real-size architectures
+(`--real-models`: CLIP ViT-B/32 by default, CLIP ViT-L/14, and GME-2B's Qwen2-VL-2B), saved and loaded back
+through `hf-clip:` / `gme:` like a hub snapshot, in float32 and bfloat16. The workload
 is a gallery: N JPEG files of photo size (500x375, smooth synthetic content) written to a temp dir.
 
 For each model, in the same process and on the same inputs:
-- bare: the model's own forward on inputs prepared beforehand (decoded, preprocessed, tokenised, batched);
-  for the VLM adapters the exact inputs the adapter passes to the model are captured and replayed;
+- bare: the model's own forward on inputs prepared beforehand (decoded, preprocessed, tokenised, batched,
+  already on the device); for the VLM adapters the exact inputs the adapter passes to the model are captured
+  and replayed;
 - encode: `encoder.encode` on pre-decoded, preprocessed batches (the adapter's own overhead: prompts,
   tokenisation, batching, normalisation);
-- e2e: `cirbench.encode.encode_items` from the JPEG files (thread-pool decode + preprocess, no cache).
-Each rate is the best of `--reps` rounds that interleave the three, after one untimed round. bare/e2e
-(above 1: cirbench is slower than the bare model) is what the whole pipeline costs on top of the model,
-bare/encode what the adapter alone costs; both by wall clock and by this process's CPU time (all threads),
-which other processes on a shared machine disturb far less. Beside them: the PIL decode+resize rate of
-the same files with 1 and N threads, and (with `--device cuda`) torchvision's GPU JPEG decode. On a shared
-machine, expect wall-clock noise of tens of percent; the load average at the start is printed with the
-results. bfloat16 is fast on CPUs with AVX512_BF16/AMX and very slow (emulated) on AVX2-only CPUs: see
-torch's "CPU capability" in the header line.
+- e2e pil: `cirbench.encode.encode_items` from the JPEG files (thread-pool PIL decode + preprocess, no cache);
+- e2e tv: the same with the two-tower adapters' decode=torchvision (hf-clip, open_clip): the threads read
+  bytes, the batch is decoded with torchvision.io.decode_jpeg on the model's device (nvjpeg on CUDA) and
+  resized/normalised there.
+Each rate is the best of `--reps` rounds that interleave them, after one untimed round. e2e/bare (the
+issue's goal: >= 0.90) is the share of the bare model's rate the whole pipeline keeps, encode/bare the share
+the adapter alone keeps; by wall clock and by this process's CPU time (all threads), which other processes
+on a shared machine disturb far less. Beside them, the decode rates of the same files: PIL decode+resize
+with 1 and N threads, and cirbench's decode=torchvision pixel path (decode_jpeg + resize + crop + normalise
+to 224 px, in batches, on `--device`; file reads not timed). On a shared machine, expect wall-clock noise of
+tens of percent; the load average at the start is printed with the results. bfloat16 is fast on CPUs with
+AVX512_BF16/AMX and very slow (emulated) on AVX2-only CPUs: see torch's "CPU capability" in the header line.
 
     python benchmarks/encode.py                       # CPU: tiny adapters + ViT-B/32 fp32/bf16
     python benchmarks/encode.py --n 256 --batch 64 --markdown out.md
-    python benchmarks/encode.py --device cuda         # GPU path (needs CUDA; untested on a CPU-only box)
+    python benchmarks/encode.py --no-tiny --n 256 --real-n 256 --dtypes float32   # ViT-B/32 only
+    python benchmarks/encode.py --device cuda --no-tiny --n 4096 --real-n 4096 --real-reps 3 --batch 256 \
+        --real-models clip-b32,clip-l14,gme-2b --dtypes bfloat16   # the GPU run (benchmarks/gpu.sh)
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -49,18 +56,27 @@ class Row:
     size: str
     dtype: str
     wall: list[float]
-    """items/s by wall clock: bare, encode, e2e"""
+    """items/s by wall clock: bare, encode, e2e pil[, e2e tv]"""
     cpu: list[float]
-    """items per CPU-second of this process (all its threads): bare, encode, e2e"""
+    """items per CPU-second of this process (all its threads): bare, encode, e2e pil[, e2e tv]"""
 
     def cells(self) -> list[str]:
-        (bw, ew, xw), (bc, ec, xc) = self.wall, self.cpu
-        return [self.model, self.size, self.dtype, f"{bw:.1f}", f"{ew:.1f}", f"{xw:.1f}", f"{bw / xw:.2f}",
-                f"{bc / xc:.2f}", f"{bc / ec:.2f}"]
+        (bw, ew, pw), (bc, ec, pc) = self.wall[:3], self.cpu[:3]
+        tv = len(self.wall) > 3
+        tw, tc = (self.wall[3], self.cpu[3]) if tv else (0.0, 0.0)
+
+        def if_tv(cell: str) -> str:
+            return cell if tv else "-"
+
+        return [self.model, self.size, self.dtype, f"{bw:.1f}", f"{ew:.1f}", f"{pw:.1f}", if_tv(f"{tw:.1f}"),
+                f"{pw / bw:.2f}", if_tv(f"{tw / bw:.2f}"), f"{pc / bc:.2f}", if_tv(f"{tc / bc:.2f}"),
+                f"{ec / bc:.2f}"]
 
 
-HEADER = ["model", "size", "dtype", "bare it/s", "encode it/s", "e2e it/s", "bare/e2e wall", "bare/e2e CPU",
-          "bare/encode CPU"]
+HEADER = ["model", "size", "dtype", "bare it/s", "encode it/s", "e2e pil it/s", "e2e tv it/s",
+          "e2e/bare pil wall", "e2e/bare tv wall", "e2e/bare pil CPU", "e2e/bare tv CPU", "encode/bare CPU"]
+TV_FAMILIES = ("hf-clip", "open_clip")
+"""Adapters with the decode=torchvision option."""
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -102,49 +118,110 @@ def decode_rate(paths: Sequence[Path], threads: int, side: int = 224) -> float:
     return len(paths) / (time.perf_counter() - t0)
 
 
-def gpu_decode_rate(paths: Sequence[Path], side: int = 224) -> float:
-    """Images/s for torchvision.io.decode_jpeg on CUDA + GPU resize (file reads not timed). Untested here."""
+def tv_decode_rate(paths: Sequence[Path], device: str, batch: int, side: int = 224) -> float:
+    """Images/s of cirbench's decode=torchvision pixel path (decode_jpeg on `device` + resize, crop and
+    normalise there, as for a 224 px CLIP), in batches; file reads are not timed (worker threads do them)."""
     import torch
-    import torchvision.io as tio
-    from torchvision.transforms.v2 import functional as F
 
-    data = [tio.read_file(str(p)) for p in paths]
-    tio.decode_jpeg(data[:2], device="cuda")  # warm-up (nvjpeg handles)
-    torch.cuda.synchronize()
+    from cirbench.models import _images as I
+    from cirbench.types import Item
+
+    spec = I.PixelSpec(resize="shortest", size=(side, side), crop=(side, side), crop_round=False,
+                       interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3)
+    data = [I.read_encoded(Item(p.stem, image=p)) for p in paths]
+    chunks = [data[i:i + batch] for i in range(0, len(data), batch)]
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    I.pixels(data[:2], spec, device)  # warm-up (nvjpeg handles, kernels)
+    sync()
     t0 = time.perf_counter()
-    imgs = tio.decode_jpeg(data, device="cuda")
-    _ = [F.resize(im, [side, side], antialias=True) for im in imgs]
-    torch.cuda.synchronize()
+    for c in chunks:
+        I.pixels(c, spec, device)
+    sync()
     return len(paths) / (time.perf_counter() - t0)
 
 
 # ----------------------------------------------------------------------------- models
-def build_real_clip(root: Path) -> Path:
-    """CLIPModel(CLIPConfig()) (ViT-B/32 sizes) + a 224 px CLIPProcessor, saved like a hub snapshot."""
+REAL_CLIP = {
+    "clip-b32": {},  # CLIPConfig() defaults are OpenAI's ViT-B/32
+    "clip-l14": {"projection_dim": 768,
+                 "text_config": {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12,
+                                 "num_hidden_layers": 12},
+                 "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16,
+                                   "num_hidden_layers": 24, "patch_size": 14, "image_size": 224}},
+}
+"""Architectures of openai/clip-vit-base-patch32 and openai/clip-vit-large-patch14 (their config.json)."""
+QWEN2VL_2B_TEXT = {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+                   "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
+                   "max_position_embeddings": 32768,
+                   "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0,
+                                       "mrope_section": [16, 24, 24]}}
+QWEN2VL_2B_VISION = {"depth": 32, "embed_dim": 1280, "hidden_size": 1536, "num_heads": 16, "mlp_ratio": 4,
+                     "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2}
+"""Qwen2-VL-2B-Instruct (GME-2B's backbone): a 1.5B Qwen2 language model and a 675M ViT (its config.json)."""
+REAL_MODELS = (*REAL_CLIP, "gme-2b")
+
+
+def build_real_clip(root: Path, arch: str = "clip-b32") -> Path:
+    """A random CLIPModel of a real architecture + a 224 px CLIPProcessor, saved like a hub snapshot."""
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     from cirbench.testing.tiny import _clip_tokenizer
 
-    out = root / "clip-b32"
+    out = root / arch
     CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=_clip_tokenizer(77)).save_pretrained(out)
     torch.manual_seed(0)
-    CLIPModel(CLIPConfig()).eval().save_pretrained(out)
+    CLIPModel(CLIPConfig(**REAL_CLIP[arch])).eval().save_pretrained(out)
     return out
 
 
-def tiny_cases(root: Path) -> list[tuple[str, str, dict[str, Any]]]:
-    """(label, model name, options) for the tiny model of every adapter."""
-    from cirbench.testing import build_tiny_clip, build_tiny_gme
+def build_real_gme(root: Path) -> Path:
+    """A random Qwen2-VL of GME-2B's size, with the tiny test model's tokenizer and processor (speed does
+    not depend on the vocabulary's contents). Built in bfloat16, as GME runs on a GPU (4.4 GB on disk)."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from cirbench.testing import build_tiny_gme
+
+    out = build_tiny_gme(root / "gme-2b")  # tokenizer, processors, and the special-token ids in config.json
+    cfg = Qwen2VLConfig.from_pretrained(out)
+    text = {**cfg.text_config.to_dict(), **QWEN2VL_2B_TEXT}
+    vision = {**cfg.vision_config.to_dict(), **QWEN2VL_2B_VISION}
+    cfg = Qwen2VLConfig(**{**cfg.to_dict(), "text_config": text, "vision_config": vision})
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # half the host memory of a float32 build
+    try:
+        Qwen2VLForConditionalGeneration(cfg).eval().save_pretrained(out)
+    finally:
+        torch.set_default_dtype(default)
+    return out
+
+
+def tiny_cases(root: Path, families: Sequence[str] | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, model name, options) for the tiny model of every adapter (or of those in `families`)."""
+    from cirbench.testing import build_tiny_clip, build_tiny_gme, build_tiny_open_clip
     from cirbench.testing.tiny import build_tiny_blip2, build_tiny_llava_next
 
-    qwen = build_tiny_gme(root / "qwen2vl")
     budget = {"min_image_tokens": 4, "max_image_tokens": 4}
-    return [("hf-clip", f"hf-clip:{build_tiny_clip(root / 'clip')}", {}),
-            ("blip2", f"blip2:{build_tiny_blip2(root / 'blip2')}", {}),
-            ("gme", f"gme:{qwen}", budget), ("rzen", f"rzen:{qwen}", budget),
-            ("vlm2vec", f"vlm2vec:{qwen}", budget),
-            ("e5v", f"e5v:{build_tiny_llava_next(root / 'llava')}", {})]
+    qwen = cache(lambda: build_tiny_gme(root / "qwen2vl"))  # one model for gme, rzen and vlm2vec
+    builders: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
+        "hf-clip": lambda: (f"hf-clip:{build_tiny_clip(root / 'clip')}", {}),
+        "open_clip": lambda: (f"open_clip:local-dir:{build_tiny_open_clip(root / 'open_clip')}", {}),
+        "blip2": lambda: (f"blip2:{build_tiny_blip2(root / 'blip2')}", {}),
+        "gme": lambda: (f"gme:{qwen()}", budget),
+        "rzen": lambda: (f"rzen:{qwen()}", budget),
+        "vlm2vec": lambda: (f"vlm2vec:{qwen()}", budget),
+        "e5v": lambda: (f"e5v:{build_tiny_llava_next(root / 'llava')}", {}),
+    }
+    unknown = sorted(set(families or ()) - set(builders))
+    if unknown:
+        raise SystemExit(f"unknown --families {unknown}; choose from {list(builders)}")
+    return [(label, *build()) for label, build in builders.items() if not families or label in families]
 
 
 def capture_calls(module: Any, run: Callable[[], Any]) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
@@ -171,6 +248,9 @@ def bare_forward(family: str, enc: Any, batches: list[list[Any]], encode_all: Ca
     if family == "hf-clip":
         pv = [torch.cat([p["pixel_values"] for p in b]).to(enc.device, enc._in_dtype) for b in batches]
         return [partial(m.get_image_features, pixel_values=x) for x in pv]
+    if family == "open_clip":
+        pv = [torch.stack(b).to(enc.device, enc._in_dtype) for b in batches]
+        return [partial(m.encode_image, x) for x in pv]
     if family == "blip2":
         def run_blip2(x: Any) -> Any:
             img = m.vision_model(pixel_values=x).last_hidden_state
@@ -227,12 +307,15 @@ def bench_model(label: str, name: str, opts: dict[str, Any], size: str, dtype: s
         for its, pre in chunks:
             enc.encode(Batch(its, pre), role="document", instruction=inst)
 
-    def e2e() -> None:
-        encode_items(enc, items, role="document", instruction=inst, batch_size=batch, workers=workers,
+    def e2e(encoder: Any) -> None:
+        encode_items(encoder, items, role="document", instruction=inst, batch_size=batch, workers=workers,
                      cache=None, progress=False)
 
     fns = bare_forward(label, enc, [list(pre) for _, pre in chunks], encode_all)
-    wall, cpu = best_rates([lambda: [f() for f in fns], encode_all, e2e], len(items), reps)
+    runs: list[Callable[[], Any]] = [lambda: [f() for f in fns], encode_all, partial(e2e, enc)]
+    if label in TV_FAMILIES:
+        runs.append(partial(e2e, get_model(name, device=device, dtype=dtype, decode="torchvision", **opts)))
+    wall, cpu = best_rates(runs, len(items), reps)
     return Row(label, size, dtype, wall, cpu)
 
 
@@ -250,11 +333,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decode threads (N)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--reps", type=int, default=3, help="timed rounds for the tiny models (the best is kept)")
-    ap.add_argument("--real-n", type=int, default=16, help="gallery images for the real-size ViT-B/32")
-    ap.add_argument("--real-reps", type=int, default=1, help="timed rounds for the real-size ViT-B/32")
-    ap.add_argument("--dtypes", default="float32,bfloat16", help="dtypes for the real-size ViT-B/32")
+    ap.add_argument("--real-n", type=int, default=16, help="gallery images for the real-size models")
+    ap.add_argument("--real-reps", type=int, default=1, help="timed rounds for the real-size models")
+    ap.add_argument("--dtypes", default="float32,bfloat16", help="dtypes for the real-size models")
     ap.add_argument("--no-tiny", action="store_true", help="skip the tiny adapter models")
-    ap.add_argument("--no-real", action="store_true", help="skip the real-size ViT-B/32")
+    ap.add_argument("--families", help="comma-separated tiny adapters to run (default: all)")
+    ap.add_argument("--no-real", action="store_true", help="skip the real-size models")
+    ap.add_argument("--real-models", default="clip-b32",
+                    help=f"real-size random models, comma-separated: {', '.join(REAL_MODELS)}")
     ap.add_argument("--markdown", type=Path, help="also write the tables here")
     args = ap.parse_args(argv)
 
@@ -268,8 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     info = (f"torch {torch.__version__} (CPU capability {torch.backends.cpu.get_cpu_capability()}), "
             f"transformers {transformers.__version__}, device {args.device}, "
             f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, {args.n} JPEGs 500x375 "
-            f"({args.real_n} for ViT-B/32), batch {args.batch}, best of {args.reps} rounds ({args.real_reps} "
-            f"for ViT-B/32), {args.workers} decode workers, load average at start {os.getloadavg()[0]:.1f}")
+            f"({args.real_n} for {args.real_models}), batch {args.batch}, best of {args.reps} rounds "
+            f"({args.real_reps} for real sizes), {args.workers} decode workers, "
+            f"load average at start {os.getloadavg()[0]:.1f}")
     print(info, flush=True)
     out: list[str] = [info, ""]
     with tempfile.TemporaryDirectory(prefix="cirbench-bench-") as tmp:
@@ -279,17 +366,24 @@ def main(argv: list[str] | None = None) -> int:
         dec = [["PIL decode+resize 224, 1 thread", f"{max(decode_rate(paths, 1) for _ in range(3)):.1f}"],
                [f"PIL decode+resize 224, {args.workers} threads",
                 f"{max(decode_rate(paths, args.workers) for _ in range(3)):.1f}"]]
-        if args.device.startswith("cuda"):
-            dec.append(["torchvision decode_jpeg on CUDA + resize", f"{gpu_decode_rate(paths):.1f}"])
+        dec.append([f"decode=torchvision pixels 224 (decode_jpeg, resize, crop, normalise) on {args.device}",
+                    f"{max(tv_decode_rate(paths, args.device, args.batch) for _ in range(3)):.1f}"])
         out += [table(["decode", "img/s"], dec), ""]
         print(out[-2], flush=True)
         rows: list[Row] = []
         cases: list[tuple[str, str, dict[str, Any], str, str]] = []
         if not args.no_tiny:
-            cases += [(lb, nm, o, "tiny", "float32") for lb, nm, o in tiny_cases(root / "tiny")]
-        if not args.no_real:
-            real = build_real_clip(root / "real")
-            cases += [("hf-clip", f"hf-clip:{real}", {}, "ViT-B/32", dt) for dt in args.dtypes.split(",")]
+            families = args.families.split(",") if args.families else None
+            cases += [(lb, nm, o, "tiny", "float32") for lb, nm, o in tiny_cases(root / "tiny", families)]
+        for arch in [] if args.no_real else args.real_models.split(","):
+            if arch not in REAL_MODELS:
+                raise SystemExit(f"unknown --real-models {arch!r}; choose from {list(REAL_MODELS)}")
+            if arch == "gme-2b":
+                real = build_real_gme(root / "real")
+                cases += [("gme", f"gme:{real}", {}, arch, dt) for dt in args.dtypes.split(",")]
+            else:
+                real = build_real_clip(root / "real", arch)
+                cases += [("hf-clip", f"hf-clip:{real}", {}, arch, dt) for dt in args.dtypes.split(",")]
         for label, name, opts, size, dtype in cases:
             t0 = time.perf_counter()
             tiny = size == "tiny"

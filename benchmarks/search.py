@@ -35,6 +35,7 @@ class Config:
     dtype: str
     backend: str
     k: int
+    device: str = "cpu"
 
     @property
     def naive_gb(self) -> float:
@@ -73,7 +74,11 @@ def _worker(method: str, cfg: Config, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     gallery = _unit_vectors(rng, cfg.ng, cfg.dim)
     queries = _unit_vectors(rng, cfg.nq, cfg.dim)
-    exact_search(queries[:40], gallery[:2000], cfg.k, dtype=cfg.dtype)  # load kernels / thread pools
+    cuda = cfg.device.startswith("cuda")
+    if cuda:  # a GPU run times the search, not the host-to-device copy of the gallery
+        gallery_t = torch.from_numpy(gallery).to(cfg.device)
+        queries_t = torch.from_numpy(queries).to(cfg.device)
+    exact_search(queries[:40], gallery[:2000], cfg.k, dtype=cfg.dtype, device=cfg.device)  # warm kernels
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
         reset = True
@@ -81,7 +86,10 @@ def _worker(method: str, cfg: Config, seed: int) -> dict[str, Any]:
         reset = False
     base_kb = _status_kb("VmRSS")
     t0 = time.perf_counter()
-    if method == "exact":
+    if method == "exact" and cuda:
+        idx = exact_search(queries_t, gallery_t, cfg.k, dtype=cfg.dtype, device=cfg.device).indices
+        torch.cuda.synchronize()
+    elif method == "exact":
         idx = exact_search(queries, gallery, cfg.k, dtype=cfg.dtype, backend=cfg.backend).indices
     else:  # naive: full score matrix + full stable sort (the same (score desc, position asc) order)
         dt = torch.float32 if cfg.dtype == "float32" else torch.bfloat16
@@ -126,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"])
     p.add_argument("--backend", default="torch", choices=["torch", "faiss", "auto"])
     p.add_argument("-k", type=int, default=50)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (on cuda the vectors start on the GPU)")
     p.add_argument("--quick", action="store_true", help="1k queries x 100k gallery x 512 dims only")
     p.add_argument("--naive-max-gb", type=float, default=8.0, help="skip the naive run above this estimate")
     p.add_argument("--no-naive", action="store_true")
@@ -143,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.quick:
         a.queries, a.gallery, a.dims = [1000], [100_000], [512]
     configs = [
-        Config(nq, ng, d, dt, a.backend, a.k)
+        Config(nq, ng, d, dt, a.backend, a.k, a.device)
         for ng in sorted(a.gallery)
         for nq in sorted(a.queries)
         for d in sorted(a.dims)
@@ -207,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     title = (
-        f"exact top-{a.k}, backend={a.backend}, {os.cpu_count()} CPUs, torch threads "
+        f"exact top-{a.k}, backend={a.backend}, device={a.device}, {os.cpu_count()} CPUs, torch threads "
         f"{ex.get('threads', '?') if configs else '?'}, load avg {load0:.1f} -> {os.getloadavg()[0]:.1f}"
     )
     table = Table(title=title)

@@ -1,8 +1,10 @@
 """The encode loop: Items -> vectors, through the cache, with images decoded in worker threads.
 
 The model only does math: decoding (and the encoder's own `preprocess`, if it has one) runs in a thread pool
-a few batches ahead, so on a GPU the forward pass is not starved by PIL. Finished batches are flushed to the
-cache as they come, so an interrupted encode resumes where it stopped.
+a few batches ahead, so on a GPU the forward pass is not starved by PIL. An encoder with `read_image(item)`
+gets what that returns instead of a decoded image (the two-tower adapters with decode=torchvision read only
+the file's bytes there, and decode the whole batch on the GPU). Finished batches are flushed to the cache as
+they come, so an interrupted encode resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ def _prepare(encoder: Encoder, item: Item) -> Any | None:
     # An encoder that ignores pixels (a caption-based text model) says so, and no image is decoded for it.
     if item.image is None or not getattr(encoder, "needs_images", True):
         return None
+    read = getattr(encoder, "read_image", None)
+    if read is not None:  # the encoder reads the item itself (e.g. only its bytes, to decode on the GPU)
+        return read(item)
     img = item.load_image()
     pre = getattr(encoder, "preprocess", None)
     return pre(img) if pre is not None else img

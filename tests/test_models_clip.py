@@ -249,3 +249,124 @@ def test_evaluate_end_to_end(dirs: dict[str, Path], tiny_dataset: Path, tmp_path
                                model_options={"fusion": "weighted", "alpha": "0.3"})
     assert (tmp_path / "out" / "result.json").is_file() and (tmp_path / "out" / "run.parquet").is_file()
     assert result.model["fingerprint"]["fusion"] == "weighted" and result.model["fingerprint"]["alpha"] == 0.3
+
+
+# ----------------------------------------------------------------------------- decode=torchvision
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> list[Item]:
+    from cirbench.testing import image_files
+
+    return image_files(tmp_path_factory.mktemp("files"))
+
+
+def _pil_pixels(enc: Any, items: list[Item]) -> Any:
+    import torch
+
+    return torch.cat([enc.read_image(it)["pixel_values"] for it in items])
+
+
+@pytest.mark.parametrize("arch", ["clip", "siglip"])
+def test_torchvision_decode_matches_the_processor(dirs: dict[str, Path], files: list[Item],
+                                                  arch: str) -> None:
+    """Same pixels (within a quarter of a uint8 step on average) and same vectors as decode=pil.
+
+    On the CPU both paths decode with libjpeg-turbo and resize uint8 tensors with torchvision (transformers
+    5's image processors are torchvision-backed), so they agree to the bit here (measured: 0). The tolerance
+    leaves room for another libjpeg build; in uint8 steps, so it means the same for CLIP's std and SigLIP's.
+    """
+    import torch
+
+    from cirbench.models import _images
+
+    pil = get_model(f"hf-clip:{dirs[arch]}")
+    tv = get_model(f"hf-clip:{dirs[arch]}", decode="torchvision")
+    want = _pil_pixels(pil, files)
+    got = _images.pixels([tv.read_image(it) for it in files], tv.pixel_spec, "cpu")
+    assert got.shape == want.shape and got.dtype == want.dtype
+    steps = (got - want).abs() * torch.tensor(tv.pixel_spec.std).view(1, 3, 1, 1) * 255  # in uint8 steps
+    assert float(steps.mean()) < 0.25 and float(steps.max()) <= 2.0
+    a, _ = encode_items(pil, files, role="document", workers=2, progress=False)
+    b, _ = encode_items(tv, files, role="document", workers=2, progress=False)
+    assert (np.sum(a * b, axis=1) > 0.999).all()  # measured: 1.0 to float precision
+    # a Batch built by hand with PIL images goes through the same torch ops
+    by_hand = tv.encode(Batch(files, [it.load_image() for it in files]), role="document")
+    np.testing.assert_allclose(by_hand, b, atol=1e-5)
+
+
+def test_decode_option_is_recorded_and_checked(dirs: dict[str, Path]) -> None:
+    d = dirs["clip"]
+    pil, tv = get_model(f"hf-clip:{d}"), get_model(f"hf-clip:{d}", decode="torchvision")
+    assert tv.fingerprint() != pil.fingerprint() and tv.fingerprint()["decode"] == "torchvision"
+    assert "decode" not in pil.fingerprint()  # decode=pil keeps the cache keys of earlier runs
+    assert get_model(f"hf-clip:{d}", decode="PIL").fingerprint() == pil.fingerprint()
+    json.dumps(tv.fingerprint())
+    assert pil.spec.extra["decode"] == "pil" and tv.spec.extra["decode"] == "torchvision"
+    # its own result folder and leaderboard row: a PIL run and a torchvision run never overwrite each other
+    assert tv.spec.name == f"{pil.spec.name}+decode-torchvision"
+    with pytest.raises(ValueError, match="unknown decode mode 'nvjpeg'"):
+        get_model(f"hf-clip:{d}", decode="nvjpeg")
+    with pytest.raises(ValueError, match="Siglip2ImageProcessor: use decode=pil"):
+        get_model(f"hf-clip:{dirs['siglip2']}", decode="torchvision")
+
+
+def test_torchvision_decode_names_bad_files(dirs: dict[str, Path], files: list[Item], tmp_path: Path) -> None:
+    enc = get_model(f"hf-clip:{dirs['clip']}", decode="torchvision")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0" + b"not a jpeg" * 20)
+    with pytest.raises(DatasetError, match="cannot be decoded") as err:
+        encode_items(enc, [files[0], Item("broken", image=bad), files[1]], role="document", workers=2,
+                     progress=False)
+    assert err.value.record == "broken" and err.value.field == "image" and err.value.file == bad
+    with pytest.raises(DatasetError, match="missing") as err:
+        encode_items(enc, [Item("gone", image=tmp_path / "gone.jpg")], role="document", workers=2,
+                     progress=False)
+    assert err.value.record == "gone" and err.value.field == "image"
+
+
+def test_cpu_batches_are_never_pinned(dirs: dict[str, Path], files: list[Item],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pinned memory is for copies to CUDA; without a GPU, pin_memory() raises."""
+    import torch
+
+    def refuse(*_: Any, **__: Any) -> None:
+        raise AssertionError("pin_memory called on a CPU run")
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", refuse)
+    for decode in ("pil", "torchvision"):
+        enc = get_model(f"hf-clip:{dirs['clip']}", decode=decode)
+        encode_items(enc, files[:3], role="document", workers=0, progress=False)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA device")
+def test_cuda_paths_match_the_cpu(dirs: dict[str, Path], files: list[Item]) -> None:
+    """nvjpeg + GPU resize against the CPU decode, and pinned PIL batches against CPU ones.
+
+    Bounds not yet measured on a GPU: nvjpeg's IDCT and chroma upsampling differ from libjpeg-turbo's by a
+    step or so here and there, so the mean difference is held under one uint8 step.
+    """
+    import torch
+
+    from cirbench.models import _images
+
+    d = dirs["clip"]
+    tv = get_model(f"hf-clip:{d}", decode="torchvision")
+    encoded = [tv.read_image(it) for it in files]
+    on_cpu = _images.pixels(encoded, tv.pixel_spec, "cpu")
+    on_gpu = _images.pixels(encoded, tv.pixel_spec, "cuda").cpu()
+    assert on_gpu.shape == on_cpu.shape
+    steps = (on_gpu - on_cpu).abs() * torch.tensor(tv.pixel_spec.std).view(1, 3, 1, 1) * 255
+    assert float(steps.mean()) < 1.0
+    a, _ = encode_items(tv, files, role="document", workers=2, progress=False)
+    b, _ = encode_items(get_model(f"hf-clip:{d}", decode="torchvision", device="cuda"), files,
+                        role="document", workers=2, progress=False)
+    assert (np.sum(a * b, axis=1) > 0.99).all()
+    pil_cpu, _ = encode_items(get_model(f"hf-clip:{d}"), files, role="document", workers=2, progress=False)
+    pil_gpu, _ = encode_items(get_model(f"hf-clip:{d}", device="cuda"), files, role="document", workers=2,
+                              progress=False)  # through pinned memory
+    assert (np.sum(pil_gpu * pil_cpu, axis=1) > 0.9999).all()  # same pixels; TF32 convs may round differently

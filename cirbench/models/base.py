@@ -1,7 +1,8 @@
 """The Encoder interface and the metadata every model carries.
 
-An Encoder turns a batch of Items into L2-normalised vectors. It never sees files, tasks or metrics: the
-encode loop hands it decoded images (or whatever its `preprocess` returned, computed in worker threads).
+An Encoder turns a batch of Items into L2-normalised vectors. It never sees tasks or metrics: the encode
+loop hands it decoded images (or whatever its `preprocess` returned, computed in worker threads), or, for an
+encoder with the optional `read_image` hook, whatever that returned for each Item.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class ModelSpec:
 
 @dataclass
 class Batch:
-    """What an Encoder receives: the Items and, for those with an image, the decoded/preprocessed image."""
+    """What an Encoder receives: the Items and, for those with an image, the decoded/preprocessed image
+    (or what the encoder's `read_image` returned)."""
 
     items: Sequence[Item]
     images: Sequence[Any | None]
@@ -56,7 +58,12 @@ class Batch:
 
 @runtime_checkable
 class Encoder(Protocol):
-    """Anything that embeds Items. Implementations live in cirbench/models/ or in user plugins."""
+    """Anything that embeds Items. Implementations live in cirbench/models/ or in user plugins.
+
+    Optional members the encode loop looks for: `needs_images` (False: no image is decoded for it),
+    `read_image(item)` (ReadImageFn) or else `preprocess(pil_image)` (PreprocessFn), both run in its worker
+    threads.
+    """
 
     spec: ModelSpec
 
@@ -71,6 +78,12 @@ class Encoder(Protocol):
 
 PreprocessFn = Callable[[Any], Any]
 """Optional `Encoder.preprocess(pil_image)`: runs in the decode workers, so the model only does math."""
+
+ReadImageFn = Callable[[Item], Any]
+"""Optional `Encoder.read_image(item)`: when an encoder has it, the encode loop's workers call it instead of
+`item.load_image()` + `preprocess`, and `Batch.images` holds what it returned. For an encoder that decodes
+batches itself (on the GPU, from the files' bytes); it must raise DatasetError for a bad image, as
+`Item.load_image` does."""
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cirbench.models import _images as I
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
 from cirbench.models.registry import register_family, register_model
@@ -69,22 +70,61 @@ def fused_name(base: str, fusion: str, alpha: float | None) -> str:
 class TwoTowerEncoder:
     """Shared encode logic of two-tower models: routes items to towers and fuses per the fusion mode.
 
-    Subclasses load the model and implement `_image_features(prepared)`, `_text_features(texts)` and
-    `_prepare(pil_image)`; this class never sees model-specific inputs.
+    Subclasses load the model and implement `_image_features(prepared)`, `_text_features(texts)`,
+    `_prepare(pil_image)` and `_pixel_spec()`; this class never sees model-specific inputs. Images reach the
+    image tower as the `decode` option says (see cirbench.models._images): decode=pil prepares each image
+    with the model's own processor in the encode loop's workers; decode=torchvision reads bytes there and
+    decodes and preprocesses the batch on the model's device.
     """
 
     spec: ModelSpec
     fusion: str
     alpha: float | None
+    device: str
+    decode: str = "pil"
+    pixel_spec: I.PixelSpec | None = None
+    """What decode=torchvision reproduces of the model's preprocessing (None with decode=pil)."""
+
+    def _set_decode(self, value: Any) -> None:
+        """Parse the `decode` option; for torchvision, read the preprocessing it must reproduce now, so an
+        unsupported processor is refused at load time rather than at the first batch."""
+        self.decode = I.parse_decode(value)
+        self.pixel_spec = self._pixel_spec() if self.decode == "torchvision" else None
 
     def preprocess(self, image: Any) -> Any:
-        """PIL image -> model input; runs in the encode loop's worker threads."""
-        return self._prepare(image)
+        """PIL image -> what `encode` takes: the processor's output (decode=pil), or the image itself
+        (decode=torchvision, which resizes on the model's device)."""
+        return self._prepare(image) if self.pixel_spec is None else image
+
+    def read_image(self, item: Item) -> Any:
+        """The encode loop's per-item hook, run in its worker threads: bytes only for decode=torchvision."""
+        return I.read_encoded(item) if self.pixel_spec is not None else self._prepare(item.load_image())
+
+    def _spec_name(self, base: str) -> str:
+        """The fused name, plus the decode mode when it is not the default: its pixels differ from PIL's,
+        so its results get their own folder and leaderboard row."""
+        name = fused_name(base, self.fusion, self.alpha)
+        return name if self.decode == "pil" else f"{name}+decode-{self.decode}"
+
+    def _decode_fingerprint(self) -> dict[str, Any]:
+        """Nothing for decode=pil, so the fingerprints (cache keys) of existing results stay valid."""
+        if self.pixel_spec is None:
+            return {}
+        return {"decode": self.decode, "pixels": self.pixel_spec.to_dict()}
+
+    def _image_inputs(self, images: Sequence[Any]) -> Any:
+        if self.pixel_spec is not None:
+            return I.pixels(images, self.pixel_spec, self.device)
+        return [self._prepare(p) if _is_pil(p) else p for p in images]
 
     def _prepare(self, image: Any) -> Any:
         raise NotImplementedError
 
-    def _image_features(self, prepared: Sequence[Any]) -> torch.Tensor:
+    def _pixel_spec(self) -> I.PixelSpec:
+        raise NotImplementedError
+
+    def _image_features(self, prepared: Any) -> torch.Tensor:
+        """`prepared`: per-image processor outputs (decode=pil), or a pixel batch on the device."""
         raise NotImplementedError
 
     def _text_features(self, texts: Sequence[str]) -> torch.Tensor:
@@ -119,8 +159,7 @@ class TwoTowerEncoder:
         feats_i = feats_t = None
         with torch.inference_mode():
             if img_rows:
-                prepared = [batch.images[i] for i in img_rows]
-                prepared = [self._prepare(p) if _is_pil(p) else p for p in prepared]
+                prepared = self._image_inputs([batch.images[i] for i in img_rows])
                 feats_i = torch.nn.functional.normalize(self._image_features(prepared).float(), dim=-1)
             if txt_rows:
                 texts = [str(batch.items[i].text) for i in txt_rows]
@@ -151,7 +190,9 @@ MAX_LENGTH_PADDING = ("siglip", "siglip2")
 their pooled token is the last position, so padding to the longest text in a batch would change vectors."""
 
 HF_OPTIONS = ("revision", "fusion", "alpha", "device", "dtype", "trust_remote_code", "allow_pickle",
-              "lowercase", "max_length")
+              "lowercase", "max_length", "decode")
+_PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+"""PIL resample codes (transformers' `resample`) that torch resizes the same way."""
 
 
 class HFTwoTowerEncoder(TwoTowerEncoder):
@@ -160,7 +201,8 @@ class HFTwoTowerEncoder(TwoTowerEncoder):
     Options: revision, fusion (sum|weighted|image|text), alpha, device (cpu|cuda|auto), dtype
     (float32|bfloat16|float16; default float32 as in the models' own examples), trust_remote_code
     (default False), allow_pickle (default False), lowercase (lowercase texts, SigLIP2's training default),
-    max_length (text tokens; default the text tower's position limit).
+    max_length (text tokens; default the text tower's position limit), decode (pil|torchvision; torchvision
+    reproduces CLIPImageProcessor and SiglipImageProcessor, not SigLIP2's patch-based one).
     """
 
     family = "hf-clip"
@@ -208,19 +250,21 @@ class HFTwoTowerEncoder(TwoTowerEncoder):
                            else int(min(limit, self.tokenizer.model_max_length or limit)))
         self.padding: bool | str = "max_length" if self.model_type in MAX_LENGTH_PADDING else True
         self._in_dtype = next(self.model.parameters()).dtype
+        self._set_decode(opts.get("decode"))
 
         dim = getattr(model.config, "projection_dim", None) or getattr(
             getattr(model.config, "vision_config", None), "hidden_size", None)
         base = spec or ModelSpec(name=f"{self.family}:{source}", id=source, license="unknown",
                                  description=f"transformers {type(model).__name__} loaded from {source}")
         self.spec = dataclasses.replace(
-            base, name=fused_name(base.name, self.fusion, self.alpha), revision=self.revision,
+            base, name=self._spec_name(base.name), revision=self.revision,
             dim=base.dim or dim, modalities=fusion_modalities(self.fusion), dtype=self.dtype,
-            extra={**dict(base.extra), "family": self.family, "fusion": self.fusion, "alpha": self.alpha})
+            extra={**dict(base.extra), "family": self.family, "fusion": self.fusion, "alpha": self.alpha,
+                   "decode": self.decode})
 
     def fingerprint(self) -> dict[str, Any]:
         return {"adapter": f"{self.family}/{ADAPTER_VERSION}", "id": self.source,
-                **self.weights,
+                **self.weights, **self._decode_fingerprint(),
                 "model_class": type(self.model).__name__, "dtype": self.dtype,
                 "fusion": self.fusion, "alpha": self.alpha,
                 "image_processor": T.processor_config(self.image_processor),
@@ -231,10 +275,33 @@ class HFTwoTowerEncoder(TwoTowerEncoder):
         out = self.image_processor(images=[image], return_tensors="pt")
         return {k: v for k, v in out.items() if hasattr(v, "shape")}
 
-    def _image_features(self, prepared: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+    def _pixel_spec(self) -> I.PixelSpec:
+        """CLIPImageProcessor (shortest edge, centre crop) or SiglipImageProcessor (fixed size), as set."""
+        p = self.image_processor
+        name = type(p).__name__
+        if not name.startswith(("CLIPImageProcessor", "SiglipImageProcessor")):
+            raise ValueError(f"decode=torchvision reproduces CLIPImageProcessor and SiglipImageProcessor; "
+                             f"{self.source} uses {name}: use decode=pil")
+        size, crop = _size(p.size), _size(p.crop_size) if getattr(p, "do_center_crop", False) else None
+        if not getattr(p, "do_resize", True) or size is None:
+            raise ValueError(f"decode=torchvision needs a fixed resize; {name} of {self.source} has size "
+                             f"{p.size!r}: use decode=pil")
+        resample = getattr(p, "resample", 3)
+        interpolation = getattr(resample, "value", resample)  # an InterpolationMode, or a PIL code
+        interpolation = _PIL_RESAMPLE.get(interpolation, str(interpolation))
+        scale = float(p.rescale_factor) if getattr(p, "do_rescale", True) else 1.0
+        mean, std = (p.image_mean, p.image_std) if getattr(p, "do_normalize", True) else (0.0, 1.0)
+        return I.PixelSpec(resize=size[0], size=size[1], crop=crop[1] if crop else None, crop_round=False,
+                           interpolation=interpolation, mean=I.per_channel(mean), std=I.per_channel(std),
+                           scale=scale)
+
+    def _image_features(self, prepared: Sequence[Mapping[str, Any]] | torch.Tensor) -> torch.Tensor:
         import torch
 
-        inputs = {k: torch.cat([p[k] for p in prepared]).to(self.device) for k in prepared[0]}
+        if isinstance(prepared, torch.Tensor):
+            inputs = {"pixel_values": prepared}
+        else:
+            inputs = {k: I.to_device(torch.cat([p[k] for p in prepared]), self.device) for k in prepared[0]}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self._in_dtype)
         return _pooled(self.model.get_image_features(**inputs))
@@ -246,6 +313,18 @@ class HFTwoTowerEncoder(TwoTowerEncoder):
                              return_tensors="pt")
         keep = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
         return _pooled(self.model.get_text_features(**keep))
+
+
+def _size(size: Any) -> tuple[str, tuple[int, int]] | None:
+    """A transformers size (dict or SizeDict) as ("shortest", (s, s)) or ("exact", (h, w)); None otherwise."""
+    if size is None:
+        return None
+    keys = ("shortest_edge", "longest_edge", "height", "width")
+    d = size if isinstance(size, Mapping) else {k: getattr(size, k, None) for k in keys}
+    edge, h, w = d.get("shortest_edge"), d.get("height"), d.get("width")
+    if edge and not d.get("longest_edge"):
+        return "shortest", (int(edge), int(edge))
+    return ("exact", (int(h), int(w))) if h and w else None
 
 
 def _pooled(out: Any) -> torch.Tensor:

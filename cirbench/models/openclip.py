@@ -23,9 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cirbench.models import _images as I
 from cirbench.models import _torch as T
 from cirbench.models.base import ModelSpec
-from cirbench.models.clip import TwoTowerEncoder, fused_name, fusion_modalities, parse_fusion
+from cirbench.models.clip import TwoTowerEncoder, fusion_modalities, parse_fusion
 from cirbench.models.registry import register_family, register_model
 
 if TYPE_CHECKING:
@@ -33,7 +34,10 @@ if TYPE_CHECKING:
 
 ADAPTER_VERSION = "1"
 OC_OPTIONS = ("revision", "fusion", "alpha", "device", "dtype", "allow_pickle", "pretrained", "quick_gelu",
-              "trust_remote_code")
+              "trust_remote_code", "decode")
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+"""open_clip's defaults for a preprocess_cfg without mean/std."""
 PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 SAFE_HUB_FILES = ["open_clip_config.json", "open_clip_model.safetensors", "tokenizer*",
                   "special_tokens_map.json", "vocab*", "merges.txt", "spiece.model", "*.tiktoken"]
@@ -70,7 +74,8 @@ class OpenCLIPEncoder(TwoTowerEncoder):
     Options: revision (hf-hub targets), fusion (sum|weighted|image|text), alpha, device, dtype
     (float32|bfloat16|float16, open_clip's fp32/bf16/fp16 precisions), allow_pickle (default False),
     pretrained (tag or file, instead of putting it in the target), quick_gelu (default: what the pretrained
-    tag was trained with). trust_remote_code is accepted for uniformity; open_clip runs no repository code.
+    tag was trained with), decode (pil|torchvision; torchvision reproduces resize_mode shortest (square) and
+    squash). trust_remote_code is accepted for uniformity; open_clip runs no repository code.
     """
 
     family = "open_clip"
@@ -147,13 +152,15 @@ class OpenCLIPEncoder(TwoTowerEncoder):
         self.tokenizer = open_clip.get_tokenizer(model_name)
         self._in_dtype = _input_dtype(self.model.visual)
         self.model_name = model_name
+        self._set_decode(opts.get("decode"))
 
         base = spec or ModelSpec(name=f"{self.family}:{target}", id=target, license="unknown",
                                  description=f"open_clip model {target}")
         self.spec = dataclasses.replace(
-            base, name=fused_name(base.name, self.fusion, self.alpha), revision=self.revision,
+            base, name=self._spec_name(base.name), revision=self.revision,
             dim=base.dim or _embed_dim(model), modalities=fusion_modalities(self.fusion), dtype=self.dtype,
-            extra={**dict(base.extra), "family": self.family, "fusion": self.fusion, "alpha": self.alpha})
+            extra={**dict(base.extra), "family": self.family, "fusion": self.fusion, "alpha": self.alpha,
+                   "decode": self.decode})
 
     @staticmethod
     def _snapshot(repo: str, revision: str | None, allow_pickle: bool) -> Path:
@@ -177,18 +184,35 @@ class OpenCLIPEncoder(TwoTowerEncoder):
         return {"adapter": f"{self.family}/{ADAPTER_VERSION}", "target": self.target, **self.weights,
                 "dtype": self.dtype, "quick_gelu": self.quick_gelu, "fusion": self.fusion,
                 "alpha": self.alpha,
-                "preprocess": T.state_hash(repr(self.preprocess_fn)),
+                "preprocess": T.state_hash(repr(self.preprocess_fn)), **self._decode_fingerprint(),
                 "tokenizer": {"class": type(self.tokenizer).__name__,
                               "context_length": getattr(self.tokenizer, "context_length", None)}}
 
     def _prepare(self, image: Any) -> torch.Tensor:
         return self.preprocess_fn(image)
 
-    def _image_features(self, prepared: Sequence[Any]) -> torch.Tensor:
+    def _pixel_spec(self) -> I.PixelSpec:
+        """open_clip's inference transform (transform.image_transform) from the model's preprocess_cfg."""
+        cfg = dict(getattr(self.model.visual, "preprocess_cfg", None) or {})
+        size = cfg.get("size", 224)
+        h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[-1]))
+        mode = cfg.get("resize_mode") or "shortest"
+        if not (mode == "squash" or (mode == "shortest" and h == w)):
+            raise ValueError(f"decode=torchvision reproduces open_clip's resize_mode 'shortest' (square) and "
+                             f"'squash'; {self.target} has {mode!r} at {(h, w)}: use decode=pil")
+        # as open_clip: 'bilinear' is bilinear, anything else ('bicubic', 'random') bicubic at inference
+        interpolation = "bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic"
+        mean, std = I.per_channel(cfg.get("mean") or OPENAI_MEAN), I.per_channel(cfg.get("std") or OPENAI_STD)
+        return I.PixelSpec(resize="exact" if mode == "squash" else "shortest", size=(h, w),
+                           crop=None if mode == "squash" else (h, w), crop_round=True,
+                           interpolation=interpolation, mean=mean, std=std)
+
+    def _image_features(self, prepared: Sequence[Any] | torch.Tensor) -> torch.Tensor:
         import torch
 
-        x = torch.stack(list(prepared)).to(self.device, self._in_dtype)
-        return self.model.encode_image(x)
+        x = prepared if isinstance(prepared, torch.Tensor) else I.to_device(torch.stack(list(prepared)),
+                                                                             self.device)
+        return self.model.encode_image(x.to(self._in_dtype))
 
     def _text_features(self, texts: Sequence[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(texts)).to(self.device)

@@ -11,8 +11,9 @@ from cirbench.testing.tiny import (
     build_tiny_siglip,
     build_tiny_siglip2,
     demo_images,
+    image_files,
     put_in_hub_cache,
 )
 
 __all__ = ["build_tiny_clip", "build_tiny_gme", "build_tiny_open_clip", "build_tiny_sentence_transformer",
-           "build_tiny_siglip", "build_tiny_siglip2", "demo_images", "put_in_hub_cache"]
+           "build_tiny_siglip", "build_tiny_siglip2", "demo_images", "image_files", "put_in_hub_cache"]

@@ -71,6 +71,37 @@ def demo_images(n: int = 3, size: int | tuple[int, int] = 48, seed: int = 0) -> 
     return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for _ in range(n)]
 
 
+def image_files(root: str | os.PathLike[str], seed: int = 0) -> list[Any]:
+    """Items over image files of the kinds a decoder must turn into RGB, at odd sizes: RGB JPEGs (one tall
+    enough that centre-crop offsets round differently in transformers and torchvision), a grayscale and a
+    CMYK JPEG, an RGBA PNG, and a JPEG held inline as bytes. Content is smooth, like photos."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from cirbench.types import Item
+
+    out = Path(root)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+
+    def photo(w: int, h: int, mode: str = "RGB") -> Any:
+        low = Image.fromarray(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8))
+        return low.resize((w, h), Image.Resampling.BICUBIC).convert(mode)
+
+    files = [("rgb-53x37.jpg", photo(53, 37)), ("rgb-41x97.jpg", photo(41, 97)),
+             ("rgb-200x150.jpg", photo(200, 150)), ("gray-77x45.jpg", photo(77, 45, "L")),
+             ("cmyk-60x44.jpg", photo(60, 44, "CMYK")), ("rgba-64x48.png", photo(64, 48, "RGBA"))]
+    items = []
+    for name, img in files:
+        img.save(out / name, quality=90)  # PNG ignores quality
+        items.append(Item(name.split(".")[0], image=out / name))
+    buf = io.BytesIO()
+    photo(90, 61).save(buf, format="JPEG", quality=90)
+    return [*items, Item("inline-90x61", image=buf.getvalue())]
+
+
 def _clip_tokenizer(model_max_length: int = 77, **kw: Any) -> Any:
     from transformers import CLIPTokenizer
 
