@@ -150,18 +150,23 @@ def _rgb(img: torch.Tensor) -> torch.Tensor:
     return img[:3]
 
 
-def _decode_slow(image: EncodedImage) -> torch.Tensor:
-    """One image on the CPU: torchvision, then PIL, whose failure is the DatasetError the PIL path raises."""
+def _from_pil(img: Any) -> torch.Tensor:
+    """A PIL image as uint8 (3, H, W) RGB on the CPU."""
     import numpy as np
     import torch
+
+    return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
+
+
+def _decode_slow(image: EncodedImage) -> torch.Tensor:
+    """One image on the CPU: torchvision, then PIL, whose failure is the DatasetError the PIL path raises."""
     import torchvision.io as tio
 
     try:
         with _quiet_torchvision_io():
             return _rgb(tio.decode_image(image.data, mode=tio.ImageReadMode.RGB))
     except RuntimeError:
-        pil = image.item.load_image()  # re-reads the file; raises DatasetError naming file, record, field
-        return torch.from_numpy(np.array(pil)).permute(2, 0, 1)
+        return _from_pil(image.item.load_image())  # re-reads; raises DatasetError naming file, record, field
 
 
 def decode(images: Sequence[EncodedImage], device: str) -> list[torch.Tensor]:
@@ -195,7 +200,6 @@ def decode(images: Sequence[EncodedImage], device: str) -> list[torch.Tensor]:
 
 def pixels(images: Sequence[Any], spec: PixelSpec, device: str) -> torch.Tensor:
     """Model input (N, 3, h, w) float32 on `device` from EncodedImages (or PIL images, decoded already)."""
-    import numpy as np
     import torch
 
     encoded = [im for im in images if isinstance(im, EncodedImage)]
@@ -205,7 +209,7 @@ def pixels(images: Sequence[Any], spec: PixelSpec, device: str) -> torch.Tensor:
         if isinstance(im, EncodedImage):
             rgb.append(next(decoded))
         elif hasattr(im, "convert"):  # a PIL image: a Batch built by hand
-            rgb.append(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).to(device))
+            rgb.append(_from_pil(im).to(device))
         else:
             raise TypeError(f"decode=torchvision takes image bytes (read_image) or PIL images, not "
                             f"{type(im).__name__}")

@@ -210,33 +210,20 @@ class HFTwoTowerEncoder(TwoTowerEncoder):
     def __init__(self, spec: ModelSpec | None = None, *, model_id: str | None = None, **options: Any) -> None:
         from transformers import AutoModel, AutoProcessor
 
-        opts = {**dict((spec.extra.get("options") or {}) if spec else {}), **options}
-        T.check_options(f"{self.family} adapter", opts, HF_OPTIONS)
-        source = model_id or (spec.id if spec else None)
-        if not source:
-            raise ValueError("hf-clip needs a hub id or a local directory")
+        opts, source, self.revision = T.adapter_target(self.family, spec, model_id, options, HF_OPTIONS)
         self.source = source
-        local = T.is_local(source)
-        self.revision = None if local else T.opt_str(opts.get("revision", spec.revision if spec else None))
         self.fusion, self.alpha = parse_fusion(opts.get("fusion"), opts.get("alpha"))
         self.device = T.resolve_device(opts.get("device"))
         self.dtype = T.canonical_dtype(opts.get("dtype"), "float32")
-        trc = T.opt_bool(opts.get("trust_remote_code", False), "trust_remote_code")
-        allow_pickle = T.opt_bool(opts.get("allow_pickle", False), "allow_pickle")
+        trc, allow_pickle = T.safety_options(opts)
         self.lowercase = T.opt_bool(opts.get("lowercase", False), "lowercase")
 
         cfg = T.config_dict(source, self.revision)
         T.check_remote_code(source, cfg, trust_remote_code=trc)
-        T.check_local_weights(source, allow_pickle=allow_pickle)
-        kw = T.hf_kwargs(self.revision, trc)
-        with T.quiet_transformers(), T.safetensors_only(source, allow_pickle):
-            loaded: Any = AutoModel.from_pretrained(source, dtype=T.torch_dtype(self.dtype),
-                                                    use_safetensors=None if allow_pickle else True,
-                                                    output_loading_info=True, **kw)
-            model, info = loaded
-            processor = AutoProcessor.from_pretrained(source, **kw)
-        T.check_loading_info(source, info)
-        self.weights = T.weights_fingerprint(source, self.revision)  # once: the weights actually loaded
+        model, self.weights = T.load_pretrained(AutoModel, source, revision=self.revision, dtype=self.dtype,
+                                                trust_remote_code=trc, allow_pickle=allow_pickle)
+        with T.quiet_transformers():
+            processor = AutoProcessor.from_pretrained(source, **T.hf_kwargs(self.revision, trc))
         if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
             raise ValueError(f"{source} loads as {type(model).__name__}, which has no image and text towers "
                              "(get_image_features / get_text_features); hf-clip needs a two-tower model")

@@ -35,9 +35,6 @@ if TYPE_CHECKING:
 ADAPTER_VERSION = "1"
 OC_OPTIONS = ("revision", "fusion", "alpha", "device", "dtype", "allow_pickle", "pretrained", "quick_gelu",
               "trust_remote_code", "decode")
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-"""open_clip's defaults for a preprocess_cfg without mean/std."""
 PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 SAFE_HUB_FILES = ["open_clip_config.json", "open_clip_model.safetensors", "tokenizer*",
                   "special_tokens_map.json", "vocab*", "merges.txt", "spiece.model", "*.tiktoken"]
@@ -193,6 +190,8 @@ class OpenCLIPEncoder(TwoTowerEncoder):
 
     def _pixel_spec(self) -> I.PixelSpec:
         """open_clip's inference transform (transform.image_transform) from the model's preprocess_cfg."""
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD  # its defaults
+
         cfg = dict(getattr(self.model.visual, "preprocess_cfg", None) or {})
         size = cfg.get("size", 224)
         h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[-1]))
@@ -202,7 +201,8 @@ class OpenCLIPEncoder(TwoTowerEncoder):
                              f"'squash'; {self.target} has {mode!r} at {(h, w)}: use decode=pil")
         # as open_clip: 'bilinear' is bilinear, anything else ('bicubic', 'random') bicubic at inference
         interpolation = "bilinear" if cfg.get("interpolation") == "bilinear" else "bicubic"
-        mean, std = I.per_channel(cfg.get("mean") or OPENAI_MEAN), I.per_channel(cfg.get("std") or OPENAI_STD)
+        mean = I.per_channel(cfg.get("mean") or OPENAI_DATASET_MEAN)
+        std = I.per_channel(cfg.get("std") or OPENAI_DATASET_STD)
         return I.PixelSpec(resize="exact" if mode == "squash" else "shortest", size=(h, w),
                            crop=None if mode == "squash" else (h, w), crop_round=True,
                            interpolation=interpolation, mean=mean, std=std)
