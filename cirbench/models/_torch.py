@@ -321,9 +321,65 @@ def state_hash(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+# ----------------------------------------------------------------------------- runtime and image backends
+IMAGE_BACKENDS = ("pil", "torchvision")
+"""How a transformers image processor resizes and normalises: PIL + numpy (transformers 4's default, which
+the models' own code ran) or torchvision (transformers 5's default). Pixels differ by about 1e-4."""
+
+
+def transformers_version() -> str:
+    import transformers
+
+    return str(transformers.__version__)
+
+
+def transformers_major() -> int:
+    return int(transformers_version().split(".")[0])
+
+
+def runtime() -> dict[str, Any]:
+    """The library versions a vector depends on beyond the weights, for fingerprints and results."""
+    import torch
+
+    return {"transformers": transformers_version(), "torch": str(torch.__version__).split("+")[0]}
+
+
+def parse_image_backend(value: Any) -> str:
+    name = str(value or "pil").strip().lower()
+    if name not in IMAGE_BACKENDS:
+        raise ValueError(f"unknown image_backend {value!r}; use one of {list(IMAGE_BACKENDS)} (pil: PIL and "
+                         "numpy, as transformers 4 and the models' own code; torchvision: transformers 5's "
+                         "default)")
+    return name
+
+
+def backend_kwargs(backend: str) -> dict[str, Any]:
+    """from_pretrained arguments that select an image processor backend on this transformers."""
+    if transformers_major() >= 5:
+        return {"backend": backend}
+    return {"use_fast": backend == "torchvision"}
+
+
+def image_backend(proc: Any) -> str:
+    """The backend an image processor instance actually uses (read off its class hierarchy)."""
+    names = {c.__name__ for c in type(proc).__mro__}
+    return "torchvision" if names & {"TorchvisionBackend", "BaseImageProcessorFast"} else "pil"
+
+
+def check_image_backend(proc: Any, wanted: str, source: str) -> None:
+    """transformers falls back silently to the other backend when one is missing: refuse that instead."""
+    got = image_backend(proc)
+    if got != wanted:
+        raise ValueError(f"{source}: asked for image_backend={wanted}, but transformers "
+                         f"{transformers_version()} loaded {type(proc).__name__} ({got}); install "
+                         f"{'torchvision' if wanted == 'torchvision' else 'pillow'} or pass image_backend={got}")
+
+
 def processor_config(proc: Any) -> dict[str, Any]:
     """An image processor's / tokenizer's settings as a dict (what changes pixels or token ids)."""
     d: dict[str, Any] = {"class": type(proc).__name__}
+    if "ImageProcessor" in type(proc).__name__:
+        d["backend"] = image_backend(proc)
     to_dict = getattr(proc, "to_dict", None)
     if callable(to_dict):
         try:

@@ -55,7 +55,7 @@ for _cat, _name in (("dress", "dress"), ("shirt", "shirt"), ("toptee", "shirt"))
         f"<image>\n Describe this {_name} in one word based on its style:",
         f"<image> change the style of this {_name} to {{text}}\n Desribe this modified {_name} in one word "
         "based on its style:")
-E5V_OPTIONS = ("revision", "device", "dtype", "attn_implementation", "prompts", "max_length",
+E5V_OPTIONS = ("revision", "device", "dtype", "attn_implementation", "prompts", "max_length", "image_backend",
                "trust_remote_code", "allow_pickle")
 
 
@@ -89,6 +89,7 @@ class E5VEncoder:
         if self.prompts not in PROMPTS:
             raise ValueError(f"prompts must be one of {sorted(PROMPTS)}, not {self.prompts!r}")
         self.max_length = T.opt_int(opts.get("max_length", 8192), "max_length")
+        self.image_backend = T.parse_image_backend(opts.get("image_backend"))
         trc, allow_pickle = T.safety_options(opts)
 
         T.checked_config(source, self.revision, trust_remote_code=trc, model_type="llava_next",
@@ -97,7 +98,10 @@ class E5VEncoder:
             LlavaNextForConditionalGeneration, source, revision=self.revision, dtype=self.dtype,
             trust_remote_code=trc, allow_pickle=allow_pickle, attn_implementation=self.attn_implementation)
         with T.quiet_transformers():
-            self.processor = AutoProcessor.from_pretrained(source, **T.hf_kwargs(self.revision, trc))
+            self.processor = AutoProcessor.from_pretrained(source, **T.backend_kwargs(self.image_backend),
+                                                           **T.hf_kwargs(self.revision, trc))
+        T.check_image_backend(self.processor.image_processor, self.image_backend, source)
+        self.image_tokens_from = complete_processor(self.processor, model.config)
         self.model = model.to(self.device).eval()
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
@@ -119,6 +123,7 @@ class E5VEncoder:
                 "dtype": self.dtype, "attn_implementation": self.attn_implementation, "prompts": self.prompts,
                 "prompt_texts": PROMPTS[self.prompts], "max_length": self.max_length, "padding": "left",
                 "positions": "from-attention-mask", "pooling": "last-token",
+                "image_backend": self.image_backend, "runtime": T.runtime(), "image_tokens": self.image_tokens_from,
                 "image_processor": T.processor_config(self.processor.image_processor),
                 "tokenizer": {"class": type(self.tokenizer).__name__, "size": len(self.tokenizer)}}
 
@@ -161,6 +166,26 @@ class E5VEncoder:
         with torch.inference_mode():
             hidden = self.model.model(**inputs).last_hidden_state
         return T.to_numpy_f32(hidden[:, -1])
+
+
+def complete_processor(processor: Any, config: Any) -> dict[str, Any]:
+    """Give a LlavaNextProcessor what it needs to count image tokens, from the model config if it lacks it.
+
+    Processor configs saved by transformers <= 4.43 (E5-V's release ran 4.41) have no `patch_size` nor
+    `vision_feature_select_strategy`: the model then expanded `<image>` itself, while transformers 5's
+    processor must expand it and fails without them. The count the model produced is the processor's formula
+    with the vision tower's patch size, the config's select strategy and the CLIP tower's CLS token
+    (`num_additional_image_tokens=1`, dropped again by the "default" strategy). Returns what was used.
+    """
+    filled = getattr(processor, "patch_size", None) is None
+    if filled:
+        processor.patch_size = int(config.vision_config.patch_size)
+        processor.vision_feature_select_strategy = str(config.vision_feature_select_strategy)
+        processor.num_additional_image_tokens = 1
+    return {"patch_size": int(processor.patch_size),
+            "vision_feature_select_strategy": processor.vision_feature_select_strategy,
+            "num_additional_image_tokens": int(processor.num_additional_image_tokens),
+            "source": "model config (processor config has none)" if filled else "processor config"}
 
 
 def _pad_tiles(tiles: list[torch.Tensor]) -> torch.Tensor:

@@ -11,9 +11,16 @@ The conventions follow the model card's gme_inference.py (HF `GmeQwen2VL`):
   use the task's instruction, or that default when there is none;
 - images are first resized by qwen_vl_utils' `smart_resize` (sides multiples of 28, 4·28² to 16384·28²
   pixels), then by the image processor within [min_image_tokens, max_image_tokens] · 28² pixels
-  (defaults 256 and 1280 tokens, as in gme_inference.py);
+  (defaults 256 and 1280 tokens, as in gme_inference.py, which passes them as `min_pixels` / `max_pixels`:
+  the form both transformers 4 and 5 honour; transformers 5 lets a checkpoint's saved `min_pixels`
+  override a `size=` argument). The budget is read back from the loaded processor, checked, and recorded;
+- image preprocessing on PIL + numpy (`image_backend="pil"`, what transformers 4 runs for this processor
+  and so what gme_inference.py ran); `image_backend="torchvision"` is transformers 5's default;
 - right padding, truncation at max_length=1800 tokens, and the embedding is the last token's final hidden
   state (the appended `<|endoftext|>`), L2-normalised;
+- instructions: the GME authors' own per-task ones (their MIEB/mteb contribution, `TASKNAME2INSTRUCTIONS`):
+  CIRR "Retrieve a day-to-day image that aligns with the modification instructions of the provided image.",
+  FashionIQ "Find a fashion image that aligns with the reference image and style note." (M-BEIR's wording);
 - positions: gme_inference.py calls the decoder with `position_ids=None`, which gives plain sequential
   positions (not Qwen2-VL's 3-D M-RoPE); `position_ids="sequential"` (default) reproduces that, and
   `position_ids="mrope"` uses the 3-D positions of `Qwen2VLForConditionalGeneration` instead;
@@ -52,8 +59,14 @@ FETCH_MAX_PIXELS = 16384 * 28 * 28
 MAX_RATIO = 200
 
 GME_OPTIONS = ("revision", "device", "dtype", "attn_implementation", "min_image_tokens", "max_image_tokens",
-               "min_pixels", "max_pixels", "max_length", "position_ids", "instruct_documents",
+               "min_pixels", "max_pixels", "max_length", "position_ids", "instruct_documents", "image_backend",
                "trust_remote_code", "allow_pickle")
+
+# The GME authors' instructions (izhx's MIEB contribution to mteb, mteb/models/instructions.py, Jan 2025):
+# M-BEIR's first instruction per task; the FashionIQ one differs from the MMEB wording cirbench's task uses.
+GME_CIRR = "Retrieve a day-to-day image that aligns with the modification instructions of the provided image."
+GME_FIQ = "Find a fashion image that aligns with the reference image and style note."
+GME_INSTRUCTIONS = {"document": DEFAULT_INSTRUCTION, "cirr:query": GME_CIRR, "fashioniq:query": GME_FIQ}
 
 
 def prompt(instruction: str, text: str | None, has_image: bool) -> str:
@@ -63,13 +76,39 @@ def prompt(instruction: str, text: str | None, has_image: bool) -> str:
             "<|im_start|>assistant\n<|endoftext|>")
 
 
-def _pixel_kwargs(min_pixels: int, max_pixels: int) -> dict[str, Any]:
-    """The image-token budget in the form this transformers takes (5.x: size edges; 4.x: min/max_pixels)."""
-    import transformers
+def pixel_budget(improc: Any) -> tuple[int, int]:
+    """(min_pixels, max_pixels) a loaded Qwen2-VL image processor will resize to, in either transformers
+    layout (5.x and late 4.x: `size` edges; early 4.x: `min_pixels` / `max_pixels` attributes)."""
+    size = getattr(improc, "size", None)
 
-    if int(transformers.__version__.split(".")[0]) >= 5:
-        return {"size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}}
-    return {"min_pixels": min_pixels, "max_pixels": max_pixels}
+    def get(key: str) -> Any:
+        return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+    lo = get("shortest_edge") or get("min_pixels") or getattr(improc, "min_pixels", None)
+    hi = get("longest_edge") or get("max_pixels") or getattr(improc, "max_pixels", None)
+    if lo is None or hi is None:
+        raise ValueError(f"cannot read the pixel budget of {type(improc).__name__}")
+    return int(lo), int(hi)
+
+
+def load_image_processor(source: str, kw: dict[str, Any], backend: str,
+                         budget: tuple[int, int] | None = None) -> Any:
+    """The checkpoint's Qwen2-VL image processor on `backend`, resizing within `budget` (min, max pixels).
+
+    The budget goes in as `min_pixels` / `max_pixels`, which override the saved config on transformers 4 and
+    5 alike (a `size=` argument loses to a saved `min_pixels` on 5, and is reset on some 4.x), and is read
+    back: a processor that would resize to anything else is an error, not a silently different vector.
+    """
+    from transformers import AutoImageProcessor
+
+    extra = {"min_pixels": budget[0], "max_pixels": budget[1]} if budget else {}
+    improc = AutoImageProcessor.from_pretrained(source, **T.backend_kwargs(backend), **extra, **kw)
+    T.check_image_backend(improc, backend, source)
+    if budget is not None and pixel_budget(improc) != tuple(budget):
+        raise ValueError(f"{source}: asked the image processor for {budget[0]}..{budget[1]} pixels, but "
+                         f"{type(improc).__name__} on transformers {T.transformers_version()} would use "
+                         f"{pixel_budget(improc)}")
+    return improc
 
 
 def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR, min_pixels: int = FETCH_MIN_PIXELS,
@@ -99,7 +138,7 @@ class GMEEncoder:
     family = "gme"
 
     def __init__(self, spec: ModelSpec | None = None, *, model_id: str | None = None, **options: Any) -> None:
-        from transformers import AutoImageProcessor, AutoTokenizer, Qwen2VLModel
+        from transformers import AutoTokenizer, Qwen2VLModel
 
         opts, source, self.revision = T.adapter_target("gme", spec, model_id, options, GME_OPTIONS)
         self.source = source
@@ -113,6 +152,7 @@ class GMEEncoder:
             raise ValueError(f"position_ids must be 'sequential' (gme_inference.py) or 'mrope', "
                              f"not {self.position_ids!r}")
         self.instruct_documents = T.opt_bool(opts.get("instruct_documents", False), "instruct_documents")
+        self.image_backend = T.parse_image_backend(opts.get("image_backend"))
         trc, allow_pickle = T.safety_options(opts)
 
         T.checked_config(source, self.revision, trust_remote_code=trc, model_type="qwen2_vl",
@@ -120,12 +160,11 @@ class GMEEncoder:
         T.check_local_weights(source, allow_pickle=allow_pickle)  # refuse pickles before loading anything
         kw = T.hf_kwargs(self.revision, trc)
         with T.quiet_transformers():
-            self.image_processor = AutoImageProcessor.from_pretrained(source, **kw)
-            factor = int(self.image_processor.patch_size) * int(self.image_processor.merge_size)
-            self.factor = factor
-            self.min_pixels, self.max_pixels = self._pixel_budget(opts, factor)
-            self.image_processor = AutoImageProcessor.from_pretrained(
-                source, **_pixel_kwargs(self.min_pixels, self.max_pixels), **kw)
+            saved = load_image_processor(source, kw, self.image_backend)
+            self.factor = int(saved.patch_size) * int(saved.merge_size)
+            budget = self._pixel_budget(opts, self.factor)
+            self.image_processor = load_image_processor(source, kw, self.image_backend, budget)
+            self.min_pixels, self.max_pixels = pixel_budget(self.image_processor)
             self.tokenizer = AutoTokenizer.from_pretrained(source, **kw)
         model, self.weights = T.load_pretrained(
             Qwen2VLModel, source, revision=self.revision, dtype=self.dtype, trust_remote_code=trc,
@@ -138,7 +177,7 @@ class GMEEncoder:
         dim = int(model.config.text_config.hidden_size)
 
         base = spec or ModelSpec(name=f"{self.family}:{source}", id=source, license="unknown",
-                                 default_instructions={"document": DEFAULT_INSTRUCTION},
+                                 default_instructions=GME_INSTRUCTIONS,
                                  description=f"GME-style Qwen2-VL embeddings from {source}")
         self.spec = dataclasses.replace(base, revision=self.revision, dim=base.dim or dim, dtype=self.dtype,
                                         modalities=("image", "text", "image+text"),
@@ -157,12 +196,14 @@ class GMEEncoder:
         return lo, hi
 
     def fingerprint(self) -> dict[str, Any]:
+        """`min_pixels` / `max_pixels` are the budget read back from the loaded processor (what is used)."""
         return {"adapter": f"{self.family}/{ADAPTER_VERSION}", "id": self.source,
                 **self.weights, "dtype": self.dtype,
                 "attn_implementation": self.attn_implementation, "min_pixels": self.min_pixels,
-                "max_pixels": self.max_pixels, "max_length": self.max_length,
-                "position_ids": self.position_ids,
+                "max_pixels": self.max_pixels, "pre_resize": "qwen_vl_utils.fetch_image",
+                "max_length": self.max_length, "position_ids": self.position_ids,
                 "instruct_documents": self.instruct_documents, "padding": "right", "pooling": "last-token",
+                "image_backend": self.image_backend, "runtime": T.runtime(),
                 "image_processor": T.processor_config(self.image_processor),
                 "tokenizer": {"class": type(self.tokenizer).__name__, "size": len(self.tokenizer)}}
 
@@ -238,11 +279,11 @@ GME_2B = ModelSpec(
     name="gme", id="Alibaba-NLP/gme-Qwen2-VL-2B-Instruct",
     revision="ce765ae71b8cdb208203cd8fb64a170b1b84293a",
     dim=1536, modalities=("image", "text", "image+text"), license="Apache-2.0", parameters=2_210_000_000,
-    dtype="float16", default_instructions={"document": DEFAULT_INSTRUCTION},
+    dtype="float16", default_instructions=GME_INSTRUCTIONS,
     description="GME-Qwen2-VL-2B: fused image+text queries in one Qwen2-VL pass, instruction as system "
-                "turn, last-token pooling; conventions of the card's gme_inference.py, reimplemented without "
-                "remote code. Revision pinned as in mteb's registry. float16 on GPU, float32 on CPU by "
-                "default.",
+                "turn (the GME authors' per-task instructions), last-token pooling; conventions of the "
+                "card's gme_inference.py, reimplemented without remote code. Revision pinned as in mteb's "
+                "registry. float16 on GPU, float32 on CPU by default.",
     extra={"family": "gme"})
 GME_7B = dataclasses.replace(
     GME_2B, name="gme-7b", id="Alibaba-NLP/gme-Qwen2-VL-7B-Instruct",

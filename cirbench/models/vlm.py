@@ -10,16 +10,29 @@ instruction is glued in front of the user text (`instruction + text`, or the ins
 on *both* sides: queries and gallery images are both instructed. max_length 2000 and bfloat16 on GPU, as in
 that file.
 
-VLM2Vec-V2 (TIGER-AI-Lab/VLM2Vec, MMEB-V2 eval, parser `image_i2i_vg`): no chat template. The text is
-`<|image_pad|>\\n{instruction} {text}\\n` for a composed query and `<|image_pad|>\\n{instruction}` for a
-gallery image (the image token bare, without vision start/end markers, expanded to one per merged patch),
-left padding, the last position's final hidden state, M-RoPE positions computed from the attention mask
-(so a vector never depends on what else is in its batch). `prompt_style="mteb"` uses mteb's VLM2VEC2Wrapper
-format instead (`<|image_pad|> {instruction} {text}`). Images go to the checkpoint's image processor as they
-are (no qwen_vl_utils pre-resize); `max_image_tokens` / `max_pixels` cap them (mteb uses 360*420 pixels).
-The released VLM2Vec-V2.0 is a (Do)LoRA adapter on Qwen2-VL-2B-Instruct: a source holding
-`adapter_config.json` is loaded with `peft` (an optional dependency) on its base model and merged; a source
-holding a full Qwen2-VL checkpoint loads directly.
+VLM2Vec-V2 (TIGER-AI-Lab/VLM2Vec, MMEB-V2 eval, parser `image_i2i_vg`, transformers 4.52.3): no chat
+template. The text is `<|image_pad|>\\n{instruction} {text}\\n` for a composed query and
+`<|image_pad|>\\n{instruction}` for a gallery image (the image token bare, without vision start/end markers,
+expanded to one per merged patch), left padding, the last position's final hidden state. Conventions of
+VLM2Vec's own code, each an option:
+
+- positions (`position_ids="sequential"`): VLM2Vec's Qwen2-VL `get_rope_index` gives 3-D M-RoPE positions
+  only to images that follow a `<|vision_start|>` token, which these prompts never have, so every token gets
+  the plain position `cumsum(attention_mask) - 1` (left padding shifts nothing). `"mrope"` gives the image
+  tokens stock Qwen2-VL's 3-D positions instead;
+- pixel budget (`pixel_budget="eval"`): eval.py's `resize_min_pixels` / `resize_max_pixels` defaults,
+  4·28² .. 1280·28² pixels, which VLM2Vec's processor passes as `size=` and so applies whatever the
+  checkpoint's config says; `"checkpoint"` uses the processor config's own budget; `min_image_tokens`,
+  `max_image_tokens`, `min_pixels`, `max_pixels` override either;
+- images with a side under 28 px are first resized to 56×56 (`Qwen2_VL_process_fn`); no qwen_vl_utils
+  pre-resize otherwise; PIL preprocessing (`image_backend="pil"`, VLM2Vec's vendored slow processor);
+- `prompt_style="mteb"` uses mteb's VLM2VEC2Wrapper format instead (`<|image_pad|> {instruction} {text}`).
+
+The released VLM2Vec-V2.0 is a DoRA adapter on Qwen2-VL-2B-Instruct, saved from VLM2Vec's training class,
+whose module names are transformers 4's. A source holding `adapter_config.json` is loaded with `peft` on
+its base model: the adapter's tensors are renamed by transformers' own checkpoint mapping for the model
+class, every one must land on a parameter of the adapted model and every adapter parameter must be
+loaded (anything else is an error), then the adapter is merged. A full Qwen2-VL checkpoint loads directly.
 """
 
 from __future__ import annotations
@@ -32,7 +45,7 @@ import numpy as np
 
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
-from cirbench.models.gme import DEFAULT_INSTRUCTION, IMAGE_PAD, GMEEncoder, _pixel_kwargs
+from cirbench.models.gme import DEFAULT_INSTRUCTION, IMAGE_PAD, GMEEncoder, load_image_processor, pixel_budget
 from cirbench.models.registry import register_family, register_model
 from cirbench.types import Item, Role
 
@@ -83,9 +96,15 @@ class RzenEmbedEncoder(GMEEncoder):
 
 # ============================================================================= VLM2Vec-V2
 VLM2VEC_OPTIONS = ("revision", "base_model", "base_revision", "device", "dtype", "attn_implementation",
-                   "min_image_tokens", "max_image_tokens", "min_pixels", "max_pixels", "max_length",
-                   "prompt_style", "document_newline", "trust_remote_code", "allow_pickle")
+                   "min_image_tokens", "max_image_tokens", "min_pixels", "max_pixels", "pixel_budget",
+                   "max_length", "prompt_style", "document_newline", "position_ids", "image_backend",
+                   "trust_remote_code", "allow_pickle")
 PROMPT_STYLES = ("vlm2vec", "mteb")
+PIXEL_BUDGETS = ("eval", "checkpoint")
+EVAL_BUDGET = (4 * 28 * 28, 1280 * 28 * 28)
+"""VLM2Vec's src/arguments.py DataArguments.resize_min_pixels / resize_max_pixels, as eval.py runs them."""
+MIN_SIDE, SMALL_RESIZE = 28, (56, 56)
+"""Qwen2_VL_process_fn: an image with a side under 28 px is resized to 56x56 before the processor."""
 
 
 def vlm2vec_prompt(instruction: str | None, text: str | None, has_image: bool, *, style: str = "vlm2vec",
@@ -131,6 +150,15 @@ class VLM2VecEncoder:
         if self.prompt_style not in PROMPT_STYLES:
             raise ValueError(f"prompt_style must be one of {list(PROMPT_STYLES)}, not {self.prompt_style!r}")
         self.document_newline = T.opt_bool(opts.get("document_newline", False), "document_newline")
+        self.position_ids = str(opts.get("position_ids", "sequential")).lower()
+        if self.position_ids not in ("sequential", "mrope"):
+            raise ValueError(f"position_ids must be 'sequential' (VLM2Vec's model on its prompts) or 'mrope', "
+                             f"not {self.position_ids!r}")
+        self.pixel_budget = str(opts.get("pixel_budget", "eval")).lower()
+        if self.pixel_budget not in PIXEL_BUDGETS:
+            raise ValueError(f"pixel_budget must be one of {list(PIXEL_BUDGETS)} (eval: VLM2Vec's eval.py, "
+                             f"4..1280 tokens; checkpoint: the processor config's), not {self.pixel_budget!r}")
+        self.image_backend = T.parse_image_backend(opts.get("image_backend"))
         self.trc, self.allow_pickle = T.safety_options(opts)
 
         adapter_cfg = _hub_file(source, "adapter_config.json", self.revision)
@@ -167,9 +195,9 @@ class VLM2VecEncoder:
         return model
 
     def _load_adapter(self, adapter_cfg: str, opts: dict[str, Any]) -> tuple[Any, str, str | None]:
-        """Base model + peft adapter, merged (what VLM2Vec's MMEBModel.load and mteb's wrapper do)."""
+        """Base model + peft adapter, merged (what VLM2Vec's MMEBModel.load does), every tensor checked."""
         try:
-            from peft import PeftModel
+            import peft  # noqa: F401
         except ImportError as e:
             raise ImportError(f"{self.source} is a peft adapter (adapter_config.json); loading it needs the "
                               "`peft` package: pip install peft") from e
@@ -182,59 +210,65 @@ class VLM2VecEncoder:
             raise ValueError(f"{self.source}: adapter_config.json names no base model; pass base_model=...")
         base = self.base = str(base_id)
         self.base_revision = None if T.is_local(base) else T.opt_str(opts.get("base_revision"))
-        if not (_hub_file(self.source, "adapter_model.safetensors", self.revision) or self.allow_pickle):
+        weights = _hub_file(self.source, "adapter_model.safetensors", self.revision)
+        if not weights:
+            if self.allow_pickle:
+                raise ValueError(f"{self.source} has no adapter_model.safetensors; cirbench loads adapters "
+                                 "from safetensors only")
             raise T.PickleRefused(f"{self.source} has no adapter_model.safetensors (only a pickle, if any); "
-                                  "loading a pickle can run arbitrary code. Pass allow_pickle=True if you "
-                                  "trust the file.")
+                                  "loading a pickle can run arbitrary code.")
         full, base_weights = self._from_pretrained(Qwen2VLForConditionalGeneration, base, self.base_revision)
-        kw = {"revision": self.revision} if self.revision else {}
-        with T.quiet_transformers():
-            merged = PeftModel.from_pretrained(full, self.source, **kw).merge_and_unload()
+        merged, n_tensors = load_peft_adapter(full, self.source, weights, self.revision)
         self.weights = {"peft": {**T.weights_fingerprint(self.source, self.revision),
-                                    "type": acfg.get("peft_type"), "use_dora": bool(acfg.get("use_dora"))},
+                                 "type": acfg.get("peft_type"), "use_dora": bool(acfg.get("use_dora")),
+                                 "tensors_loaded": n_tensors},
                         "base": {"id": base, **base_weights}}
         has_tok = _hub_file(self.source, "tokenizer_config.json", self.revision)
         return merged.model, (self.source if has_tok else base), (
             self.revision if has_tok else self.base_revision)
 
     def _load_processors(self, source: str, revision: str | None, opts: dict[str, Any]) -> None:
-        from transformers import AutoImageProcessor, AutoTokenizer
+        from transformers import AutoTokenizer
 
         kw = T.hf_kwargs(revision, self.trc)
         with T.quiet_transformers():
-            improc = AutoImageProcessor.from_pretrained(source, **kw)
-            unit = (int(improc.patch_size) * int(improc.merge_size)) ** 2
-            lo = (T.opt_int(opts["min_pixels"], "min_pixels") if opts.get("min_pixels") is not None else
-                  T.opt_int(opts["min_image_tokens"], "min_image_tokens") * unit
-                  if opts.get("min_image_tokens") is not None else None)
-            hi = (T.opt_int(opts["max_pixels"], "max_pixels") if opts.get("max_pixels") is not None else
-                  T.opt_int(opts["max_image_tokens"], "max_image_tokens") * unit
-                  if opts.get("max_image_tokens") is not None else None)
-            if lo is not None or hi is not None:  # else: the checkpoint's own budget, as VLM2Vec runs it
-                cur_lo, cur_hi = _budget(improc)
-                lo, hi = lo or cur_lo, hi or cur_hi
-                if not 0 < lo <= hi:
-                    raise ValueError(f"need 0 < min_pixels <= max_pixels, got {lo} and {hi}")
-                improc = AutoImageProcessor.from_pretrained(source, **_pixel_kwargs(lo, hi), **kw)
-            self.image_processor = improc
-            self.min_pixels, self.max_pixels = _budget(improc)
+            saved = load_image_processor(source, kw, self.image_backend)
+            unit = (int(saved.patch_size) * int(saved.merge_size)) ** 2
+            lo, hi = EVAL_BUDGET if self.pixel_budget == "eval" else pixel_budget(saved)
+            if opts.get("min_pixels") is not None:
+                lo = T.opt_int(opts["min_pixels"], "min_pixels")
+            elif opts.get("min_image_tokens") is not None:
+                lo = T.opt_int(opts["min_image_tokens"], "min_image_tokens") * unit
+            if opts.get("max_pixels") is not None:
+                hi = T.opt_int(opts["max_pixels"], "max_pixels")
+            elif opts.get("max_image_tokens") is not None:
+                hi = T.opt_int(opts["max_image_tokens"], "max_image_tokens") * unit
+            if not 0 < lo <= hi:
+                raise ValueError(f"need 0 < min_pixels <= max_pixels, got {lo} and {hi}")
+            self.image_processor = load_image_processor(source, kw, self.image_backend, (lo, hi))
+            self.min_pixels, self.max_pixels = pixel_budget(self.image_processor)
             self.tokenizer = AutoTokenizer.from_pretrained(source, **kw)
         self.tokenizer.padding_side = "left"
-        self.merge = int(improc.merge_size) ** 2
+        self.merge = int(self.image_processor.merge_size) ** 2
 
     # ------------------------------------------------------------------ encoding
     def fingerprint(self) -> dict[str, Any]:
         return {"adapter": f"{self.family}/{ADAPTER_VERSION}", "id": self.source, **self.weights,
                 "dtype": self.dtype, "attn_implementation": self.attn_implementation,
-                "min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "max_length": self.max_length,
+                "min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "pixel_budget": self.pixel_budget,
+                "small_images": f"sides < {MIN_SIDE} px resized to {SMALL_RESIZE}", "max_length": self.max_length,
                 "prompt_style": self.prompt_style, "document_newline": self.document_newline,
-                "padding": "left", "positions": "mrope-from-attention-mask", "pooling": "last-token",
+                "padding": "left", "position_ids": self.position_ids, "pooling": "last-token",
+                "image_backend": self.image_backend, "runtime": T.runtime(),
                 "image_processor": T.processor_config(self.image_processor),
                 "tokenizer": {"class": type(self.tokenizer).__name__, "size": len(self.tokenizer)}}
 
     def preprocess(self, image: Any) -> dict[str, Any]:
         """The checkpoint's image processor, as VLM2Vec's Qwen2_VL_process_fn calls it (worker threads)."""
-        out = self.image_processor(images=[image.convert("RGB")], return_tensors="pt")
+        img = image.convert("RGB")
+        if min(img.size) < MIN_SIDE:
+            img = img.resize(SMALL_RESIZE)  # PIL's default resampling, as Qwen2_VL_process_fn
+        out = self.image_processor(images=[img], return_tensors="pt")
         return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
 
     def prompt_for(self, item: Item, role: Role, instruction: str | None) -> str:
@@ -267,9 +301,12 @@ class VLM2VecEncoder:
             raise ValueError("an input was truncated inside its image tokens at "
                              f"max_length={self.max_length}; raise max_length or lower max_image_tokens")
         grid = torch.cat(grids).to(self.device) if grids else None
-        # M-RoPE positions from the mask, for every batch (text-only too): padding never shifts a vector
-        positions, _ = self.model.get_rope_index(ids, (ids == self.image_token_id).long(),
-                                                 image_grid_thw=grid, attention_mask=mask)
+        if self.position_ids == "sequential":  # VLM2Vec's get_rope_index without a vision-start token
+            seq = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+            positions = seq.unsqueeze(0).expand(3, -1, -1)
+        else:  # stock Qwen2-VL M-RoPE from the mask: padding never shifts a vector
+            positions, _ = self.model.get_rope_index(ids, (ids == self.image_token_id).long(),
+                                                     image_grid_thw=grid, attention_mask=mask)
         inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
         if pixel_values:
             inputs["pixel_values"] = torch.cat(pixel_values).to(self.device)
@@ -279,23 +316,83 @@ class VLM2VecEncoder:
         return T.to_numpy_f32(hidden[:, -1])  # left padding: the last position is every row's last token
 
 
-def _budget(improc: Any) -> tuple[int, int]:
-    """(min_pixels, max_pixels) of a Qwen2-VL image processor, in either transformers layout."""
-    size = getattr(improc, "size", None)
+def load_peft_adapter(model: Any, source: str, weights: str, revision: str | None) -> tuple[Any, int]:
+    """(merged model, number of adapter tensors) of a peft adapter on `model`, refusing any partial load.
 
-    def get(key: str) -> Any:
-        return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+    peft matches tensor names literally; an adapter saved from transformers 4's Qwen2-VL classes
+    (`model.layers...`, `visual...`) finds nothing in transformers 5's (`model.language_model.layers...`,
+    `model.visual...`), and peft then warns and returns the unchanged base model. Here each name goes through
+    transformers' own checkpoint renaming for the model class first, then every tensor must land on an adapter
+    parameter and every adapter parameter must come from the file.
+    """
+    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
 
-    lo = get("shortest_edge") or getattr(improc, "min_pixels", None)
-    hi = get("longest_edge") or getattr(improc, "max_pixels", None)
-    if lo is None or hi is None:
-        raise ValueError(f"cannot read the pixel budget of {type(improc).__name__}")
-    return int(lo), int(hi)
+    kw = {"revision": revision} if revision else {}
+    config = PeftConfig.from_pretrained(source, **kw)
+    config.inference_mode = True
+    adapted = get_peft_model(model, config)
+    state = load_file(weights)
+    rename = checkpoint_renamer(model)
+    prefix = "base_model.model."
+    renamed = {}
+    for key, tensor in state.items():
+        if not key.startswith(prefix):
+            raise ValueError(f"{source}: adapter tensor {key!r} does not start with {prefix!r}")
+        renamed[prefix + rename(key[len(prefix):])] = tensor
+    result = set_peft_model_state_dict(adapted, renamed)
+    unexpected = sorted(getattr(result, "unexpected_keys", []) or [])
+    adapter_params = {n for n, _ in adapted.named_parameters() if ".lora_" in n}
+    missing = sorted(adapter_params & set(getattr(result, "missing_keys", []) or []))
+    if unexpected or missing:
+        detail = []
+        if unexpected:
+            detail.append(f"tensors that match no adapter parameter {unexpected[:5]}")
+        if missing:
+            detail.append(f"adapter parameters the file does not set {missing[:5]}")
+        raise ValueError(f"the adapter at {source} does not fit {type(model).__name__}: {'; '.join(detail)}")
+    return adapted.merge_and_unload(), len(state)
+
+
+def checkpoint_renamer(model: Any) -> Any:
+    """key -> key: transformers' renaming of checkpoint tensor names for this model class (none if absent).
+
+    transformers 5 keeps it in `conversion_mapping` (WeightRenaming rules); 4.52 .. 4.57 as the class's
+    `_checkpoint_conversion_mapping` (regex -> replacement); older 4.x needs none for Qwen2-VL.
+    """
+    import re
+
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+    except ImportError:
+        legacy = dict(getattr(model, "_checkpoint_conversion_mapping", None) or {})
+
+        def rename_legacy(key: str) -> str:
+            for pattern, replacement in legacy.items():
+                new, n = re.subn(pattern, replacement, key)
+                if n:
+                    return new
+            return key
+
+        return rename_legacy
+    rules = [t for t in get_model_conversion_mapping(model, add_legacy=False) if isinstance(t, WeightRenaming)]
+
+    def rename(key: str) -> str:
+        for rule in rules:
+            key, _ = rule.rename_source_key(key)
+        return key
+
+    return rename
 
 
 # ============================================================================= registry
-RZEN_INSTRUCTIONS = {"query": MMEB_CIRR + " ", "fashioniq:query": MMEB_FIQ + " ", "document": MMEB_IMAGE}
-VLM2VEC_INSTRUCTIONS = {"query": MMEB_CIRR, "fashioniq:query": MMEB_FIQ, "document": MMEB_IMAGE}
+RZEN_INSTRUCTIONS = {"query": MMEB_CIRR + " ", "cirr:query": MMEB_CIRR + " ", "fashioniq:query": MMEB_FIQ + " ",
+                     "document": MMEB_IMAGE}
+VLM2VEC_INSTRUCTIONS = {"query": MMEB_CIRR, "cirr:query": MMEB_CIRR, "fashioniq:query": MMEB_FIQ,
+                        "document": MMEB_IMAGE}
+"""MMEB's instructions per task; "cirr:query" is explicit because a task's own instruction outranks a model's
+generic one, and CIRR's is M-BEIR's wording."""
 
 RZEN = ModelSpec(
     name="rzenembed", id="qihoo360/RzenEmbed", revision="ea95c339008f9639420fcb33ba2ba606ea94be78",

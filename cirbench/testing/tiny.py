@@ -190,12 +190,24 @@ def build_tiny_siglip2(out_dir: str | os.PathLike[str], *, patch: int = 8, max_n
     return out
 
 
+QWEN2VL_HUB_PREPROCESSOR = {
+    "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+    "image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2VLProcessor",
+}
+"""preprocessor_config.json as Qwen2-VL-2B-Instruct (and GME, VLM2Vec-V2.0) ship it, saved by transformers 4:
+the budget as top-level `min_pixels` / `max_pixels` (added by the builder), no `size`."""
+
+
 def build_tiny_gme(out_dir: str | os.PathLike[str], *, hidden: int = 32, layers: int = 2,
-                   min_pixels: int = 56 * 56, max_pixels: int = 56 * 56, seed: int = 0) -> Path:
+                   min_pixels: int = 56 * 56, max_pixels: int = 56 * 56, hub_layout: bool = True,
+                   seed: int = 0) -> Path:
     """A random Qwen2-VL (the GME architecture): Qwen2VLForConditionalGeneration, tokenizer, image processor.
 
     14 px patches merged 2x2: a 56x56 image becomes 4 image tokens. The tokenizer and image processor are
     saved on their own as well as inside a Qwen2VLProcessor (which needs torchvision in transformers 5.x).
+    With `hub_layout` (the default) preprocessor_config.json is rewritten as the real checkpoints have it
+    (QWEN2VL_HUB_PREPROCESSOR: min_pixels / max_pixels at the top level, as transformers 4 saved them).
     """
     import torch
     from tokenizers import AddedToken
@@ -217,6 +229,14 @@ def build_tiny_gme(out_dir: str | os.PathLike[str], *, hidden: int = 32, layers:
                          ).save_pretrained(out)
     tok.save_pretrained(out)
     improc.save_pretrained(out)
+    if hub_layout:
+        (out / "preprocessor_config.json").write_text(json.dumps(
+            {"min_pixels": min_pixels, "max_pixels": max_pixels, **QWEN2VL_HUB_PREPROCESSOR}, indent=2))
+        proc_cfg = out / "processor_config.json"  # transformers 5 nests the image processor here, and
+        if proc_cfg.exists():  # that copy would win over preprocessor_config.json: keep the hub's one only
+            cfg_d = json.loads(proc_cfg.read_text())
+            cfg_d.pop("image_processor", None)
+            proc_cfg.write_text(json.dumps(cfg_d, indent=2))
     cfg = Qwen2VLConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=37,
                          num_hidden_layers=layers,
@@ -407,12 +427,16 @@ def _llama3_tokenizer() -> Any:
 
 
 def build_tiny_llava_next(out_dir: str | os.PathLike[str], *, hidden: int = 32, layers: int = 2,
-                          seed: int = 0) -> Path:
+                          processor_layout: str = "transformers-5", seed: int = 0) -> Path:
     """A random LlavaNextForConditionalGeneration (E5-V's architecture) + LlavaNextProcessor.
 
     CLIP vision tower on 28 px tiles of 14 px patches (4 patches + CLS per tile), "anyres" grid pinpoints up
     to 56x56, a 2-layer Llama; the tokenizer carries Llama-3's chat markers, so E5-V's prompts tokenize.
+    processor_layout="transformers-4.41" saves the processor as E5-V's release did: preprocessor_config.json
+    alone, no processor_config.json (so no patch_size / vision_feature_select_strategy).
     """
+    if processor_layout not in ("transformers-5", "transformers-4.41"):
+        raise ValueError(f"processor_layout must be transformers-5 or transformers-4.41, not {processor_layout!r}")
     import torch
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
 
@@ -441,33 +465,64 @@ def build_tiny_llava_next(out_dir: str | os.PathLike[str], *, hidden: int = 32, 
     with torch.no_grad():  # the newline embedding starts at zero
         model.model.image_newline.normal_(0.0, 0.5)
     model.save_pretrained(out)
+    if processor_layout == "transformers-4.41":
+        proc_cfg = out / "processor_config.json"
+        nested = json.loads(proc_cfg.read_text())["image_processor"]
+        nested["image_processor_type"] = "LlavaNextImageProcessor"
+        nested["processor_class"] = "LlavaNextProcessor"
+        (out / "preprocessor_config.json").write_text(json.dumps(nested, indent=2))
+        proc_cfg.unlink()
     return out
 
 
+VLM2VEC_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj", "k_proj", "q_proj", "out_proj",
+                        "v_proj", "gate_proj", "up_proj"]
+"""VLM2Vec's src/arguments.py default lora_target_modules (on Qwen2-VL they match the language model only)."""
+
+
+def qwen2vl_v4_adapter_key(key: str) -> str:
+    """A peft tensor name on transformers 5's Qwen2-VL as transformers 4 (VLM2Vec's training class) has it."""
+    key = key.replace("base_model.model.model.language_model.", "base_model.model.model.", 1)
+    return key.replace("base_model.model.model.visual.", "base_model.model.visual.", 1)
+
+
 def build_tiny_qwen2vl_lora(out_dir: str | os.PathLike[str], base_dir: str | os.PathLike[str], *,
-                            use_dora: bool = True, rank: int = 4, seed: int = 0) -> Path:
+                            use_dora: bool = True, rank: int = 4, layout: str = "transformers-4",
+                            seed: int = 0) -> Path:
     """A random peft (Do)LoRA adapter on a tiny Qwen2-VL (VLM2Vec-V2.0's release format); needs `peft`.
 
     The adapter directory holds adapter_config.json (base_model_name_or_path = `base_dir`),
-    adapter_model.safetensors and, like the hub repo, the tokenizer and image processor.
+    adapter_model.safetensors and, like the hub repo, the tokenizer and image processor. Every adapter
+    tensor is random (lora_B and the DoRA magnitudes too), so each one changes the merged model. With
+    layout="transformers-4" (the default) tensor names are those VLM2Vec's transformers-4 class saved
+    (`base_model.model.model.layers...`); "transformers-5" keeps this transformers' names.
     """
     import shutil
 
     import torch
     from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
     from transformers import Qwen2VLForConditionalGeneration
 
+    if layout not in ("transformers-4", "transformers-5"):
+        raise ValueError(f"layout must be transformers-4 or transformers-5, not {layout!r}")
     out = Path(out_dir)
     model = Qwen2VLForConditionalGeneration.from_pretrained(base_dir)
-    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, use_dora=use_dora,
-                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights="gaussian")
+    cfg = LoraConfig(r=rank, lora_alpha=4 * rank, lora_dropout=0.0, use_dora=use_dora,
+                     target_modules=VLM2VEC_LORA_TARGETS, init_lora_weights="gaussian")
     torch.manual_seed(seed)
     peft_model = get_peft_model(model, cfg)
-    with torch.no_grad():  # lora_B starts at zero (a no-op adapter): make the adapter change the model
+    with torch.no_grad():  # lora_B starts at zero and the magnitude at |W|: make every tensor matter
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0.0, 0.2)
+            elif "lora_magnitude_vector" in name:
+                p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
     peft_model.save_pretrained(out)
+    if layout == "transformers-4":
+        weights = out / "adapter_model.safetensors"
+        state = load_file(str(weights))
+        save_file({qwen2vl_v4_adapter_key(k): v.contiguous() for k, v in state.items()}, str(weights))
     for f in Path(base_dir).iterdir():
         if f.is_file() and not f.name.startswith(("model", "config", "generation")):
             shutil.copy(f, out / f.name)
