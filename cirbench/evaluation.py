@@ -19,7 +19,7 @@ from cirbench.cache import EmbeddingCache, default_cache_dir
 from cirbench.distributed import init_from_env, world
 from cirbench.encode import encode_items
 from cirbench.metrics import parse_metric
-from cirbench.models.base import Encoder, check_modalities
+from cirbench.models.base import Encoder, bind_task, check_modalities
 from cirbench.models.registry import get_model
 from cirbench.run import Run
 from cirbench.scoring import breakdowns, grouped_scores, per_query_values
@@ -239,6 +239,7 @@ def evaluate(
     check_modalities(
         encoder.spec, {"query": task.metadata.query_modality, "corpus": task.metadata.corpus_modality}
     )
+    encoder, task = bind_task(encoder, task)
     k = opts.top_k or task.protocol.top_k
     for m in task.protocol.metrics:
         mk = parse_metric(m).k

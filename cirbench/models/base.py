@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from cirbench.types import Item, Role
+from cirbench.types import Item, Role, Task
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Encoder(Protocol):
 
     Optional members the encode loop looks for: `needs_images` (False: no image is decoded for it),
     `read_image(item)` (ReadImageFn) or else `preprocess(pil_image)` (PreprocessFn), both run in its worker
-    threads.
+    threads. The eval flow also looks for `for_task(task)` (see `bind_task`).
     """
 
     spec: ModelSpec
@@ -84,6 +84,17 @@ ReadImageFn = Callable[[Item], Any]
 `item.load_image()` + `preprocess`, and `Batch.images` holds what it returned. For an encoder that decodes
 batches itself (on the GPU, from the files' bytes); it must raise DatasetError for a bad image, as
 `Item.load_image` does."""
+
+
+def bind_task(encoder: Encoder, task: Task) -> tuple[Encoder, Task]:
+    """The encoder and task to evaluate: an encoder whose inputs follow the benchmark (E5-V's per-category
+    FashionIQ prompts and caption joining) rewrites both in an optional `for_task(task)`; others pass as is.
+
+    Whatever such a rewrite changes in a vector must be in the items' content and the encoder's fingerprint,
+    and what it changes in the protocol in the returned task's protocol, so results and caches record it.
+    """
+    hook = getattr(encoder, "for_task", None)
+    return hook(task) if callable(hook) else (encoder, task)
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:

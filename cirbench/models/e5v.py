@@ -3,8 +3,9 @@
 E5-V (kongds/E5-V) embeds anything as the last token's final hidden state after a prompt that asks for a
 one-word summary, inside Llama-3's chat template (LLAMA3_TEMPLATE below, the README's `llama3_template`).
 
-The prompts per input (`prompts` option; default "e5v", the CIRR prompts of E5-V's retrieval.py with
-`--use_e5v`, typos kept because the model was evaluated with them; exact strings in PROMPTS below):
+The prompts per input (`prompts` option, exact strings in PROMPTS below, typos kept because the model was
+evaluated with them). The default, "task", lets the task choose as E5-V's retrieval.py does: FashionIQ gets
+the per-category set of its query or gallery image, any other task the CIRR set ("e5v"). A set name fixes it:
 
 - e5v: gallery `<image>\\n Describe this image in one word:`; composed query
   `<image>Modify this image with "{text}", desribe modified image in one word:`;
@@ -17,6 +18,13 @@ The prompts per input (`prompts` option; default "e5v", the CIRR prompts of E5-V
 A text alone always gets `{text}\\nSummary above sentence in one word: `. E5-V takes no instruction: the
 `instruction` argument is ignored, the prompt set is chosen with the option.
 
+FashionIQ (`fashioniq_captions="e5v"`, the default): retrieval.py's `fiq_two` run strips each caption of
+'.?, ', joins the two with ", " in both orders, embeds both (one batch) and sums their *raw* last hidden
+states before normalising. `for_task` (called by the eval flow) rewrites a FashionIQ task that way: each query
+item carries its two rendered prompt bodies (text and caption), each gallery item its category's image
+prompt, so that everything a vector depends on is in the item's content key. `fashioniq_captions="task"`
+keeps the task's caption join and alternatives (mean of normalised vectors) with the per-category prompts.
+
 Loaded as `LlavaNextForConditionalGeneration` + `LlavaNextProcessor` (the README's classes); the forward
 pass stops before the LM head. Padding is on the left, as in retrieval.py, with Llama-3's end-of-text token
 as the pad; positions are computed from the attention mask, so each vector equals the one computed for the
@@ -26,6 +34,7 @@ the batch). float16 on GPU as in the README, float32 on CPU.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +47,8 @@ from cirbench.types import Role
 
 if TYPE_CHECKING:
     import torch
+
+    from cirbench.types import Task
 
 ADAPTER_VERSION = "1"
 IMAGE = "<image>"
@@ -55,20 +66,32 @@ for _cat, _name in (("dress", "dress"), ("shirt", "shirt"), ("toptee", "shirt"))
         f"<image>\n Describe this {_name} in one word based on its style:",
         f"<image> change the style of this {_name} to {{text}}\n Desribe this modified {_name} in one word "
         "based on its style:")
-E5V_OPTIONS = ("revision", "device", "dtype", "attn_implementation", "prompts", "max_length", "image_backend",
-               "trust_remote_code", "allow_pickle")
+E5V_OPTIONS = ("revision", "device", "dtype", "attn_implementation", "prompts", "fashioniq_captions",
+               "max_length", "image_backend", "trust_remote_code", "allow_pickle")
+FIQ_CAPTIONS = ("e5v", "task")
+FIQ_STRIP = ".?, "
+"""retrieval.py strips these from both ends of each FashionIQ caption: `cc.strip('.?, ')`."""
+
+
+def e5v_body(text: str | None, has_image: bool, prompts: str = "e5v") -> str:
+    """The user turn of E5-V's prompt for one item (`<image>` not yet expanded to the image's tokens)."""
+    image_prompt, composed = PROMPTS[prompts]
+    if has_image:
+        return composed.replace("{text}", text) if text is not None else image_prompt
+    if text is not None:
+        return TEXT_PROMPT.replace("{text}", text)
+    raise ValueError("an E5-V input needs an image or a text")
 
 
 def e5v_prompt(text: str | None, has_image: bool, prompts: str = "e5v") -> str:
     """The full E5-V input string for one item (`<image>` not yet expanded to the image's tokens)."""
-    image_prompt, composed = PROMPTS[prompts]
-    if has_image:
-        body = composed.replace("{text}", text) if text is not None else image_prompt
-    elif text is not None:
-        body = TEXT_PROMPT.replace("{text}", text)
-    else:
-        raise ValueError("an E5-V input needs an image or a text")
-    return LLAMA3_TEMPLATE.format(body)
+    return LLAMA3_TEMPLATE.format(e5v_body(text, has_image, prompts))
+
+
+def fiq_caption_orders(c1: str, c2: str) -> tuple[str, str]:
+    """retrieval.py's fiq_two texts: both captions stripped of '.?, ', joined by ', ', in both orders."""
+    a, b = c1.strip(FIQ_STRIP), c2.strip(FIQ_STRIP)
+    return f"{a}, {b}", f"{b}, {a}"
 
 
 class E5VEncoder:
@@ -85,9 +108,15 @@ class E5VEncoder:
         self.dtype = T.canonical_dtype(opts.get("dtype"), "float16" if self.device.startswith("cuda") else
                                        "float32")
         self.attn_implementation = T.opt_str(opts.get("attn_implementation"))
-        self.prompts = str(opts.get("prompts", "e5v")).lower()
-        if self.prompts not in PROMPTS:
-            raise ValueError(f"prompts must be one of {sorted(PROMPTS)}, not {self.prompts!r}")
+        self.prompts = str(opts.get("prompts", "task")).lower()
+        if self.prompts not in PROMPTS and self.prompts != "task":
+            raise ValueError(f"prompts must be 'task' or one of {sorted(PROMPTS)}, not {self.prompts!r}")
+        self.fashioniq_captions = str(opts.get("fashioniq_captions", "e5v")).lower()
+        if self.fashioniq_captions not in FIQ_CAPTIONS:
+            raise ValueError(f"fashioniq_captions must be one of {list(FIQ_CAPTIONS)}, not "
+                             f"{self.fashioniq_captions!r}")
+        self.rendered: str | None = None
+        """Set by for_task: item texts (and captions) are finished prompt bodies, chosen for this task."""
         self.max_length = T.opt_int(opts.get("max_length", 8192), "max_length")
         self.image_backend = T.parse_image_backend(opts.get("image_backend"))
         trc, allow_pickle = T.safety_options(opts)
@@ -118,10 +147,20 @@ class E5VEncoder:
                                         extra={**dict(base.extra), "family": self.family,
                                                "prompts": self.prompts})
 
+    @property
+    def prompt_set(self) -> str:
+        """The set used for items that carry no rendered prompt (CIRR's unless one was fixed)."""
+        return "e5v" if self.prompts == "task" else self.prompts
+
     def fingerprint(self) -> dict[str, Any]:
+        prompts = {"prompts": self.prompts, "prompt_texts": PROMPTS[self.prompt_set]}
+        if self.rendered:
+            prompts = {"prompts": self.rendered, "prompt_texts": {k: v for k, v in PROMPTS.items()
+                                                                   if k.startswith("fashioniq-")},
+                       "fashioniq_captions": self.fashioniq_captions}
         return {"adapter": f"{self.family}/{ADAPTER_VERSION}", "id": self.source, **self.weights,
-                "dtype": self.dtype, "attn_implementation": self.attn_implementation, "prompts": self.prompts,
-                "prompt_texts": PROMPTS[self.prompts], "max_length": self.max_length, "padding": "left",
+                "dtype": self.dtype, "attn_implementation": self.attn_implementation, **prompts,
+                "max_length": self.max_length, "padding": "left",
                 "positions": "from-attention-mask", "pooling": "last-token",
                 "image_backend": self.image_backend, "runtime": T.runtime(), "image_tokens": self.image_tokens_from,
                 "image_processor": T.processor_config(self.processor.image_processor),
@@ -133,25 +172,45 @@ class E5VEncoder:
         n = int((out["input_ids"] == self.image_token_id).sum())
         return {"pixel_values": out["pixel_values"][0], "image_sizes": out["image_sizes"], "n_tokens": n}
 
+    def for_task(self, task: Task) -> tuple[E5VEncoder, Task]:
+        """The encoder and task E5-V's retrieval.py would use for `task` (see the module docstring)."""
+        if self.prompts != "task" or task.name != "fashioniq":
+            return self, task
+        return fashioniq_binding(self, task)
+
+    def bodies(self, item: Any) -> list[str]:
+        """The prompt bodies whose raw states are summed into this item's vector (one, or FashionIQ's two)."""
+        if self.rendered:
+            if item.text is None:
+                raise ValueError(f"item {item.id!r} has no rendered E5-V prompt; this encoder was bound to a "
+                                 "FashionIQ task and embeds only that task's items")
+            return [item.text] + ([item.caption] if item.caption is not None else [])
+        return [e5v_body(item.text, item.image is not None, self.prompt_set)]
+
     def encode(self, batch: Batch, *, role: Role, instruction: str | None = None) -> np.ndarray:
         """(n, dim) unit rows. E5-V's prompts replace instructions, so `instruction` is not used."""
         import torch
         from PIL import Image
 
         texts: list[str] = []
+        owner: list[int] = []
         tiles: list[torch.Tensor] = []
         sizes: list[torch.Tensor] = []
         n_image_tokens = 0
-        for it, img in zip(batch.items, batch.images, strict=True):
+        for i, (it, img) in enumerate(zip(batch.items, batch.images, strict=True)):
             T.check_item(it, img)
-            p = e5v_prompt(it.text, it.image is not None, self.prompts)
+            pre: Any = None
             if it.image is not None:
-                pre: Any = self.preprocess(img) if isinstance(img, Image.Image) else img
-                tiles.append(pre["pixel_values"])
-                sizes.append(pre["image_sizes"])
-                p = p.replace(IMAGE, IMAGE * pre["n_tokens"], 1)
-                n_image_tokens += pre["n_tokens"]
-            texts.append(p)
+                pre = self.preprocess(img) if isinstance(img, Image.Image) else img
+            for body in self.bodies(it):
+                p = LLAMA3_TEMPLATE.format(body)
+                if pre is not None:
+                    tiles.append(pre["pixel_values"])
+                    sizes.append(pre["image_sizes"])
+                    p = p.replace(IMAGE, IMAGE * pre["n_tokens"], 1)
+                    n_image_tokens += pre["n_tokens"]
+                texts.append(p)
+                owner.append(i)
         tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt")
         ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
@@ -164,8 +223,66 @@ class E5VEncoder:
             inputs["pixel_values"] = _pad_tiles(tiles).to(self.device, self.model.dtype)
             inputs["image_sizes"] = torch.cat(sizes).to(self.device)
         with torch.inference_mode():
-            hidden = self.model.model(**inputs).last_hidden_state
-        return T.to_numpy_f32(hidden[:, -1])
+            last = self.model.model(**inputs).last_hidden_state[:, -1].float()
+            # raw states of an item's bodies summed (retrieval.py's fiq_two), then normalised
+            summed = torch.zeros(len(batch.items), last.shape[1], device=last.device)
+            summed.index_add_(0, torch.tensor(owner, device=last.device), last)
+        return T.to_numpy_f32(summed)
+
+
+def fashioniq_binding(encoder: E5VEncoder, task: Task) -> tuple[E5VEncoder, Task]:
+    """E5-V's FashionIQ run as a task: per-category prompts rendered into the items, both caption orders.
+
+    Query items carry the composed prompt body of the first caption order as text and, with
+    fashioniq_captions="e5v", that of the second as caption (their raw states are summed); gallery items carry
+    their category's image prompt. The protocol records the change.
+    """
+    category: dict[str, str] = {}
+    for name, ids in (task.galleries or {}).items():
+        for cid in ids:
+            if category.setdefault(cid, name) != name:
+                raise ValueError(f"E5-V's FashionIQ prompts are per category, but gallery image {cid!r} is in "
+                                 f"both {category[cid]!r} and {name!r}; pass prompts=<a fixed set>")
+    if not category:
+        raise ValueError(f"E5-V's FashionIQ prompts are per category, and protocol {task.protocol.name!r} has no "
+                         "per-category gallery; pass prompts=<a fixed set> (e.g. fashioniq-dress)")
+    queries = []
+    for q in task.queries:
+        cat = q.category or ""
+        if f"fashioniq-{cat}" not in PROMPTS:
+            raise ValueError(f"FashionIQ query {q.id!r} has category {q.category!r}; E5-V has prompts for "
+                             "dress, shirt and toptee")
+        set_ = f"fashioniq-{cat}"
+        if encoder.fashioniq_captions == "e5v":
+            caps = list(q.meta.get("captions") or ())
+            if len(caps) != 2:
+                raise ValueError(f"FashionIQ query {q.id!r} does not carry its two captions (meta['captions'])")
+            first, second = fiq_caption_orders(str(caps[0]), str(caps[1]))
+            item = dataclasses.replace(q.item, text=e5v_body(first, True, set_),
+                                       caption=e5v_body(second, True, set_))
+            queries.append(dataclasses.replace(q, item=item, alt_items=()))
+        else:
+            queries.append(dataclasses.replace(
+                q, item=dataclasses.replace(q.item, text=e5v_body(q.item.text, True, set_)),
+                alt_items=tuple(dataclasses.replace(a, text=e5v_body(a.text, True, set_)) for a in q.alt_items)))
+    corpus = []
+    for it in task.corpus:
+        if it.id not in category:
+            raise ValueError(f"FashionIQ gallery image {it.id!r} is in no category's gallery")
+        corpus.append(dataclasses.replace(it, text=e5v_body(None, True, f"fashioniq-{category[it.id]}"),
+                                          caption=None))
+    join = ("E5-V retrieval.py fiq_two: captions stripped of '.?, ', joined by ', ' in both orders, the raw "
+            "last hidden states of the two orders summed, then normalised"
+            if encoder.fashioniq_captions == "e5v" else task.protocol.notes.get("caption_join", ""))
+    protocol = dataclasses.replace(
+        task.protocol,
+        caption_join="e5v-both-orders-sum" if encoder.fashioniq_captions == "e5v" else task.protocol.caption_join,
+        notes={**dict(task.protocol.notes), "caption_join": join,
+               "model_prompts": "E5-V retrieval.py per-category FashionIQ prompts (toptee named 'shirt'), chosen "
+                                "by each query's category and each gallery image's category gallery"})
+    bound = copy.copy(encoder)
+    bound.rendered = f"task:fashioniq/{encoder.fashioniq_captions}"
+    return bound, dataclasses.replace(task, queries=queries, corpus=corpus, protocol=protocol)
 
 
 def complete_processor(processor: Any, config: Any) -> dict[str, Any]:
@@ -202,8 +319,9 @@ def _pad_tiles(tiles: list[torch.Tensor]) -> torch.Tensor:
 E5V = ModelSpec(
     name="e5-v", id="royokong/e5-v", revision="0c1f22679417b3ae925d779442221c40cd1861ab", dim=4096,
     modalities=("image", "text", "image+text"), license="unknown", parameters=8_360_000_000, dtype="float16",
-    description="E5-V (LLaVA-NeXT-8B, Llama-3): one-word-summary prompts of E5-V's retrieval.py (CIRR set by "
-                "default; option prompts=mteb|fashioniq-<category>), last-token pooling. Revision pinned as "
+    description="E5-V (LLaVA-NeXT-8B, Llama-3): one-word-summary prompts of E5-V's retrieval.py chosen by the "
+                "task (FashionIQ: per category, both caption orders summed; else the CIRR set; option "
+                "prompts=e5v|mteb|fashioniq-<category> fixes one), last-token pooling. Revision pinned as "
                 "in mteb's registry; the hub card declares no licence. float16 on GPU, float32 on CPU.",
     extra={"family": "e5v"})
 
