@@ -372,7 +372,8 @@ def check_image_backend(proc: Any, wanted: str, source: str) -> None:
     if got != wanted:
         raise ValueError(f"{source}: asked for image_backend={wanted}, but transformers "
                          f"{transformers_version()} loaded {type(proc).__name__} ({got}); install "
-                         f"{'torchvision' if wanted == 'torchvision' else 'pillow'} or pass image_backend={got}")
+                         f"{'torchvision' if wanted == 'torchvision' else 'pillow'} or pass "
+                         f"image_backend={got}")
 
 
 def processor_config(proc: Any) -> dict[str, Any]:

@@ -21,15 +21,24 @@ Stock transformers reaches all of it: `model.embeddings` + `model.qformer` are L
 (the embedding LayerNorm sits in `qformer.layernorm`), `text_projection` / `vision_projection` are
 `text_proj` / `vision_proj`.
 
-Pooling over query tokens is the mean. BLIP-2's ITC, and CoVR's CIRR-test scorer, score the *max* over
-token pairs, which no single vector per item can express; CoVR's validation scorer averages the tokens of
-both sides, and that is what this adapter does. One difference remains: cirbench L2-normalises every vector,
-while CoVR's validation scorer takes the dot product of the un-renormalised means, so target ranks can
-differ where the mean's length varies between images. Both choices are in `fingerprint()`.
+Pooling over query tokens is the mean. BLIP-2's ITC, and CoVR's CIRR scorers, score the *max* over token
+pairs, which no single vector per item can express; CoVR's other scorers average the tokens of both sides,
+and that is what this adapter does. One difference remains: cirbench L2-normalises every vector, while
+CoVR's scorers take the dot product of the un-renormalised means, so target ranks can differ where the
+mean's length varies between images. Both choices are in `fingerprint()` (`pooling`, `scorer`).
 
 Texts are cleaned like CoVR's datasets (`pre_caption`: lower-case, `.!"()*#:;~` to spaces, whitespace
 collapsed, at most `max_words` words; option `pre_caption=false` turns it off) and tokenised with the
-checkpoint's tokenizer, truncated at `max_length` tokens (BLIP-2's `max_txt_len`, 32).
+checkpoint's tokenizer, padded to the longest and truncated at `max_length` tokens: 64, as every CoVR test
+script (src/test/blip2/{cirr,cirr_val,circo,fashioniq}.py) calls the tokenizer, not the model's training
+`max_txt_len` of 32. Images go through the PIL backend by default (`image_backend`), like LAVIS's
+torchvision transforms on PIL images.
+
+Scorers: CoVR's CIRCO and FashionIQ test scripts score the mean of the normalised query tokens against the
+mean of the target's, which this adapter's vectors reproduce up to the final normalisation. CoVR's CIRR
+scripts (cirr.py, cirr_val.py) instead take the max over all query-token x target-token pairs, a
+late-interaction score that no single vector per item can carry: cirbench's search is single-vector, so
+CIRR numbers from this adapter use the mean (recorded as `scorer` in the fingerprint), not CoVR's max.
 
 The released CoVR-BLIP-2 checkpoints are Lightning pickles of LAVIS modules, which transformers cannot load;
 the aliases are Salesforce's BLIP-2 retrieval checkpoints, zero-shot for CIR. A CoVR checkpoint converted to
@@ -55,8 +64,10 @@ if TYPE_CHECKING:
 
 ADAPTER_VERSION = "1"
 POOLING = "mean-of-normalised-query-tokens"
-BLIP2_OPTIONS = ("revision", "device", "dtype", "max_length", "pre_caption", "max_words", "trust_remote_code",
-                 "allow_pickle")
+BLIP2_OPTIONS = ("revision", "device", "dtype", "max_length", "pre_caption", "max_words", "image_backend",
+                 "trust_remote_code", "allow_pickle")
+SCORER = ("dot product of the normalised means of normalised query tokens (CoVR's CIRCO / FashionIQ test "
+          "scorer up to normalisation; not its CIRR max over token pairs)")
 
 
 def pre_caption(caption: str, max_words: int = 30) -> str:
@@ -79,7 +90,8 @@ class Blip2Encoder:
         self.source = source
         self.device = T.resolve_device(opts.get("device"))
         self.dtype = T.canonical_dtype(opts.get("dtype"), "float32")
-        self.max_length = T.opt_int(opts.get("max_length", 32), "max_length")
+        self.max_length = T.opt_int(opts.get("max_length", 64), "max_length")
+        self.image_backend = T.parse_image_backend(opts.get("image_backend"))
         self.pre_caption = T.opt_bool(opts.get("pre_caption", True), "pre_caption")
         self.max_words = T.opt_int(opts.get("max_words", 30), "max_words")
         trc, allow_pickle = T.safety_options(opts)
@@ -95,8 +107,10 @@ class Blip2Encoder:
             trust_remote_code=trc, allow_pickle=allow_pickle)
         kw = T.hf_kwargs(self.revision, trc)
         with T.quiet_transformers():
-            self.image_processor = AutoImageProcessor.from_pretrained(source, **kw)
+            self.image_processor = AutoImageProcessor.from_pretrained(
+                source, **T.backend_kwargs(self.image_backend), **kw)
             self.tokenizer = AutoTokenizer.from_pretrained(source, **kw)
+        T.check_image_backend(self.image_processor, self.image_backend, source)
         self.model = model.to(self.device).eval()
         self.tokenizer.padding_side = "right"
         self.n_query = int(model.config.num_query_tokens)
@@ -112,6 +126,7 @@ class Blip2Encoder:
         return {"adapter": f"{self.family}/{ADAPTER_VERSION}", "id": self.source, **self.weights,
                 "model_class": type(self.model).__name__, "dtype": self.dtype, "pooling": POOLING,
                 "fusion": "qformer-itm-pass+text_projection (CoVR-2)", "max_length": self.max_length,
+                "scorer": SCORER, "image_backend": self.image_backend, "runtime": T.runtime(),
                 "pre_caption": self.pre_caption, "max_words": self.max_words,
                 "image_processor": T.processor_config(self.image_processor),
                 "tokenizer": {"class": type(self.tokenizer).__name__, "size": len(self.tokenizer)}}

@@ -153,7 +153,7 @@ class E5VEncoder:
         return "e5v" if self.prompts == "task" else self.prompts
 
     def fingerprint(self) -> dict[str, Any]:
-        prompts = {"prompts": self.prompts, "prompt_texts": PROMPTS[self.prompt_set]}
+        prompts: dict[str, Any] = {"prompts": self.prompts, "prompt_texts": PROMPTS[self.prompt_set]}
         if self.rendered:
             prompts = {"prompts": self.rendered, "prompt_texts": {k: v for k, v in PROMPTS.items()
                                                                    if k.startswith("fashioniq-")},
@@ -162,7 +162,8 @@ class E5VEncoder:
                 "dtype": self.dtype, "attn_implementation": self.attn_implementation, **prompts,
                 "max_length": self.max_length, "padding": "left",
                 "positions": "from-attention-mask", "pooling": "last-token",
-                "image_backend": self.image_backend, "runtime": T.runtime(), "image_tokens": self.image_tokens_from,
+                "image_backend": self.image_backend, "runtime": T.runtime(),
+                "image_tokens": self.image_tokens_from,
                 "image_processor": T.processor_config(self.processor.image_processor),
                 "tokenizer": {"class": type(self.tokenizer).__name__, "size": len(self.tokenizer)}}
 
@@ -241,11 +242,11 @@ def fashioniq_binding(encoder: E5VEncoder, task: Task) -> tuple[E5VEncoder, Task
     for name, ids in (task.galleries or {}).items():
         for cid in ids:
             if category.setdefault(cid, name) != name:
-                raise ValueError(f"E5-V's FashionIQ prompts are per category, but gallery image {cid!r} is in "
-                                 f"both {category[cid]!r} and {name!r}; pass prompts=<a fixed set>")
+                raise ValueError(f"E5-V's FashionIQ prompts are per category, but gallery image {cid!r} is "
+                                 f"in both {category[cid]!r} and {name!r}; pass prompts=<a fixed set>")
     if not category:
-        raise ValueError(f"E5-V's FashionIQ prompts are per category, and protocol {task.protocol.name!r} has no "
-                         "per-category gallery; pass prompts=<a fixed set> (e.g. fashioniq-dress)")
+        raise ValueError(f"E5-V's FashionIQ prompts are per category, and protocol {task.protocol.name!r} "
+                         "has no per-category gallery; pass prompts=<a fixed set> (e.g. fashioniq-dress)")
     queries = []
     for q in task.queries:
         cat = q.category or ""
@@ -256,7 +257,8 @@ def fashioniq_binding(encoder: E5VEncoder, task: Task) -> tuple[E5VEncoder, Task
         if encoder.fashioniq_captions == "e5v":
             caps = list(q.meta.get("captions") or ())
             if len(caps) != 2:
-                raise ValueError(f"FashionIQ query {q.id!r} does not carry its two captions (meta['captions'])")
+                raise ValueError(f"FashionIQ query {q.id!r} does not carry its two captions "
+                                 "(meta['captions'])")
             first, second = fiq_caption_orders(str(caps[0]), str(caps[1]))
             item = dataclasses.replace(q.item, text=e5v_body(first, True, set_),
                                        caption=e5v_body(second, True, set_))
@@ -264,7 +266,8 @@ def fashioniq_binding(encoder: E5VEncoder, task: Task) -> tuple[E5VEncoder, Task
         else:
             queries.append(dataclasses.replace(
                 q, item=dataclasses.replace(q.item, text=e5v_body(q.item.text, True, set_)),
-                alt_items=tuple(dataclasses.replace(a, text=e5v_body(a.text, True, set_)) for a in q.alt_items)))
+                alt_items=tuple(dataclasses.replace(a, text=e5v_body(a.text, True, set_))
+                                for a in q.alt_items)))
     corpus = []
     for it in task.corpus:
         if it.id not in category:
@@ -276,10 +279,11 @@ def fashioniq_binding(encoder: E5VEncoder, task: Task) -> tuple[E5VEncoder, Task
             if encoder.fashioniq_captions == "e5v" else task.protocol.notes.get("caption_join", ""))
     protocol = dataclasses.replace(
         task.protocol,
-        caption_join="e5v-both-orders-sum" if encoder.fashioniq_captions == "e5v" else task.protocol.caption_join,
+        caption_join=("e5v-both-orders-sum" if encoder.fashioniq_captions == "e5v"
+                      else task.protocol.caption_join),
         notes={**dict(task.protocol.notes), "caption_join": join,
-               "model_prompts": "E5-V retrieval.py per-category FashionIQ prompts (toptee named 'shirt'), chosen "
-                                "by each query's category and each gallery image's category gallery"})
+               "model_prompts": "E5-V retrieval.py per-category FashionIQ prompts (toptee named 'shirt'), "
+                                "chosen by each query's category and each gallery image's category gallery"})
     bound = copy.copy(encoder)
     bound.rendered = f"task:fashioniq/{encoder.fashioniq_captions}"
     return bound, dataclasses.replace(task, queries=queries, corpus=corpus, protocol=protocol)
@@ -319,8 +323,8 @@ def _pad_tiles(tiles: list[torch.Tensor]) -> torch.Tensor:
 E5V = ModelSpec(
     name="e5-v", id="royokong/e5-v", revision="0c1f22679417b3ae925d779442221c40cd1861ab", dim=4096,
     modalities=("image", "text", "image+text"), license="unknown", parameters=8_360_000_000, dtype="float16",
-    description="E5-V (LLaVA-NeXT-8B, Llama-3): one-word-summary prompts of E5-V's retrieval.py chosen by the "
-                "task (FashionIQ: per category, both caption orders summed; else the CIRR set; option "
+    description="E5-V (LLaVA-NeXT-8B, Llama-3): one-word-summary prompts of E5-V's retrieval.py chosen by "
+                "the task (FashionIQ: per category, both caption orders summed; else the CIRR set; option "
                 "prompts=e5v|mteb|fashioniq-<category> fixes one), last-token pooling. Revision pinned as "
                 "in mteb's registry; the hub card declares no licence. float16 on GPU, float32 on CPU.",
     extra={"family": "e5v"})

@@ -59,8 +59,8 @@ FETCH_MAX_PIXELS = 16384 * 28 * 28
 MAX_RATIO = 200
 
 GME_OPTIONS = ("revision", "device", "dtype", "attn_implementation", "min_image_tokens", "max_image_tokens",
-               "min_pixels", "max_pixels", "max_length", "position_ids", "instruct_documents", "image_backend",
-               "trust_remote_code", "allow_pickle")
+               "min_pixels", "max_pixels", "max_length", "position_ids", "instruct_documents",
+               "image_backend", "trust_remote_code", "allow_pickle")
 
 # The GME authors' instructions (izhx's MIEB contribution to mteb, mteb/models/instructions.py, Jan 2025):
 # M-BEIR's first instruction per task; the FashionIQ one differs from the MMEB wording cirbench's task uses.

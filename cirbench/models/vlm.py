@@ -152,12 +152,13 @@ class VLM2VecEncoder:
         self.document_newline = T.opt_bool(opts.get("document_newline", False), "document_newline")
         self.position_ids = str(opts.get("position_ids", "sequential")).lower()
         if self.position_ids not in ("sequential", "mrope"):
-            raise ValueError(f"position_ids must be 'sequential' (VLM2Vec's model on its prompts) or 'mrope', "
-                             f"not {self.position_ids!r}")
+            raise ValueError("position_ids must be 'sequential' (VLM2Vec's model on its prompts) or "
+                             f"'mrope', not {self.position_ids!r}")
         self.pixel_budget = str(opts.get("pixel_budget", "eval")).lower()
         if self.pixel_budget not in PIXEL_BUDGETS:
             raise ValueError(f"pixel_budget must be one of {list(PIXEL_BUDGETS)} (eval: VLM2Vec's eval.py, "
-                             f"4..1280 tokens; checkpoint: the processor config's), not {self.pixel_budget!r}")
+                             "4..1280 tokens; checkpoint: the processor config's), not "
+                             f"{self.pixel_budget!r}")
         self.image_backend = T.parse_image_backend(opts.get("image_backend"))
         self.trc, self.allow_pickle = T.safety_options(opts)
 
@@ -255,8 +256,10 @@ class VLM2VecEncoder:
     def fingerprint(self) -> dict[str, Any]:
         return {"adapter": f"{self.family}/{ADAPTER_VERSION}", "id": self.source, **self.weights,
                 "dtype": self.dtype, "attn_implementation": self.attn_implementation,
-                "min_pixels": self.min_pixels, "max_pixels": self.max_pixels, "pixel_budget": self.pixel_budget,
-                "small_images": f"sides < {MIN_SIDE} px resized to {SMALL_RESIZE}", "max_length": self.max_length,
+                "min_pixels": self.min_pixels, "max_pixels": self.max_pixels,
+                "pixel_budget": self.pixel_budget,
+                "small_images": f"sides < {MIN_SIDE} px resized to {SMALL_RESIZE}",
+                "max_length": self.max_length,
                 "prompt_style": self.prompt_style, "document_newline": self.document_newline,
                 "padding": "left", "position_ids": self.position_ids, "pooling": "last-token",
                 "image_backend": self.image_backend, "runtime": T.runtime(),
@@ -376,7 +379,8 @@ def checkpoint_renamer(model: Any) -> Any:
             return key
 
         return rename_legacy
-    rules = [t for t in get_model_conversion_mapping(model, add_legacy=False) if isinstance(t, WeightRenaming)]
+    rules = [t for t in get_model_conversion_mapping(model, add_legacy=False)
+             if isinstance(t, WeightRenaming)]
 
     def rename(key: str) -> str:
         for rule in rules:
@@ -387,8 +391,8 @@ def checkpoint_renamer(model: Any) -> Any:
 
 
 # ============================================================================= registry
-RZEN_INSTRUCTIONS = {"query": MMEB_CIRR + " ", "cirr:query": MMEB_CIRR + " ", "fashioniq:query": MMEB_FIQ + " ",
-                     "document": MMEB_IMAGE}
+RZEN_INSTRUCTIONS = {"query": MMEB_CIRR + " ", "cirr:query": MMEB_CIRR + " ",
+                     "fashioniq:query": MMEB_FIQ + " ", "document": MMEB_IMAGE}
 VLM2VEC_INSTRUCTIONS = {"query": MMEB_CIRR, "cirr:query": MMEB_CIRR, "fashioniq:query": MMEB_FIQ,
                         "document": MMEB_IMAGE}
 """MMEB's instructions per task; "cirr:query" is explicit because a task's own instruction outranks a model's

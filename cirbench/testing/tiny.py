@@ -436,7 +436,8 @@ def build_tiny_llava_next(out_dir: str | os.PathLike[str], *, hidden: int = 32, 
     alone, no processor_config.json (so no patch_size / vision_feature_select_strategy).
     """
     if processor_layout not in ("transformers-5", "transformers-4.41"):
-        raise ValueError(f"processor_layout must be transformers-5 or transformers-4.41, not {processor_layout!r}")
+        raise ValueError("processor_layout must be transformers-5 or transformers-4.41, not "
+                         f"{processor_layout!r}")
     import torch
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
 
@@ -518,7 +519,7 @@ def build_tiny_qwen2vl_lora(out_dir: str | os.PathLike[str], base_dir: str | os.
                 p.normal_(0.0, 0.2)
             elif "lora_magnitude_vector" in name:
                 p.mul_(torch.empty_like(p).uniform_(0.5, 1.5))
-    peft_model.save_pretrained(out)
+    peft_model.save_pretrained(str(out))
     if layout == "transformers-4":
         weights = out / "adapter_model.safetensors"
         state = load_file(str(weights))
