@@ -71,15 +71,17 @@ def _by_hand(gme_dir: Path, items: list[Item], system: str, *, mrope: bool = Fal
                      "<|im_start|>assistant\n<|endoftext|>")
     images = [it.load_image() for it in items if it.image is not None]
     if has_torchvision():
-        from transformers import AutoProcessor
+        from transformers import AutoImageProcessor, AutoProcessor
 
         proc = AutoProcessor.from_pretrained(gme_dir)
+        proc.image_processor = AutoImageProcessor.from_pretrained(gme_dir, backend="pil")  # the default
         proc.tokenizer.padding_side = "right"
         inp = dict(proc(text=texts, images=images, padding=True, return_tensors="pt"))
     else:  # what Qwen2VLProcessor does: one <|image_pad|> per merged patch
         from transformers import AutoImageProcessor, AutoTokenizer
 
-        tok, improc = AutoTokenizer.from_pretrained(gme_dir), AutoImageProcessor.from_pretrained(gme_dir)
+        tok, improc = AutoTokenizer.from_pretrained(gme_dir), AutoImageProcessor.from_pretrained(gme_dir,
+                                                                                                 backend="pil")
         img = improc(images=images, return_tensors="pt")
         n = [int(g.prod()) // improc.merge_size ** 2 for g in img["image_grid_thw"]]
         k = iter(n)
@@ -174,7 +176,7 @@ def test_fingerprint_changes_with_everything_that_changes_a_vector(enc: Any, gme
     assert get_model(f"gme:{gme_dir}", **TINY).fingerprint() == base
     variants: list[dict[str, Any]] = [{"dtype": "bfloat16"}, {"max_image_tokens": 8}, {"min_image_tokens": 2},
                 {"position_ids": "mrope"}, {"instruct_documents": True}, {"attn_implementation": "eager"},
-                {"max_length": 512}]
+                {"max_length": 512}, {"image_backend": "torchvision"}]
     prints = [get_model(f"gme:{gme_dir}", **{**TINY, **v}).fingerprint() for v in variants]
     assert all(p != base for p in prints)
     assert len({json.dumps(p, sort_keys=True) for p in prints}) == len(prints)

@@ -74,14 +74,15 @@ def _last_token(model: Any, inp: dict[str, Any]) -> np.ndarray:
 def _qwen_by_hand(qwen_dir: Path, prompts: list[str], images: list[Any], *, sequential: bool) -> np.ndarray:
     """Stock Qwen2VLProcessor + Qwen2VLForConditionalGeneration, one input at a time."""
     import torch
-    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration
+    from transformers import AutoImageProcessor, AutoProcessor, Qwen2VLForConditionalGeneration
 
     proc = AutoProcessor.from_pretrained(qwen_dir)
+    proc.image_processor = AutoImageProcessor.from_pretrained(qwen_dir, backend="pil")  # adapters' default
     model = Qwen2VLForConditionalGeneration.from_pretrained(qwen_dir).eval()
     rows = []
     for text, img in zip(prompts, images):
         inp = dict(proc(text=[text], images=[img] if img is not None else None, return_tensors="pt"))
-        if sequential:  # rzen_embed_inference.py / gme_inference.py: position_ids=None on the old decoder
+        if sequential:  # rzen/gme_inference.py: position_ids=None on the old decoder; VLM2Vec: no vision start
             n = inp["input_ids"].shape[1]
             inp["position_ids"] = torch.arange(n).view(1, 1, n).expand(3, 1, n)
             inp.pop("mm_token_type_ids", None)
@@ -128,7 +129,12 @@ def test_vlm2vec_matches_stock_qwen2vl(qwen_dir: Path, items: list[Item]) -> Non
     prompts = [f"{pad}\n{QUERY_INST} make it red\n", f"{pad}\n{QUERY_INST}",
                f"{QUERY_INST} {items[2].text}\n"]
     vecs, _ = encode_items(enc, items, role="query", instruction=QUERY_INST, workers=2, progress=False)
-    np.testing.assert_allclose(vecs, _qwen_by_hand(qwen_dir, prompts, images, sequential=False), atol=2e-5)
+    # VLM2Vec's own Qwen2-VL gives 3-D positions only after <|vision_start|>, which its prompts lack
+    np.testing.assert_allclose(vecs, _qwen_by_hand(qwen_dir, prompts, images, sequential=True), atol=2e-5)
+    mrope: Any = get_model(f"vlm2vec:{qwen_dir}", position_ids="mrope", **TINY)
+    v_mrope, _ = encode_items(mrope, items, role="query", instruction=QUERY_INST, workers=0, progress=False)
+    np.testing.assert_allclose(v_mrope, _qwen_by_hand(qwen_dir, prompts, images, sequential=False), atol=2e-5)
+    assert not np.allclose(v_mrope[:2], vecs[:2], atol=1e-5)  # the image items move; the text item does not
     # one at a time == mixed, left-padded batch (positions come from the mask)
     prepared = [enc.preprocess(im) if im is not None else None for im in images]
     together = enc.encode(Batch(items, prepared), role="document", instruction=DOC_INST)
@@ -144,7 +150,8 @@ def test_vlm2vec_peft_adapter_equals_merged_checkpoint(qwen_dir: Path, items: li
 
     from cirbench.testing.tiny import build_tiny_qwen2vl_lora
 
-    adapter = build_tiny_qwen2vl_lora(tmp_path / "adapter", qwen_dir)
+    # transformers-5 names: stock peft loads it too, which gives the reference merged checkpoint
+    adapter = build_tiny_qwen2vl_lora(tmp_path / "adapter", qwen_dir, layout="transformers-5")
     enc = get_model(f"vlm2vec:{adapter}", **TINY)
     from peft import PeftModel
     from transformers import Qwen2VLForConditionalGeneration
@@ -207,7 +214,7 @@ def test_e5v_prompt_sets(llava_dir: Path, items: list[Item]) -> None:
     fiq = get_model(f"e5v:{llava_dir}", prompts="fashioniq-dress")
     assert fiq.fingerprint() != base.fingerprint()
     assert not np.allclose(fiq.encode(batch, role="query"), base.encode(batch, role="query"), atol=1e-4)
-    with pytest.raises(ValueError, match="prompts must be one of"):
+    with pytest.raises(ValueError, match="prompts must be 'task' or one of"):
         get_model(f"e5v:{llava_dir}", prompts="cirr")
 
 
@@ -219,11 +226,13 @@ def test_fingerprints_change_with_options(family: str, qwen_dir: Path, llava_dir
     json.dumps(base)
     assert get_model(f"{family}:{src}", **base_opts).fingerprint() == base
     variants: list[dict[str, Any]] = [{"dtype": "bfloat16"}, {"max_length": 4000},
-                                      {"attn_implementation": "eager"}]
+                                      {"attn_implementation": "eager"}, {"image_backend": "torchvision"}]
     if family != "e5v":
         variants.append({"max_image_tokens": 8})
     if family == "vlm2vec":
-        variants += [{"prompt_style": "mteb"}, {"document_newline": True}]
+        variants += [{"prompt_style": "mteb"}, {"document_newline": True}, {"position_ids": "mrope"}]
+    if family == "e5v":
+        variants.append({"prompts": "e5v"})
     prints = [get_model(f"{family}:{src}", **{**base_opts, **v}).fingerprint() for v in variants]
     assert all(p != base for p in prints)
     assert len({json.dumps(p, sort_keys=True) for p in prints}) == len(prints)
@@ -254,4 +263,5 @@ def test_evaluate_end_to_end(llava_dir: Path, tiny_dataset: Path, tmp_path: Path
     result = cirbench.evaluate(f"e5v:{llava_dir}", str(tiny_dataset), output=tmp_path / "out",
                                options=EvalOptions(progress=False, n_bootstrap=20))
     assert (tmp_path / "out" / "run.parquet").is_file()
-    assert result.model["fingerprint"]["prompts"] == "e5v"
+    assert result.model["fingerprint"]["prompts"] == "task"  # not FashionIQ: the CIRR set
+    assert result.model["fingerprint"]["prompt_texts"][0] == "<image>\n Describe this image in one word:"
