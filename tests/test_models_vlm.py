@@ -82,7 +82,7 @@ def _qwen_by_hand(qwen_dir: Path, prompts: list[str], images: list[Any], *, sequ
     rows = []
     for text, img in zip(prompts, images):
         inp = dict(proc(text=[text], images=[img] if img is not None else None, return_tensors="pt"))
-        if sequential:  # rzen/gme_inference.py: position_ids=None on the old decoder; VLM2Vec: no vision start
+        if sequential:  # rzen/gme: position_ids=None on the old decoder; VLM2Vec: no vision start
             n = inp["input_ids"].shape[1]
             inp["position_ids"] = torch.arange(n).view(1, 1, n).expand(3, 1, n)
             inp.pop("mm_token_type_ids", None)
