@@ -123,8 +123,8 @@ def test_vlm2vec_uses_eval_py_pixel_budget(hub_qwen: Path) -> None:
 
 def test_vlm2vec_positions_are_sequential_from_the_mask(hub_qwen: Path) -> None:
     """VLM2Vec's get_rope_index finds no <|vision_start|> in its prompts: position = cumsum(mask) - 1 for
-    every token, images included; left padding then moves nothing. Checked against the stock model run with those
-    positions written out by hand, one input at a time and in a padded batch."""
+    every token, images included; left padding then moves nothing. Checked against the stock model run with
+    those positions written out by hand, one input at a time and in a padded batch."""
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
@@ -140,8 +140,9 @@ def test_vlm2vec_positions_are_sequential_from_the_mask(hub_qwen: Path) -> None:
         n = ids.shape[1]
         positions = torch.arange(n).view(1, 1, n).expand(3, 1, n)  # 0, 1, ..., n-1 on all three axes
         with torch.inference_mode():
-            h = model.model(input_ids=ids, pixel_values=pre["pixel_values"],
-                            image_grid_thw=pre["image_grid_thw"], position_ids=positions).last_hidden_state[0, -1]
+            out = model.model(input_ids=ids, pixel_values=pre["pixel_values"],
+                              image_grid_thw=pre["image_grid_thw"], position_ids=positions)
+        h = out.last_hidden_state[0, -1]
         np.testing.assert_allclose(row, torch.nn.functional.normalize(h, dim=-1).numpy(), atol=2e-5)
     assert enc.fingerprint()["position_ids"] == "sequential"
     assert get_model(f"vlm2vec:{hub_qwen}", position_ids="mrope", **TINY).fingerprint() != enc.fingerprint()
@@ -301,8 +302,8 @@ def test_e5v_fashioniq_prompts_and_caption_orders_follow_the_task(llava_dirs: tu
     bound, btask = bind_task(enc, task)
     q = next(q for q in btask.queries
              if q.category == "toptee" and q.meta["captions"] == [" green", "has more buttons."])
-    prompt = ("<image> change the style of this shirt to {}\n Desribe this modified shirt in one word based on "
-              "its style:")
+    prompt = ("<image> change the style of this shirt to {}\n Desribe this modified shirt in one word "
+              "based on its style:")
     assert (q.item.text, q.item.caption) == (prompt.format("green, has more buttons"),
                                              prompt.format("has more buttons, green"))
     assert q.alt_items == ()
