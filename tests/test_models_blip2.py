@@ -165,3 +165,22 @@ def test_evaluate_end_to_end(blip2_dir: Path, tiny_dataset: Path, tmp_path: Path
                                options=EvalOptions(progress=False, n_bootstrap=20))
     assert (tmp_path / "out" / "run.parquet").is_file()
     assert result.model["fingerprint"]["pooling"] == "mean-of-normalised-query-tokens"
+
+
+def test_text_length_follows_covr_test_scripts(blip2_dir: Path) -> None:
+    """CoVR's src/test/blip2/*.py tokenise at max_length=64 (not the model's training max_txt_len of 32): a
+    composed query whose text runs past 32 tokens sees all of its first 64."""
+    from cirbench.testing import demo_images
+
+    enc64: Any = get_model(f"blip2:{blip2_dir}")
+    assert enc64.fingerprint()["max_length"] == 64 and "CIRR max" in enc64.fingerprint()["scorer"]
+    img = demo_images(1, size=32)[0]
+    text = "is purple and sleeveless with shiny golden buttons"  # the tiny vocab spells most words out
+    n = len(enc64.tokenizer(text)["input_ids"])
+    assert 32 < n <= 64
+    batch = Batch([Item("q", image=_png(img), text=text)], [img])
+    v64 = enc64.encode(batch, role="query")
+    np.testing.assert_allclose(v64, get_model(f"blip2:{blip2_dir}", max_length=n).encode(batch, role="query"),
+                               atol=1e-6)
+    assert not np.allclose(v64, get_model(f"blip2:{blip2_dir}", max_length=32).encode(batch, role="query"),
+                           atol=1e-4)
