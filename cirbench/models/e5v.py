@@ -28,8 +28,11 @@ keeps the task's caption join and alternatives (mean of normalised vectors) with
 Loaded as `LlavaNextForConditionalGeneration` + `LlavaNextProcessor` (the README's classes); the forward
 pass stops before the LM head. Padding is on the left, as in retrieval.py, with Llama-3's end-of-text token
 as the pad; positions are computed from the attention mask, so each vector equals the one computed for the
-input alone (retrieval.py's batched runs let left padding shift positions, which makes its vectors depend on
-the batch). float16 on GPU as in the README, float32 on CPU.
+input alone. transformers 4.41 did the same for inputs with an image (its LLaVA merge step derives positions
+from the mask); only its text-only batches let left padding shift positions. Processor configs saved
+without `patch_size` (E5-V's release) are completed from the model config (`complete_processor`).
+Images are preprocessed on PIL (`image_backend="pil"`, transformers 4.41's only backend). float16 on GPU as
+in the README, float32 on CPU.
 """
 
 from __future__ import annotations
