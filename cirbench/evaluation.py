@@ -22,7 +22,7 @@ from cirbench.metrics import parse_metric
 from cirbench.models.base import Encoder, check_modalities
 from cirbench.models.registry import get_model
 from cirbench.run import Run
-from cirbench.scoring import breakdowns, grouped_scores, per_query_values
+from cirbench.scoring import breakdowns, grouped_scores, per_query_values, query_strata
 from cirbench.search import exact_search, subset_search
 from cirbench.tasks.registry import get_task, get_task_spec
 from cirbench.types import Item, Role, Task
@@ -263,13 +263,16 @@ def evaluate(
     )
     table = run.to_table(task)
     if task.has_labels:
-        values = per_query_values(table, task.protocol.to_dict())
+        protocol_d = task.protocol.to_dict()
+        values = per_query_values(table, protocol_d)
+        groups = breakdowns(table)
         scores = grouped_scores(
             values,
-            breakdowns(table),
+            groups,
             n_resamples=opts.n_bootstrap,
             confidence=opts.confidence,
             seed=opts.seed,
+            strata=query_strata(protocol_d, groups, len(task.queries)),
         )
     else:
         scores = {"overall": {}}
@@ -322,7 +325,12 @@ def evaluate(
             "n_resamples": opts.n_bootstrap,
             "confidence": opts.confidence,
             "seed": opts.seed,
-            "method": "percentile bootstrap over queries",
+            "method": "percentile bootstrap over queries (scipy.stats.bootstrap)"
+            + (
+                ", resampled within each category"
+                if task.protocol.aggregate == "categories"
+                else ""
+            ),
         },
         encoding={"document": c_stats, "query": q_stats},
         provenance={

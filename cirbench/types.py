@@ -21,6 +21,11 @@ Role = Literal["query", "document"]
 
 MODALITIES = ("image", "text", "image+text")
 
+Aggregate = Literal["queries", "categories"]
+"""How a headline score is formed from per-query values: the mean over all queries, or the mean of the
+per-category scores (FashionIQ averages dress, shirt and toptee, whatever their sizes)."""
+AGGREGATES: tuple[str, ...] = ("queries", "categories")
+
 
 class DatasetError(ValueError):
     """Bad input data: the message names the file, the record and the field."""
@@ -153,7 +158,14 @@ class Protocol:
     """The benchmark's zero-shot prompt for textual-inversion models ('$' / '*' mark the image token,
     e.g. SEARLE's "a photo of $ that {text}"); only pseudo-token adapters apply it."""
     caption_join: str | None = None
+    aggregate: Aggregate = "queries"
+    """"categories": every headline score is the mean of the per-category (Query.category) scores, and its
+    interval resamples queries within each category; "queries": the mean over all queries."""
     notes: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"protocol aggregate must be one of {list(AGGREGATES)}, not {self.aggregate!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

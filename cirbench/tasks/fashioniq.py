@@ -244,8 +244,10 @@ def _check_targets(queries: list[Query], gallery: set[str], caps_f: JsonFile, sp
 def _protocol(name: str, gallery_rule: str, join: str) -> Protocol:
     notes = {
         "source": "miccunifi/SEARLE src/validate.py::fiq_val_retrieval, fiq_compute_val_metrics",
-        "aggregate": "R@K per category (Query.category), then the mean over the loaded categories; papers "
-                     "also quote (mean R@10 + mean R@50) / 2",
+        "aggregate": "R@K per category (Query.category); the overall R@K is the mean of the loaded "
+                     "categories' values (SEARLE fiq_val_retrieval per category, then averaged), not the "
+                     "pooled mean over queries; its interval resamples queries within each category. "
+                     "Papers also quote (mean R@10 + mean R@50) / 2",
         "gallery": GALLERY_NOTES[gallery_rule],
         "caption_join": JOIN_NOTES[join],
         "pseudo_token_template": "the prompt of the code whose join rule is used; "
@@ -257,7 +259,7 @@ def _protocol(name: str, gallery_rule: str, join: str) -> Protocol:
         name=name, metrics=("R@10", "R@50"), main_metric="R@10", top_k=50, ap_normaliser="min(K,|G|)",
         exclude_reference=gallery_rule in ("reference-excluded", "val-pairs"),
         gallery=gallery_rule, text_template="{text}", pseudo_token_template=TEMPLATES[join],
-        caption_join=join, notes=notes,
+        caption_join=join, aggregate="categories", notes=notes,
     )
 
 
