@@ -159,7 +159,9 @@ def score(
     return Score(value=float(value), ci_low=float(lo), ci_high=float(hi), n=int(finite.size))
 
 
-def query_strata(protocol: Mapping[str, Any], groups: Mapping[str, list[list[str]]], n: int) -> np.ndarray | None:
+def query_strata(
+    protocol: Mapping[str, Any], groups: Mapping[str, list[list[str]]], n: int
+) -> np.ndarray | None:
     """Per query, the stratum its headline scores average over: its category under the protocol's
     aggregate "categories", else None (every query counts once)."""
     if protocol.get("aggregate", "queries") != "categories":
