@@ -36,6 +36,8 @@ CATEGORIES = ("dress", "shirt", "toptee")
 EXTENSIONS = (".png", ".jpg")
 """Both occur: SEARLE's download has .jpg, the Pic2Word / SoFT / Paracosm copies .png."""
 
+METRICS = ("R@10", "R@50")
+"""Per category and, as the headline, their mean over the categories (Protocol.aggregate)."""
 GALLERIES = ("category-val", "union-val", "reference-excluded", "val-pairs")
 JOINS = ("both-orders", "c1-and-c2", "c2-and-c1")
 AXES = (GALLERIES, JOINS)
@@ -256,7 +258,7 @@ def _protocol(name: str, gallery_rule: str, join: str) -> Protocol:
                          "reference image themselves use the joined text alone.",
     }
     return Protocol(
-        name=name, metrics=("R@10", "R@50"), main_metric="R@10", top_k=50, ap_normaliser="min(K,|G|)",
+        name=name, metrics=METRICS, main_metric="R@10", top_k=50, ap_normaliser="min(K,|G|)",
         exclude_reference=gallery_rule in ("reference-excluded", "val-pairs"),
         gallery=gallery_rule, text_template="{text}", pseudo_token_template=TEMPLATES[join],
         caption_join=join, aggregate="categories", notes=notes,
@@ -265,7 +267,7 @@ def _protocol(name: str, gallery_rule: str, join: str) -> Protocol:
 
 SPEC = register_task(TaskSpec(
     metadata=METADATA, load=load, splits=SPLITS, default_split="val", protocols=PROTOCOLS, layout=LAYOUT,
-    metrics=("R@10", "R@50"),
+    metrics=METRICS,
     size="val: dress 2,017 queries / 3,817 images, shirt 2,038 / 6,346, toptee 1,961 / 5,373 "
          "(test captions only: no public targets)",
     submission=None, options=OPTIONS,

@@ -55,6 +55,15 @@ TEXT_SEED = 42
 JUNK_PREFIX = "index/"
 """Corpus ids of index (distractor) items start with this; query-split items with "query/"."""
 MAP_TOPK = 1000
+GEO_METRICS = ("R@1", "R@5", "R@10", *(geo_metric_name(t) for t in GEO_THRESHOLDS_KM))
+
+
+def retrieval_metrics(protocol: str) -> tuple[str, ...]:
+    """paper-code reports the paper's R@K, which is cirbench's R_s@K (ranked after junk removal)."""
+    ks = (1, 5, 10)
+    recall = tuple(f"R_s@{k}" if protocol == "paper-code" else f"R@{k}" for k in ks)
+    return (*recall, f"mAP@{MAP_TOPK}", "MedR")
+
 EXTENSIONS = {"ground": "jpg", "satellite": "png", "text": "json"}
 OPTIONS = {
     "check_images": "true (default) or false: fail fast when image files are missing (one directory scan "
@@ -386,8 +395,6 @@ def _retrieval(rel: _Release, direction: str, protocol: str, check: bool, text_s
 def _retrieval_protocol(name: str, qmod: str, gmod: str, n_index: int, n_query_items: int,
                         text_sampling: str) -> Protocol:
     paper = name == "paper-code"
-    ks = (1, 5, 10)
-    recall = tuple(f"R_s@{k}" if paper else f"R@{k}" for k in ks)
     notes = {
         "source": "Oshkr/mml-codebase mmlandmarks/metrics.py::evaluate_retrieval, _eval_single_query",
         "scorer": "cirbench.tasks.mmlandmarks:per_query_values",
@@ -412,7 +419,7 @@ def _retrieval_protocol(name: str, qmod: str, gmod: str, n_index: int, n_query_i
     if qmod == "text":
         notes["text_sampling"] = text_sampling
     return Protocol(
-        name=name, metrics=(*recall, f"mAP@{MAP_TOPK}", "MedR"), main_metric=f"mAP@{MAP_TOPK}",
+        name=name, metrics=retrieval_metrics(name), main_metric=f"mAP@{MAP_TOPK}",
         top_k=MAP_TOPK, ap_normaliser="|G|", exclude_reference=False,
         gallery=f"{n_index} index {gmod} items + {n_query_items} query-split {gmod} items", notes=notes,
     )
@@ -492,7 +499,7 @@ def _geo_protocol(name: str, qmod: str, n_index: int, n_tiles: int, tiles_csv: s
     if qmod == "text":
         notes["text_sampling"] = text_sampling
     return Protocol(
-        name=name, metrics=("R@1", "R@5", "R@10", *(geo_metric_name(t) for t in GEO_THRESHOLDS_KM)),
+        name=name, metrics=GEO_METRICS,
         main_metric="R@1", top_k=10, ap_normaliser="|G|",
         exclude_reference=False, gallery=f"{n_index} index + {n_tiles} query-landmark satellite tiles",
         notes=notes,
@@ -651,8 +658,8 @@ for _d in (*RETRIEVAL, *GEO):
     SPECS[_d] = register_task(TaskSpec(
         metadata=_metadata(_d), load=_loader(_d), splits=SPLITS, default_split="query",
         protocols=GEO_PROTOCOLS if _geo_task else RETRIEVAL_PROTOCOLS, layout=LAYOUT,
-        metrics=(("R@1", "R@5", "R@10", *(geo_metric_name(t) for t in GEO_THRESHOLDS_KM)) if _geo_task
-                 else ("R@1", "R@5", "R@10", f"mAP@{MAP_TOPK}", "MedR")),
+        metrics=GEO_METRICS if _geo_task else retrieval_metrics(RETRIEVAL_PROTOCOLS[0]),
+        protocol_metrics={} if _geo_task else {p: retrieval_metrics(p) for p in RETRIEVAL_PROTOCOLS},
         size=_SIZES[_d], submission=None,
         options=OPTIONS if _d.startswith("t") else {"check_images": OPTIONS["check_images"]},
         family="mmlandmarks",
