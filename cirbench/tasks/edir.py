@@ -410,10 +410,10 @@ def _protocol(n_corpus: int, unmapped: dict[str, int]) -> Protocol:
         "relevance": "instances.pos (one corpus id); instances.neg are sibling edits (hard_negative_ids)",
         "breakdown": "per subcategory (metadata.subcategory) and per main category (taxonomy)",
         "map": "mAP@10: the mAP the readable EDIR evaluator reports (mteb EDIRIT2IRetrieval, map_at_10 = "
-               "pytrec_eval map_cut.10, normalised by |G|; with one positive per query min(10, |G|) = |G| = 1, "
-               "so it equals MRR@10). The paper's headline is R@1; its own evaluator (SighingSnow/edir "
-               "main.py) was not available to check. An uncut mAP over the whole ranking (= the full-ranking "
-               "MRR here) is a different number and is not reported",
+               "pytrec_eval map_cut.10, normalised by |G|; with one positive per query min(10, |G|) = |G| "
+               "= 1, so it equals MRR@10). The paper's headline is R@1; its own evaluator (SighingSnow/edir "
+               "main.py) was not available to check. An uncut mAP over the whole ranking (= the "
+               "full-ranking MRR here) is a different number and is not reported",
         "reference": "kept: the reference image is not part of the released corpus",
         "instruction": INSTRUCTION,
     }

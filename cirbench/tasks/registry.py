@@ -31,7 +31,7 @@ class TaskSpec:
     layout: str = ""
     """The expected on-disk layout, shown when files are missing."""
     metrics: tuple[str, ...] = ()
-    """The metrics of the default protocol: every one of them is in each result (tests/test_conformance.py)."""
+    """The default protocol's metrics: each one is in every result (tests/test_conformance.py checks)."""
     protocol_metrics: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Protocols whose metrics differ from `metrics` (e.g. MMLandmarks' paper-code R_s@K)."""
     size: str = ""
