@@ -64,6 +64,13 @@ def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
+def item_key(encoder: Encoder, item: Item) -> str:
+    """The key a vector is de-duplicated and cached under: the Item's content, or, for an encoder whose
+    vectors belong to ids (`vectors_by_id`, e.g. precomputed vectors), the id itself, so that two items
+    with the same image and text still get their own vectors."""
+    return f"id:{item.id}" if getattr(encoder, "vectors_by_id", False) else item.content_key()
+
+
 def encode_items(
     encoder: Encoder,
     items: Sequence[Item],
@@ -80,11 +87,11 @@ def encode_items(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Vectors for `items` in order, plus stats (how many came from the cache, time, items/s).
 
-    Identical items (same content key) are encoded once. Text-bearing items are sorted by text length so
+    Identical items (same `item_key`) are encoded once. Text-bearing items are sorted by text length so
     batches pad little; the output is in the input order regardless.
     """
     t0 = time.perf_counter()
-    keys = [it.content_key() for it in items]
+    keys = [item_key(encoder, it) for it in items]
     unique: dict[str, int] = {}
     for i, k in enumerate(keys):
         unique.setdefault(k, i)
@@ -96,7 +103,7 @@ def encode_items(
             for k, v in zip((k for k, f in zip(ukeys, found) if f), vecs):
                 vectors[k] = v
     todo = [items[unique[k]] for k in ukeys if k not in vectors]
-    todo.sort(key=lambda it: (len(it.text or ""), it.content_key()))
+    todo.sort(key=lambda it: (len(it.text or ""), item_key(encoder, it)))
     n_cached = len(ukeys) - len(todo)
     rank, size = world()
     if size > 1:
@@ -142,7 +149,7 @@ def encode_items(
                         f"encoder {encoder.spec.name!r} returned non-finite values for item {bad!r}"
                     )
                 out = l2_normalise(out)
-                bkeys = [it.content_key() for it in batch.items]
+                bkeys = [item_key(encoder, it) for it in batch.items]
                 vectors.update(zip(bkeys, out))
                 pending_keys.extend(bkeys)
                 pending_vecs.append(out)

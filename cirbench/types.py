@@ -96,21 +96,25 @@ class Item:
         return img.convert("RGB")
 
     def content_key(self) -> str:
-        """A short hash of what the Item contains, for the embedding cache.
+        """A short hash of what the Item contains, for the embedding cache: exactly this, and no more.
 
-        Inline bytes are hashed whole. Files are fingerprinted by path, size and mtime, so a second run over
-        a 123k-image gallery does not re-read every file just to look up the cache.
+        Text and caption are hashed whole, and so are inline image bytes. An image *file* is fingerprinted by
+        its resolved absolute path (symlinks and `..` resolved, so `--data-dir cirr` and `/data/cirr` give
+        the same key), its size and its mtime, so that a second run over a 123k-image gallery does not
+        re-read every file just to look up the cache. A copied, moved or touched file therefore gets a new
+        key and is encoded again; a file rewritten in place with the same size and mtime is not noticed.
         """
         h = hashlib.sha1()
         if isinstance(self.image, bytes):
             h.update(b"bytes:")
             h.update(self.image)
         elif isinstance(self.image, Path):
+            resolved = os.path.realpath(self.image)
             try:
-                st = self.image.stat()
-                h.update(f"file:{self.image}:{st.st_size}:{st.st_mtime_ns}".encode())
+                st = os.stat(resolved)
+                h.update(f"file:{resolved}:{st.st_size}:{st.st_mtime_ns}".encode())
             except OSError:
-                h.update(f"file:{self.image}:missing".encode())
+                h.update(f"file:{resolved}:missing".encode())
         for name, value in (("text", self.text), ("caption", self.caption)):
             h.update(f"\x00{name}:".encode())
             if value is not None:
