@@ -143,6 +143,14 @@ def eval_cmd(
 
     if world()[0] != 0:  # under torchrun, rank 0 reports
         return
+    from rich.markup import escape
+
+    for role, stats in result.encoding.items():
+        for bad in stats.get("cache_parts_rejected", []):
+            _console().print(
+                f"[yellow]warning:[/yellow] cache part {escape(bad['part'])} ({role} vectors) was not "
+                f"served: {escape(bad['reason'])}; it was set aside as *.bad and its items were encoded again"
+            )
     if result.overall:
         _console().print(result_table(result))
     assert result.path is not None

@@ -4,7 +4,9 @@ The model only does math: decoding (and the encoder's own `preprocess`, if it ha
 a few batches ahead, so on a GPU the forward pass is not starved by PIL. An encoder with `read_image(item)`
 gets what that returns instead of a decoded image (the two-tower adapters with decode=torchvision read only
 the file's bytes there, and decode the whole batch on the GPU). Finished batches are flushed to the cache as
-they come, so an interrupted encode resumes where it stopped.
+they come, so an interrupted encode resumes where it stopped: SIGTERM flushes what is encoded before the
+process exits (status 143), and a signal that arrives during a flush waits for it, so no part is written
+twice.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from cirbench.cache import EmbeddingCache
 from cirbench.distributed import barrier, world
+from cirbench.io import deferred_signals, sigterm_as_exit
 from cirbench.models.base import Batch, Encoder, l2_normalise
 from cirbench.progress import progress_bar
 from cirbench.types import Item, Role
@@ -119,12 +122,15 @@ def encode_items(
     pending_vecs: list[np.ndarray] = []
 
     def flush() -> None:
-        if cache is not None and pending_keys:
-            cache.put(pending_keys, np.concatenate(pending_vecs))
-        pending_keys.clear()
-        pending_vecs.clear()
+        # writing the part and forgetting its rows is one step: interrupted in between, the `finally`
+        # below would write the same rows again
+        with deferred_signals():
+            if cache is not None and pending_keys:
+                cache.put(pending_keys, np.concatenate(pending_vecs))
+            pending_keys.clear()
+            pending_vecs.clear()
 
-    with progress_bar(progress) as bar:
+    with sigterm_as_exit(), progress_bar(progress) as bar:
         task_id = bar.add_task(description, total=len(ukeys), completed=n_cached)
         try:
             for batch in _batches(
@@ -170,7 +176,7 @@ def encode_items(
         raise ValueError("nothing to encode: no items")
     result = np.stack([vectors[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
     dt = time.perf_counter() - t0
-    stats = {
+    stats: dict[str, Any] = {
         "items": len(items),
         "unique": len(ukeys),
         "from_cache": n_cached,
@@ -178,4 +184,6 @@ def encode_items(
         "seconds": round(dt, 3),
         "items_per_s": round(len(todo) / dt, 2) if todo and dt > 0 else None,
     }
+    if cache is not None and cache.rejected:
+        stats["cache_parts_rejected"] = list(cache.rejected)
     return result, stats
