@@ -16,7 +16,6 @@ import numpy as np
 
 from cirbench.metrics import parse_metric
 from cirbench.result import Result
-from cirbench.run import read_run_table
 from cirbench.scoring import breakdowns, per_query_values, query_strata
 from cirbench.stats import PairedTest, paired_bootstrap, paired_permutation
 
@@ -63,10 +62,9 @@ def compare_results(
         raise ValueError(
             "results are not comparable (use --force to compare anyway):\n- " + "\n- ".join(problems)
         )
-    paths = [r.run_path() for r in (a, b)]
-    if any(p is None for p in paths):
+    if any(r.run_path() is None for r in (a, b)):
         raise ValueError("both results need their run.parquet (files.run) to compare per query")
-    ta, tb = (read_run_table(p) for p in paths if p is not None)
+    ta, tb = a.read_run(), b.read_run()  # each checked to be the run its result.json was computed from
     # MedR is a median of ranks (inf where nothing was found): a paired mean test does not apply to it.
     metric_names = metrics or [
         m for m in a.protocol["metrics"] if m in b.protocol["metrics"] and parse_metric(m).kind != "medr"

@@ -99,10 +99,10 @@ def deferred_signals() -> Iterator[None]:
     try:
         yield
     finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        for s in caught:
-            signal.raise_signal(s)
+        for num, handler in previous.items():
+            signal.signal(num, handler)
+        for num in caught:
+            signal.raise_signal(num)
 
 
 class Terminated(SystemExit):

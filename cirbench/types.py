@@ -241,7 +241,7 @@ class Task:
             self.revision,
             self.has_labels,
             self.galleries,
-            {**self.extra, "limit": n},
+            {**self.extra, "limit": n, "queries_before_limit": len(self.queries)},
         )
 
     def validate(self) -> None:
