@@ -438,7 +438,7 @@ def write_result(result: cirbench.Result, table: Any, out: Path, write_submissio
     from cirbench.run import write_run_table
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "result.json").unlink(missing_ok=True)
+    _remove_old_result(out)
     run_path = out / RUN_FILE
     write_run_table(table, run_path)
     result.files["run_sha256"] = hashlib.sha256(run_path.read_bytes()).hexdigest()
@@ -446,6 +446,24 @@ def write_result(result: cirbench.Result, table: Any, out: Path, write_submissio
     if subs:
         result.files["submission"] = subs
     result.write(out / "result.json")
+
+
+def _remove_old_result(out: Path) -> None:
+    """Remove a result.json being replaced, and the submission files it lists (a --limit run writes
+    none, and must not leave the old full run's beside its own result)."""
+    import json
+
+    old = out / "result.json"
+    try:
+        subs = json.loads(old.read_text()).get("files", {}).get("submission", [])
+    except (OSError, ValueError, AttributeError):
+        subs = []
+    old.unlink(missing_ok=True)
+    root = out.resolve()
+    for name in subs if isinstance(subs, list) else []:
+        p = (out / str(name)).resolve()
+        if p.parent == root and p.is_file():  # only files of this folder, whatever the old file says
+            p.unlink()
 
 
 def _rerank_record(opts: EvalOptions, depth: int) -> dict[str, Any]:

@@ -108,3 +108,29 @@ def test_soft_fashioniq_average_is_the_mean_of_the_categories(tmp_path: Path) ->
     assert result.scores["category"]["shirt"]["R@1"].value == 0.0
     assert result.overall["R@1"].value == pytest.approx(0.5)  # pooled: 2/3
     assert result.protocol["aggregate"] == "categories"
+
+
+def test_compare_averages_the_category_differences(tmp_path: Path) -> None:
+    """`cirbench compare` on FashionIQ: B - A is the mean of the per-category differences."""
+    from typer.testing import CliRunner
+
+    from cirbench.cli import app
+
+    root = write_fiq(tmp_path / "fiq")
+    qids = {c: [f"{c}-{n}" for n in range(SIZES[c])] for c in CATS}
+    weak = write_vectors(tmp_path / "weak.parquet", HITS, qids)
+    strong = write_vectors(tmp_path / "strong.parquet", SIZES, qids)  # every query hits
+    runner = CliRunner()
+    for name, vectors in (("a", weak), ("b", strong)):
+        res = runner.invoke(app, ["eval", "-m", f"precomputed:{vectors}", "-t", "fashioniq", "--data-dir",
+                                  str(root), "-o", str(tmp_path / name), "-q", "--bootstrap", "0"])
+        assert res.exit_code == 0, res.output
+    from cirbench.compare import compare_results
+    from cirbench.result import Result
+
+    tests, _ = compare_results(Result.read(tmp_path / "a"), Result.read(tmp_path / "b"), n_resamples=200)
+    r10 = next(t for t in tests if t.metric == "R@10")
+    # per category B - A: dress 0, shirt +1, toptee +1 -> mean 2/3 (pooled over queries it would be 3/9)
+    assert r10.diff == pytest.approx(2 / 3)
+    assert r10.mean_a == pytest.approx(1 / 3) and r10.mean_b == pytest.approx(1.0)
+    assert "stratified" in r10.method

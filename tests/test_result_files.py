@@ -147,6 +147,10 @@ def test_limit_on_a_server_split_writes_no_submission_file(cirr_root: Path, tmp_
     full = tmp_path / "full"
     _ok("-m", "random", "-t", "cirr", "--split", "test1", "--data-dir", str(cirr_root), "-o", str(full))
     assert {"cirr_test1_recall.json", "cirr_test1_recall_subset.json"} <= {p.name for p in full.iterdir()}
+    # a --limit run replacing the full one does not leave the full run's server files beside its result
+    _ok("-m", "random", "-t", "cirr", "--split", "test1", "--data-dir", str(cirr_root), "-o", str(full),
+        "--limit", "1", "--overwrite")
+    assert sorted(p.name for p in full.iterdir()) == ["result.json", "run.parquet"]
 
 
 # ------------------------------------------------------------------------------------------------------------
