@@ -109,7 +109,7 @@ def render_card(family: str, specs: list[tuple[TaskSpec, dict[str, Task]]], note
                     ", ".join(sp.splits),
                     ", ".join(f"`{p}`" for p in sp.protocols),
                     f"{sp.metadata.query_modality} → {sp.metadata.corpus_modality}",
-                    ", ".join(sp.metrics) or "–",
+                    _metrics_cell(sp),
                     sp.size or "–",
                 ]
                 for sp, _ in specs
@@ -176,6 +176,12 @@ def render_card(family: str, specs: list[tuple[TaskSpec, dict[str, Task]]], note
                         f"`{p.pseudo_token_template}`" if p.pseudo_token_template else "–",
                     ],
                     ["caption join", p.caption_join or "–"],
+                    [
+                        "headline average",
+                        "mean of the per-category values"
+                        if p.aggregate == "categories"
+                        else "mean over queries",
+                    ],
                     *[[f"note: {k}", v] for k, v in p.notes.items()],
                 ],
             )
@@ -193,6 +199,15 @@ def render_card(family: str, specs: list[tuple[TaskSpec, dict[str, Task]]], note
         f"{NOTES_START}\n{notes.strip()}\n{NOTES_END}" if notes.strip() else f"{NOTES_START}\n{NOTES_END}"
     )
     return "\n\n".join(x for x in parts if x) + "\n"
+
+
+def _metrics_cell(spec: TaskSpec) -> str:
+    """The default protocol's metrics, then each variant whose metrics differ."""
+    cell = ", ".join(spec.metrics) or "–"
+    for p in spec.protocols[1:]:
+        if spec.metrics_for(p) != tuple(spec.metrics):
+            cell += f"; `{p}`: {', '.join(spec.metrics_for(p))}"
+    return cell
 
 
 def existing_notes(path: Path) -> str:

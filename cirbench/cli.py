@@ -96,6 +96,14 @@ def eval_cmd(
     rerank_mode: Annotated[
         str, typer.Option(help="SoFT mode: soft, reward, penalty, penalty-as-coded")
     ] = "soft",
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="recompute and replace the result in the output folder (else an identical one is "
+            "reused and a different one refused)",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Score a model on a task: prints the table and writes result.json, run.parquet (+ submission)."""
@@ -122,6 +130,7 @@ def eval_cmd(
         constraints=constraints,
         rerank_lambda=rerank_lambda,
         rerank_mode=rerank_mode,
+        overwrite=overwrite,
     )
     try:
         result = evaluate(
@@ -143,12 +152,30 @@ def eval_cmd(
 
     if world()[0] != 0:  # under torchrun, rank 0 reports
         return
+    from rich.markup import escape
+
+    for role, stats in result.encoding.items():
+        for bad in stats.get("cache_parts_rejected", []):
+            _console().print(
+                f"[yellow]warning:[/yellow] cache part {escape(bad['part'])} ({role} vectors) was not "
+                f"served: {escape(bad['reason'])}; it was set aside as *.bad and its items were encoded again"
+            )
     if result.overall:
         _console().print(result_table(result))
     assert result.path is not None
-    _console().print(f"wrote {result.path} and {result.path.parent / result.files['run']}")
+    if result.skipped:
+        _console().print(
+            f"an identical result is already at {escape(str(result.path))}: nothing was computed "
+            "(--overwrite recomputes it)"
+        )
+    else:
+        _console().print(
+            f"wrote {escape(str(result.path))} and {escape(str(result.path.parent / result.files['run']))}"
+        )
     for sub in result.files.get("submission", []):
-        _console().print(f"submission file: {result.path.parent / sub}")
+        _console().print(f"submission file: {escape(str(result.path.parent / sub))}")
+    if "submission_skipped" in result.files:
+        _console().print(f"no submission file: {escape(result.files['submission_skipped'])}")
 
 
 @app.command("tasks")

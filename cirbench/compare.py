@@ -2,19 +2,21 @@
 
 Two results are comparable only when they scored the same queries of the same dataset revision under the
 same protocol. Per-query values are recomputed from each result's run.parquet, aligned by query id, and
-compared with a paired bootstrap (or a sign-flip permutation test).
+compared with a paired bootstrap (or a sign-flip permutation test). Every difference is B - A: positive
+when B scores higher. Under a protocol that averages over categories (FashionIQ) the difference is the
+mean of the per-category differences, resampled within each category.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
 from cirbench.metrics import parse_metric
 from cirbench.result import Result
-from cirbench.run import read_run_table
-from cirbench.scoring import per_query_values
+from cirbench.scoring import breakdowns, per_query_values, query_strata
 from cirbench.stats import PairedTest, paired_bootstrap, paired_permutation
 
 PROTOCOL_FIELDS = (
@@ -26,6 +28,7 @@ PROTOCOL_FIELDS = (
     "gallery",
     "text_template",
     "caption_join",
+    "aggregate",
     "notes",
 )
 """Protocol fields that must agree; instructions and search settings belong to the model run."""
@@ -52,16 +55,16 @@ def compare_results(
     seed: int = 0,
     metrics: list[str] | None = None,
 ) -> tuple[list[PairedTest], dict[str, Any]]:
-    """Paired tests of b - a per metric; raises ValueError when the results are not comparable."""
+    """Paired tests of B - A per metric (`diff` = mean(B - A), `mean_a` is A's score, `mean_b` B's);
+    raises ValueError when the results are not comparable."""
     problems = incompatibilities(a, b)
     if problems and not force:
         raise ValueError(
             "results are not comparable (use --force to compare anyway):\n- " + "\n- ".join(problems)
         )
-    paths = [r.run_path() for r in (a, b)]
-    if any(p is None for p in paths):
+    if any(r.run_path() is None for r in (a, b)):
         raise ValueError("both results need their run.parquet (files.run) to compare per query")
-    ta, tb = (read_run_table(p) for p in paths if p is not None)
+    ta, tb = a.read_run(), b.read_run()  # each checked to be the run its result.json was computed from
     # MedR is a median of ranks (inf where nothing was found): a paired mean test does not apply to it.
     metric_names = metrics or [
         m for m in a.protocol["metrics"] if m in b.protocol["metrics"] and parse_metric(m).kind != "medr"
@@ -77,11 +80,15 @@ def compare_results(
     sel_a = np.array([ia[q] for q in common])
     sel_b = np.array([ib[q] for q in common])
     test = paired_bootstrap if method == "bootstrap" else paired_permutation
+    strata = query_strata(a.protocol, breakdowns(ta), len(qa))
     out = []
     for m in metric_names:
         x, y = va[m][sel_a], vb[m][sel_b]
         ok = ~(np.isnan(x) | np.isnan(y))
-        out.append(test(x[ok], y[ok], metric=m, n_resamples=n_resamples, seed=seed))
+        s = None if strata is None else strata[sel_a][ok]
+        # the stats functions test mean(first - second): B first, so that diff is B - A
+        t = test(y[ok], x[ok], metric=m, n_resamples=n_resamples, seed=seed, strata=s)
+        out.append(dataclasses.replace(t, mean_a=t.mean_b, mean_b=t.mean_a))
     return out, {
         "problems": problems,
         "n_common": len(common),

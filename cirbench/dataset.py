@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cirbench.io import make_temp_dir
 from cirbench.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 
 FORMAT = "cirbench-dataset"
@@ -173,7 +173,7 @@ def write_dataset(
     """
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    tmp = make_temp_dir(root.parent, f".{root.name}.tmp-")
     try:
         manifest: dict[str, Any] = {
             "format": FORMAT,

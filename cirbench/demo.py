@@ -32,8 +32,12 @@ def run_demo(
     for name in models:
         console.rule(f"{name} on {task}")
         results.append(
-            evaluate(
-                name, task, output=out / safe_name(name), limit=limit, options=EvalOptions(progress=progress)
+            evaluate(  # the demo's own folder: each run replaces the last (the vectors come from the cache)
+                name,
+                task,
+                output=out / safe_name(name),
+                limit=limit,
+                options=EvalOptions(progress=progress, overwrite=True),
             )
         )
     for kind in ("category", "subcategory"):

@@ -4,7 +4,9 @@ The model only does math: decoding (and the encoder's own `preprocess`, if it ha
 a few batches ahead, so on a GPU the forward pass is not starved by PIL. An encoder with `read_image(item)`
 gets what that returns instead of a decoded image (the two-tower adapters with decode=torchvision read only
 the file's bytes there, and decode the whole batch on the GPU). Finished batches are flushed to the cache as
-they come, so an interrupted encode resumes where it stopped.
+they come, so an interrupted encode resumes where it stopped: SIGTERM flushes what is encoded before the
+process exits (status 143), and a signal that arrives during a flush waits for it, so no part is written
+twice.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from cirbench.cache import EmbeddingCache
 from cirbench.distributed import barrier, world
+from cirbench.io import deferred_signals, sigterm_as_exit
 from cirbench.models.base import Batch, Encoder, l2_normalise
 from cirbench.progress import progress_bar
 from cirbench.types import Item, Role
@@ -64,6 +67,13 @@ def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
 
+def item_key(encoder: Encoder, item: Item) -> str:
+    """The key a vector is de-duplicated and cached under: the Item's content, or, for an encoder whose
+    vectors belong to ids (`vectors_by_id`, e.g. precomputed vectors), the id itself, so that two items
+    with the same image and text still get their own vectors."""
+    return f"id:{item.id}" if getattr(encoder, "vectors_by_id", False) else item.content_key()
+
+
 def encode_items(
     encoder: Encoder,
     items: Sequence[Item],
@@ -80,11 +90,11 @@ def encode_items(
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Vectors for `items` in order, plus stats (how many came from the cache, time, items/s).
 
-    Identical items (same content key) are encoded once. Text-bearing items are sorted by text length so
+    Identical items (same `item_key`) are encoded once. Text-bearing items are sorted by text length so
     batches pad little; the output is in the input order regardless.
     """
     t0 = time.perf_counter()
-    keys = [it.content_key() for it in items]
+    keys = [item_key(encoder, it) for it in items]
     unique: dict[str, int] = {}
     for i, k in enumerate(keys):
         unique.setdefault(k, i)
@@ -96,7 +106,7 @@ def encode_items(
             for k, v in zip((k for k, f in zip(ukeys, found) if f), vecs):
                 vectors[k] = v
     todo = [items[unique[k]] for k in ukeys if k not in vectors]
-    todo.sort(key=lambda it: (len(it.text or ""), it.content_key()))
+    todo.sort(key=lambda it: (len(it.text or ""), item_key(encoder, it)))
     n_cached = len(ukeys) - len(todo)
     rank, size = world()
     if size > 1:
@@ -112,12 +122,15 @@ def encode_items(
     pending_vecs: list[np.ndarray] = []
 
     def flush() -> None:
-        if cache is not None and pending_keys:
-            cache.put(pending_keys, np.concatenate(pending_vecs))
-        pending_keys.clear()
-        pending_vecs.clear()
+        # writing the part and forgetting its rows is one step: interrupted in between, the `finally`
+        # below would write the same rows again
+        with deferred_signals():
+            if cache is not None and pending_keys:
+                cache.put(pending_keys, np.concatenate(pending_vecs))
+            pending_keys.clear()
+            pending_vecs.clear()
 
-    with progress_bar(progress) as bar:
+    with sigterm_as_exit(), progress_bar(progress) as bar:
         task_id = bar.add_task(description, total=len(ukeys), completed=n_cached)
         try:
             for batch in _batches(
@@ -142,7 +155,7 @@ def encode_items(
                         f"encoder {encoder.spec.name!r} returned non-finite values for item {bad!r}"
                     )
                 out = l2_normalise(out)
-                bkeys = [it.content_key() for it in batch.items]
+                bkeys = [item_key(encoder, it) for it in batch.items]
                 vectors.update(zip(bkeys, out))
                 pending_keys.extend(bkeys)
                 pending_vecs.append(out)
@@ -163,7 +176,7 @@ def encode_items(
         raise ValueError("nothing to encode: no items")
     result = np.stack([vectors[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
     dt = time.perf_counter() - t0
-    stats = {
+    stats: dict[str, Any] = {
         "items": len(items),
         "unique": len(ukeys),
         "from_cache": n_cached,
@@ -171,4 +184,6 @@ def encode_items(
         "seconds": round(dt, 3),
         "items_per_s": round(len(todo) / dt, 2) if todo and dt > 0 else None,
     }
+    if cache is not None and cache.rejected:
+        stats["cache_parts_rejected"] = list(cache.rejected)
     return result, stats

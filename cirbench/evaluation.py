@@ -22,7 +22,7 @@ from cirbench.metrics import parse_metric
 from cirbench.models.base import Encoder, bind_task, check_modalities
 from cirbench.models.registry import get_model
 from cirbench.run import Run
-from cirbench.scoring import breakdowns, grouped_scores, per_query_values
+from cirbench.scoring import breakdowns, grouped_scores, per_query_values, query_strata
 from cirbench.search import exact_search, subset_search
 from cirbench.tasks.registry import get_task, get_task_spec
 from cirbench.types import Item, Role, Task
@@ -51,6 +51,9 @@ class EvalOptions:
     constraints: str | os.PathLike[str] | None = None
     rerank_lambda: float = 0.5
     rerank_mode: str = "soft"
+    overwrite: bool = False
+    """Compute and replace whatever result the output folder holds. Without it, an identical result there is
+    reused (nothing is computed) and a different one is refused."""
 
 
 def resolve_instruction(encoder: Encoder, task: Task, role: Role) -> str | None:
@@ -197,6 +200,78 @@ def safe_name(s: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_") or "model"
 
 
+def default_output(task: Task, model_name: str, rerank: str | None = None) -> Path:
+    """`results/<task>/<split>/<protocol>/<dataset revision>/<model>[+rerank-<r>][-limit<N>]`.
+
+    Everything that makes two results incomparable gets its own folder: the protocol variant, the dataset
+    revision, a re-ranker and a --limit smoke run, so that none of them lands on another's result.
+    """
+    revision = safe_name(task.revision or "unversioned")[:40]
+    leaf = safe_name(model_name) + (f"+rerank-{safe_name(rerank)}" if rerank else "")
+    if task.extra.get("limit") is not None:
+        leaf += f"-limit{task.extra['limit']}"
+    return Path("results") / safe_name(task.name) / safe_name(task.split) / safe_name(task.protocol.name) / (
+        revision
+    ) / leaf
+
+
+class ResultExists(ValueError):
+    """The output folder holds a different result; --overwrite replaces it."""
+
+
+def identity(result: cirbench.Result) -> dict[str, Any]:
+    """What must agree for a stored result to stand for a new eval (as mteb's "only-missing" strategy):
+    the task and its revision, the model fingerprint, the full protocol as used, the bootstrap settings
+    and the cirbench version that computed the numbers."""
+    import json
+
+    task_keys = ("name", "split", "revision", "limit", "num_queries", "num_corpus", "has_labels")
+    d = {
+        "task": {k: result.task.get(k) for k in task_keys},
+        "model": result.model.get("fingerprint"),
+        "protocol": result.protocol,
+        "bootstrap": {k: result.bootstrap.get(k) for k in ("n_resamples", "confidence", "seed")},
+        "cirbench_version": result.cirbench_version,
+    }
+    return dict(json.loads(json.dumps(d, sort_keys=True, default=str)))
+
+
+def _existing(out: Path, planned: cirbench.Result, overwrite: bool) -> cirbench.Result | None:
+    """The stored result when it is the same eval (skip); None when there is none or it may be replaced."""
+    from cirbench.result import Result
+    from cirbench.types import DatasetError
+
+    path = out / "result.json"
+    if overwrite or not path.exists():
+        return None
+    try:
+        old = Result.read(path)
+        old.read_run()  # a result whose run file is missing or not its own cannot stand for this eval
+    except DatasetError as e:
+        raise ResultExists(f"{path} cannot be reused ({e}); pass --overwrite to replace it") from None
+    a, b = identity(old), identity(planned)
+    if a == b:
+        old.skipped = True
+        return old
+    differs = [k for k in a if a[k] != b[k]]
+    raise ResultExists(
+        f"{path} holds a different result (it differs in {', '.join(differs)}); pass --overwrite to "
+        "replace it, or choose another --output"
+    )
+
+
+def _dtype_option(opts: EvalOptions, mopts: dict[str, Any]) -> str | None:
+    """The one dtype asked for: --dtype or --option dtype=, which must not disagree."""
+    from cirbench.models._torch import canonical_dtype
+
+    asked = {src: canonical_dtype(str(v), "float32") for src, v in (("--dtype", opts.dtype),
+             ("--option dtype", mopts.get("dtype"))) if v not in (None, "")}
+    if len(set(asked.values())) > 1:
+        raise ValueError(f"--dtype {asked['--dtype']} and --option dtype={asked['--option dtype']} disagree: "
+                         "give the dtype once")
+    return next(iter(asked.values()), None)
+
+
 def evaluate(
     model: str | Encoder,
     task: str | Task,
@@ -213,7 +288,11 @@ def evaluate(
     """Score `model` on `task` and write result.json + run.parquet (+ a submission file) under `output`.
 
     `model` is an Encoder or a registry name; `task` a Task or a registry name / native dataset path.
+    An identical result already in `output` (same task, revision, model fingerprint, protocol, bootstrap
+    and cirbench version) is returned as it is (`Result.skipped`); a different one is replaced only with
+    `options.overwrite`.
     """
+    from cirbench.models._torch import canonical_dtype
     from cirbench.result import Result
 
     opts = options or EvalOptions()
@@ -231,11 +310,16 @@ def evaluate(
         task.validate()
         task = task.limit(limit)
     mopts = dict(model_options or {})
-    if opts.dtype:
-        mopts.setdefault("dtype", opts.dtype)
+    dtype = _dtype_option(opts, mopts)
+    mopts.pop("dtype", None)
+    if dtype is not None:
+        mopts["dtype"] = dtype
     if opts.device != "cpu":
         mopts.setdefault("device", opts.device)
     encoder = get_model(model, **mopts) if isinstance(model, str) else model
+    if dtype is not None and canonical_dtype(encoder.spec.dtype, "float32") != dtype:
+        raise ValueError(f"model {encoder.spec.name!r} computes in {encoder.spec.dtype}, so it cannot run "
+                         f"in the {dtype} that was asked for; leave --dtype out")
     check_modalities(
         encoder.spec, {"query": task.metadata.query_modality, "corpus": task.metadata.corpus_modality}
     )
@@ -249,41 +333,9 @@ def evaluate(
     q_inst = resolve_instruction(encoder, task, "query")
     d_inst = resolve_instruction(encoder, task, "document")
     c_items, c_rows, c_weights = expand_corpus(task)  # video targets: several frames per gallery item
-    cv_all, c_stats = _encode(encoder, c_items, "document", d_inst, opts, "encoding gallery")
-    cv = _mean_vectors(cv_all, c_rows, c_weights)
     items, rows = query_items(task)
-    qv_all, q_stats = _encode(encoder, items, "query", q_inst, opts, "encoding queries")
-    qv = _mean_vectors(qv_all, rows)
-    run = search_task(task, qv, cv, k, opts)
-    rerank_protocol = _rerank(run, task, encoder, cv, opts) if opts.rerank else None
-
-    out = (
-        Path(output)
-        if output is not None
-        else (Path("results") / safe_name(task.name) / task.split / safe_name(encoder.spec.name))
-    )
-    table = run.to_table(task)
-    if task.has_labels:
-        values = per_query_values(table, task.protocol.to_dict())
-        scores = grouped_scores(
-            values,
-            breakdowns(table),
-            n_resamples=opts.n_bootstrap,
-            confidence=opts.confidence,
-            seed=opts.seed,
-        )
-    else:
-        scores = {"overall": {}}
-    files: dict[str, Any] = {"run": "run.parquet"}
-    if rank == 0:  # under torchrun, only rank 0 writes
-        out.mkdir(parents=True, exist_ok=True)
-        run.write(out / "run.parquet", task)
-        writer = _submission_writer(task)
-        if writer is not None:
-            files["submission"] = [str(p.relative_to(out)) for p in writer(task, run, out)]
-
-    spec_d = encoder.spec.to_dict()
-    result = Result(
+    out = Path(output) if output is not None else default_output(task, encoder.spec.name, opts.rerank)
+    result = Result(  # everything but the scores and the timings is known before any encoding
         task={
             "name": task.name,
             "split": task.split,
@@ -296,9 +348,9 @@ def evaluate(
             "version": task.extra.get("version"),
         },
         model={
-            **spec_d,
+            **encoder.spec.to_dict(),  # its dtype is the one used: recorded once, not again in options
             "fingerprint": encoder.fingerprint(),
-            "options": {k_: str(v) for k_, v in mopts.items()},
+            "options": {k_: str(v) for k_, v in mopts.items() if k_ != "dtype"},
         },
         protocol={
             **task.protocol.to_dict(),
@@ -315,38 +367,123 @@ def evaluate(
             "corpus_vector": "mean of its frames' vectors"
             if any(len(r) > 1 for r in c_rows)
             else "single item",
-            **({"rerank": rerank_protocol} if rerank_protocol else {}),
+            **({"rerank": _rerank_record(opts, k)} if opts.rerank else {}),
         },
         main_metric=task.protocol.main_metric,
-        scores=scores,
+        scores={"overall": {}},
         bootstrap={
             "n_resamples": opts.n_bootstrap,
             "confidence": opts.confidence,
             "seed": opts.seed,
-            "method": "percentile bootstrap over queries",
+            "method": "percentile bootstrap over queries (scipy.stats.bootstrap)"
+            + (", resampled within each category" if task.protocol.aggregate == "categories" else ""),
         },
-        encoding={"document": c_stats, "query": q_stats},
-        provenance={
+        cirbench_version=cirbench.__version__,
+    )
+    existing = _existing(out, result, opts.overwrite)  # every rank decides alike: none waits alone
+    if existing is not None:
+        return existing
+
+    cv_all, c_stats = _encode(encoder, c_items, "document", d_inst, opts, "encoding gallery")
+    cv = _mean_vectors(cv_all, c_rows, c_weights)
+    qv_all, q_stats = _encode(encoder, items, "query", q_inst, opts, "encoding queries")
+    qv = _mean_vectors(qv_all, rows)
+    run = search_task(task, qv, cv, k, opts)
+    if opts.rerank:
+        run = _rerank(run, task, encoder, cv, opts)
+
+    table = run.to_table(task)
+    if task.has_labels:
+        protocol_d = task.protocol.to_dict()
+        values = per_query_values(table, protocol_d)
+        groups = breakdowns(table)
+        result.scores = grouped_scores(
+            values,
+            groups,
+            n_resamples=opts.n_bootstrap,
+            confidence=opts.confidence,
+            seed=opts.seed,
+            strata=query_strata(protocol_d, groups, len(task.queries)),
+        )
+    result.encoding = {"document": c_stats, "query": q_stats}
+    result.files = {"run": RUN_FILE}
+    if rank == 0:  # under torchrun, only rank 0 writes
+        writer = _submission_writer(task)
+        if writer is not None and task.extra.get("limit") is not None:
+            result.files["submission_skipped"] = (
+                f"--limit {task.extra['limit']}: {len(task.queries)} of "
+                f"{task.extra.get('queries_before_limit', '?')} queries, and a server file needs all of them"
+            )
+            writer = None
+        result.provenance = {
             "started_at": started.isoformat(timespec="seconds"),
             "wall_time_s": round(time.perf_counter() - t0, 3),
             **_hardware(opts.device),
-        },
-        files=files,
-        cirbench_version=cirbench.__version__,
-    )
-    if rank == 0:
-        result.write(out / "result.json")  # last: a result.json on disk means the run beside it is whole
+        }
+        write_result(result, table, out, lambda: writer(task, run, out) if writer is not None else [])
     return result
 
 
-def _rerank(run: Run, task: Task, encoder: Encoder, cv: np.ndarray, opts: EvalOptions) -> dict[str, Any]:
-    """Re-rank the run in place (SoFT soft filtering); returns what the protocol records about it."""
-    from cirbench.rerank.soft import constraint_scores, load_constraints, rerank_run, soft_protocol
+RUN_FILE = "run.parquet"
+
+
+def write_result(result: cirbench.Result, table: Any, out: Path, write_submission: Any) -> None:
+    """Write run.parquet, the submission file(s) and, last, result.json, as one unit.
+
+    A result.json already there is removed first, so a crash never leaves an old result.json beside a new
+    run.parquet; the new result.json records the SHA-256 of its run.parquet, which every reader checks
+    (`Result.read_run`), so a pair from two different evals is refused rather than used.
+    """
+    import hashlib
+
+    from cirbench.run import write_run_table
+
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_old_result(out)
+    run_path = out / RUN_FILE
+    write_run_table(table, run_path)
+    result.files["run_sha256"] = hashlib.sha256(run_path.read_bytes()).hexdigest()
+    subs = [str(p.relative_to(out)) for p in write_submission()]
+    if subs:
+        result.files["submission"] = subs
+    result.write(out / "result.json")
+
+
+def _remove_old_result(out: Path) -> None:
+    """Remove a result.json being replaced, and the submission files it lists (a --limit run writes
+    none, and must not leave the old full run's beside its own result)."""
+    import json
+
+    old = out / "result.json"
+    try:
+        subs = json.loads(old.read_text()).get("files", {}).get("submission", [])
+    except (OSError, ValueError, AttributeError):
+        subs = []
+    old.unlink(missing_ok=True)
+    root = out.resolve()
+    for name in subs if isinstance(subs, list) else []:
+        p = (out / str(name)).resolve()
+        if p.parent == root and p.is_file():  # only files of this folder, whatever the old file says
+            p.unlink()
+
+
+def _rerank_record(opts: EvalOptions, depth: int) -> dict[str, Any]:
+    """What the protocol records about the re-ranker (known before the run exists)."""
+    from cirbench.rerank.soft import soft_protocol
 
     if opts.rerank != "soft":
         raise ValueError(f"unknown reranker {opts.rerank!r}; available: soft")
     if opts.constraints is None:
         raise ValueError("--rerank soft needs --constraints FILE (per-query SoFT constraints)")
+    return soft_protocol(lam=opts.rerank_lambda, mode=opts.rerank_mode, depth=depth,
+                         constraints=opts.constraints)
+
+
+def _rerank(run: Run, task: Task, encoder: Encoder, cv: np.ndarray, opts: EvalOptions) -> Run:
+    """The run re-ranked by SoFT soft filtering (the protocol record comes from `_rerank_record`)."""
+    from cirbench.rerank.soft import constraint_scores, load_constraints, rerank_run
+
+    assert opts.constraints is not None
     constraints = load_constraints(opts.constraints)
     reward, penalty = constraint_scores(
         encoder, constraints, run.query_ids, cv, run.indices, progress=opts.progress
@@ -361,12 +498,7 @@ def _rerank(run: Run, task: Task, encoder: Encoder, cv: np.ndarray, opts: EvalOp
         relevant=[[pos[c] for c in q.relevant_ids] for q in task.queries],
     )
     run.indices, run.scores, run.first_relevant_rank = new.indices, new.scores, new.first_relevant_rank
-    return soft_protocol(
-        lam=opts.rerank_lambda,
-        mode=opts.rerank_mode,
-        depth=run.indices.shape[1],
-        constraints=opts.constraints,
-    )
+    return run
 
 
 def _submission_writer(task: Task) -> Any:

@@ -16,7 +16,12 @@
     bootstrap        {n_resamples, confidence, seed}
     encoding         per role: items, from_cache, encoded, seconds, items_per_s
     provenance       {started_at (UTC), wall_time_s, python, torch, platform, cpu, gpu, device, hostname-free}
-    files            {"run": "run.parquet", "submission": [...]} relative to the result file
+    files            {"run": "run.parquet", "run_sha256": the run file's SHA-256, "submission": [...]}
+                     relative to the result file; "submission_skipped" says why no server file was written
+                     (a --limit run). Readers refuse a run file whose SHA-256 differs (`Result.read_run`):
+                     result.json and run.parquet are one unit.
+
+Schema 1.1 adds files.run_sha256 and protocol.aggregate; a 1.0 result is read, its run file unchecked.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 from cirbench.io import write_json
 from cirbench.types import DatasetError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 @dataclass
@@ -55,6 +60,8 @@ class Result:
     cirbench_version: str = ""
     schema_version: str = SCHEMA_VERSION
     path: Path | None = field(default=None, compare=False, repr=False)
+    skipped: bool = field(default=False, compare=False, repr=False)
+    """True when `evaluate` found this identical result already on disk and computed nothing."""
 
     @property
     def overall(self) -> dict[str, Score]:
@@ -66,6 +73,7 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("path")
+        d.pop("skipped")
         order = [
             "schema_version",
             "cirbench_version",
@@ -137,6 +145,16 @@ class Result:
         if self.path is None or "run" not in self.files:
             return None
         return self.path.parent / self.files["run"]
+
+    def read_run(self) -> Any:
+        """The run table beside this result, checked to be the one this result was computed from."""
+        from cirbench.run import read_run_table
+
+        path = self.run_path()
+        if path is None:
+            raise DatasetError("the result names no run file (files.run)", file=self.path or "<result>",
+                               field="files.run")
+        return read_run_table(path, sha256=self.files.get("run_sha256"))
 
 
 def _finite(obj: Any) -> Any:

@@ -7,6 +7,7 @@ the relevant ids, the category and subcategory.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,16 +75,30 @@ class Run:
         return pa.table(cols)
 
     def write(self, path: str | os.PathLike[str], task: Task) -> None:
-        table = self.to_table(task)
-        with atomic_write(path, binary=True) as f:
-            pq.write_table(table, f, compression="zstd")
+        write_run_table(self.to_table(task), path)
 
 
-def read_run_table(path: str | os.PathLike[str]) -> pa.Table:
+def write_run_table(table: pa.Table, path: str | os.PathLike[str]) -> None:
+    with atomic_write(path, binary=True) as f:
+        pq.write_table(table, f, compression="zstd")
+
+
+def read_run_table(path: str | os.PathLike[str], sha256: str | None = None) -> pa.Table:
+    """The run table; with `sha256` (what result.json recorded), refused unless the file is that one."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError("run file is missing", file=path)
-    table = pq.read_table(path)
+    if sha256 is not None:
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise DatasetError(
+                "run file does not belong to its result.json (its SHA-256 differs from files.run_sha256: "
+                "it was rewritten by another eval, or damaged); run the eval again",
+                file=path,
+            )
+        table = pq.read_table(pa.BufferReader(data))
+    else:
+        table = pq.read_table(path)
     for col in ("query_id", "ranked_ids", "relevant_ids"):
         if col not in table.column_names:
             raise DatasetError("required column is missing", file=path, field=col)

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from cirbench.metrics import aggregate, parse_metric, per_query_metrics
 from cirbench.result import Score
-from cirbench.stats import bootstrap_ci
+from cirbench.stats import bootstrap_ci, stratified_mean
 
 
 def _id_matrix(lists: Sequence[Sequence[str]], ids: dict[str, int], depth: int) -> np.ndarray:
@@ -120,19 +120,59 @@ def breakdowns(table: pa.Table) -> dict[str, list[list[str]]]:
     return out
 
 
-def score(values: np.ndarray, metric: str, *, n_resamples: int, confidence: float, seed: int) -> Score:
+def score(
+    values: np.ndarray,
+    metric: str,
+    *,
+    n_resamples: int,
+    confidence: float,
+    seed: int,
+    strata: np.ndarray | None = None,
+) -> Score:
+    """The metric's value over the queries with a defined value, and its bootstrap interval.
+
+    With `strata` (one label per query) the value is the mean of the per-stratum values and the interval
+    resamples queries within each stratum (the protocol's aggregate "categories").
+    """
     spec = parse_metric(metric)
-    finite = values[~np.isnan(values)]
+    keep = ~np.isnan(values)
+    finite = values[keep]
     if finite.size == 0:
         return Score(value=float("nan"), n=0)
-    value = aggregate(metric, finite)
+    kept_strata = None if strata is None else strata[keep]
+    value = (
+        aggregate(metric, finite)
+        if kept_strata is None
+        else stratified_mean(finite, kept_strata, spec.aggregate)
+    )
     if n_resamples > 0 and finite.size > 1:
         lo, hi = bootstrap_ci(
-            finite, statistic=spec.aggregate, n_resamples=n_resamples, confidence=confidence, seed=seed
+            finite,
+            statistic=spec.aggregate,
+            n_resamples=n_resamples,
+            confidence=confidence,
+            seed=seed,
+            strata=kept_strata,
         )
     else:
         lo, hi = value, value
     return Score(value=float(value), ci_low=float(lo), ci_high=float(hi), n=int(finite.size))
+
+
+def query_strata(
+    protocol: Mapping[str, Any], groups: Mapping[str, list[list[str]]], n: int
+) -> np.ndarray | None:
+    """Per query, the stratum its headline scores average over: its category under the protocol's
+    aggregate "categories", else None (every query counts once)."""
+    if protocol.get("aggregate", "queries") != "categories":
+        return None
+    cats = groups.get("category")
+    if cats is None or len(cats) != n or any(len(c) != 1 for c in cats):
+        raise ValueError(
+            "the protocol averages over categories (aggregate 'categories'), but not every query has "
+            "exactly one category"
+        )
+    return np.asarray([c[0] for c in cats], dtype=object)
 
 
 def grouped_scores(
@@ -142,10 +182,14 @@ def grouped_scores(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    strata: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """{"overall": {metric: Score}, kind: {group: {metric: Score}}} with groups in a stable order."""
+    """{"overall": {metric: Score}, kind: {group: {metric: Score}}} with groups in a stable order.
+
+    `strata` (see `query_strata`) makes each overall score the mean of its strata's scores.
+    """
     kw: dict[str, Any] = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
-    out: dict[str, Any] = {"overall": {m: score(v, m, **kw) for m, v in values.items()}}
+    out: dict[str, Any] = {"overall": {m: score(v, m, strata=strata, **kw) for m, v in values.items()}}
     for kind, per_query in groups.items():
         members: dict[str, list[int]] = defaultdict(list)
         for q, gs in enumerate(per_query):

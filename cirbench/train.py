@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cirbench.dataset import load_native
-from cirbench.io import write_json
+from cirbench.io import file_mode, write_json
 from cirbench.models import embedded as E
 from cirbench.types import DatasetError, Item, Task, query_exclusions
 
@@ -238,6 +238,7 @@ def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: di
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, file_mode())  # the umask's permissions, not mkstemp's 0600
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().float() for k, v in tensors.items()}, tmp, metadata=metadata)

@@ -21,6 +21,11 @@ Role = Literal["query", "document"]
 
 MODALITIES = ("image", "text", "image+text")
 
+Aggregate = Literal["queries", "categories"]
+"""How a headline score is formed from per-query values: the mean over all queries, or the mean of the
+per-category scores (FashionIQ averages dress, shirt and toptee, whatever their sizes)."""
+AGGREGATES: tuple[str, ...] = ("queries", "categories")
+
 
 class DatasetError(ValueError):
     """Bad input data: the message names the file, the record and the field."""
@@ -91,21 +96,25 @@ class Item:
         return img.convert("RGB")
 
     def content_key(self) -> str:
-        """A short hash of what the Item contains, for the embedding cache.
+        """A short hash of what the Item contains, for the embedding cache: exactly this, and no more.
 
-        Inline bytes are hashed whole. Files are fingerprinted by path, size and mtime, so a second run over
-        a 123k-image gallery does not re-read every file just to look up the cache.
+        Text and caption are hashed whole, and so are inline image bytes. An image *file* is fingerprinted by
+        its resolved absolute path (symlinks and `..` resolved, so `--data-dir cirr` and `/data/cirr` give
+        the same key), its size and its mtime, so that a second run over a 123k-image gallery does not
+        re-read every file just to look up the cache. A copied, moved or touched file therefore gets a new
+        key and is encoded again; a file rewritten in place with the same size and mtime is not noticed.
         """
         h = hashlib.sha1()
         if isinstance(self.image, bytes):
             h.update(b"bytes:")
             h.update(self.image)
         elif isinstance(self.image, Path):
+            resolved = os.path.realpath(self.image)
             try:
-                st = self.image.stat()
-                h.update(f"file:{self.image}:{st.st_size}:{st.st_mtime_ns}".encode())
+                st = os.stat(resolved)
+                h.update(f"file:{resolved}:{st.st_size}:{st.st_mtime_ns}".encode())
             except OSError:
-                h.update(f"file:{self.image}:missing".encode())
+                h.update(f"file:{resolved}:missing".encode())
         for name, value in (("text", self.text), ("caption", self.caption)):
             h.update(f"\x00{name}:".encode())
             if value is not None:
@@ -153,7 +162,14 @@ class Protocol:
     """The benchmark's zero-shot prompt for textual-inversion models ('$' / '*' mark the image token,
     e.g. SEARLE's "a photo of $ that {text}"); only pseudo-token adapters apply it."""
     caption_join: str | None = None
+    aggregate: Aggregate = "queries"
+    """"categories": every headline score is the mean of the per-category (Query.category) scores, and its
+    interval resamples queries within each category; "queries": the mean over all queries."""
     notes: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"protocol aggregate must be one of {list(AGGREGATES)}, not {self.aggregate!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -225,7 +241,7 @@ class Task:
             self.revision,
             self.has_labels,
             self.galleries,
-            {**self.extra, "limit": n},
+            {**self.extra, "limit": n, "queries_before_limit": len(self.queries)},
         )
 
     def validate(self) -> None:

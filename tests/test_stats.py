@@ -55,13 +55,14 @@ def test_ci_is_deterministic_per_seed() -> None:
     assert bootstrap_ci(values, seed=7) != bootstrap_ci(values, seed=8)
 
 
-def test_ci_is_deterministic_across_chunking(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Chunking bounds memory; with one resample per chunk the result must still be a valid interval.
+def test_ci_is_deterministic_across_batching(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Batching bounds memory; with one resample per batch the result must be the same interval.
     values = np.random.default_rng(5).random(100)
-    monkeypatch.setattr(stats, "_CHUNK_ELEMS", 100)
+    whole = bootstrap_ci(values, n_resamples=300)
+    monkeypatch.setattr(stats, "_BATCH", 1)
     lo, hi = bootstrap_ci(values, n_resamples=300)
     assert lo < values.mean() < hi
-    assert (lo, hi) == bootstrap_ci(values, n_resamples=300)
+    assert (lo, hi) == whole
 
 
 def test_ci_ignores_nan() -> None:
@@ -190,14 +191,68 @@ def test_permutation_switches_to_monte_carlo() -> None:
 
 
 def test_bootstrap_p_value_uses_shift_method() -> None:
-    # Recompute the documented shift-method p-value from the same resamples.
-    rng = np.random.default_rng(16)
-    a, b = rng.random(80), rng.random(80) - 0.05
-    result = paired_bootstrap(a, b, n_resamples=3000, seed=5)
-    d = a - b
-    boot = stats._resample(d, "mean", 3000, np.random.default_rng(5))
-    expected = (np.count_nonzero(np.abs(boot - d.mean()) >= abs(d.mean())) + 1) / 3001
-    assert result.p_value == pytest.approx(expected)
+    # A difference of +1 on every query: every resampled mean difference is exactly 1, so no centred
+    # resample reaches |diff| and the shift-method p-value is its floor, 1 / (n_resamples + 1); the
+    # interval is the single point 1.
+    a, b = np.ones(40), np.zeros(40)
+    result = paired_bootstrap(a, b, n_resamples=999, seed=5)
     assert result.method == "paired bootstrap (shift method, two-sided)"
-    lo, hi = np.quantile(boot, [0.025, 0.975])
-    assert (result.ci_low, result.ci_high) == pytest.approx((lo, hi))
+    assert result.p_value == pytest.approx(1 / 1000)
+    assert (result.ci_low, result.ci_high) == (1.0, 1.0)
+    # Half the queries +1, half -1: the observed mean difference is 0, every centred resample is at
+    # least 0 away, so p = 1.
+    d = np.array([1.0, -1.0] * 20)
+    assert paired_bootstrap(d, np.zeros(40), n_resamples=999).p_value == 1.0
+
+
+def test_bootstrap_interval_matches_the_analytic_standard_error() -> None:
+    # Checked against the textbook, not against cirbench's resampler: for 0/1 values the bootstrap
+    # distribution of the mean is Binomial(n, p)/n, so its 2.5% and 97.5% points are the binomial
+    # quantiles (within a Monte-Carlo error of a few resamples).
+    from scipy.stats import binom
+
+    n, hits = 400, 120
+    values = np.r_[np.ones(hits), np.zeros(n - hits)]
+    lo, hi = bootstrap_ci(values, n_resamples=20000, seed=1)
+    p = hits / n
+    assert lo == pytest.approx(binom.ppf(0.025, n, p) / n, abs=0.006)
+    assert hi == pytest.approx(binom.ppf(0.975, n, p) / n, abs=0.006)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Strata (FashionIQ: the headline is the mean of the categories' means)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_stratified_mean_is_the_mean_of_the_strata() -> None:
+    # dress: 3 queries, all hits; shirt: 1 query, a miss. Pooled 3/4, per-category mean (1 + 0) / 2.
+    values = np.array([1.0, 1.0, 1.0, 0.0])
+    strata = ["dress", "dress", "dress", "shirt"]
+    assert stats.stratified_mean(values, None) == 0.75
+    assert stats.stratified_mean(values, strata) == 0.5
+
+
+def test_stratified_bootstrap_resamples_within_each_stratum() -> None:
+    # Every stratum is constant (dress all 1, shirt all 0, toptee all 0.5) but of different sizes. Resampled
+    # within its stratum, each stays constant, so the interval of the mean of the three is the single point
+    # 0.5. A bootstrap that pooled the queries would move the category sizes and give a wide interval.
+    values = np.r_[np.ones(30), np.zeros(10), np.full(5, 0.5)]
+    strata = ["dress"] * 30 + ["shirt"] * 10 + ["toptee"] * 5
+    assert bootstrap_ci(values, strata=strata, n_resamples=500) == (0.5, 0.5)
+    lo, hi = bootstrap_ci(values, n_resamples=500)
+    assert hi - lo > 0.1
+
+
+def test_stratified_paired_tests() -> None:
+    # B beats A by 1 on each of 2 dress queries and loses by 1 on the 1 shirt query: the per-category mean
+    # difference a - b is (-1 + 1) / 2 = 0, the pooled one -1/3.
+    a = np.array([0.0, 0.0, 1.0])
+    b = np.array([1.0, 1.0, 0.0])
+    strata = np.array(["dress", "dress", "shirt"])
+    for test in PAIRED:
+        r = test(a, b, strata=strata, n_resamples=64)
+        assert r.diff == pytest.approx(0.0)
+        assert r.mean_a == pytest.approx(0.5) and r.mean_b == pytest.approx(0.5)
+        assert test(a, b, n_resamples=64).diff == pytest.approx(-1 / 3)
+    with pytest.raises(ValueError, match="one label per value"):
+        paired_bootstrap(a, b, strata=["dress"])

@@ -47,14 +47,18 @@ def image_names() -> list[str]:
     return CORPUS + [f"ref_{q}.png" for q, *_ in QUERIES]
 
 
-@pytest.fixture
-def edir_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "edir"
+def write_edir(root: Path) -> Path:
+    """The manifests and the images, already extracted to imgs_mc/."""
     write_manifests(root)
     (root / "imgs_mc").mkdir()
     for n, name in enumerate(image_names()):
         (root / "imgs_mc" / name).write_bytes(png((n * 20, 0, 0), 4))
     return root
+
+
+@pytest.fixture
+def edir_dir(tmp_path: Path) -> Path:
+    return write_edir(tmp_path / "edir")
 
 
 def test_load_local(edir_dir: Path) -> None:

@@ -195,6 +195,7 @@ def test_geolocalisation_tasks(release: Path) -> None:
     assert q.relevant_ids == ("query/satellite/sat101old",)
     assert s2c.queries[2].relevant_ids == ()  # landmark 103 has one tile only: it is the query
     assert query_exclusions(s2c)[0] == [4]
+    assert query_exclusions(s2c)[2] == []  # ... and it stays in the gallery: the landmark's GPS point
 
     t2c = get_task("mmlandmarks-t2c", data_dir=release, text_sampling="first")
     assert t2c.queries[1].meta["lat"] == 35.0
@@ -377,3 +378,34 @@ def test_geolocalisation_through_the_eval_flow(release: Path, tmp_path: Path) ->
     for name, values in expected.items():
         assert result.overall[name].value == pytest.approx(float(np.nanmean(values)))
     assert {"pred_lat", "pred_lon", "lat", "lon"} <= set(table.column_names)
+
+
+def test_s2c_gallery_holds_every_query_landmarks_gps_point(release: Path, tmp_path: Path) -> None:
+    """mml-codebase's GPS gallery is the index coordinates plus every query landmark's coordinates, so each
+    query's true point can be retrieved. Landmark 103 has a single satellite tile (the query itself): its
+    point must stay in that query's gallery."""
+    import pyarrow.parquet as pq
+
+    import cirbench
+    from cirbench.evaluation import EvalOptions
+
+    task = get_task("mmlandmarks-s2c", data_dir=release)
+    gps = task.extra["gps"]
+    for q, excluded in zip(task.queries, query_exclusions(task), strict=True):
+        eligible = [i for i in range(len(task.corpus)) if i not in set(excluded)]
+        assert any(tuple(gps[i]) == (q.meta["lat"], q.meta["lon"]) for i in eligible), q.id
+    # Through the eval flow: one axis per gallery tile; sat101x points at its landmark's older tile (hit),
+    # sat102x at a tile 10,000 km away (miss), sat103x at itself, its landmark's only tile (hit).
+    ids = [it.id for it in task.corpus]
+    point = {"query/satellite/sat101x": "query/satellite/sat101old",
+             "query/satellite/sat102x": "index/satellite/is0002",
+             "query/satellite/sat103x": "query/satellite/sat103x"}
+    rows = [(cid, "document", list(np.eye(len(ids))[n])) for n, cid in enumerate(ids)]
+    rows += [(q, "query", list(np.eye(len(ids))[ids.index(t)])) for q, t in point.items()]
+    vectors = tmp_path / "v.parquet"
+    pq.write_table(pa.table({"id": [r[0] for r in rows], "role": [r[1] for r in rows],
+                             "vector": [r[2] for r in rows]}), vectors)
+    result = cirbench.evaluate(f"precomputed:{vectors}", "mmlandmarks-s2c", data_dir=release,
+                               output=tmp_path / "o", options=EvalOptions(progress=False, n_bootstrap=0))
+    assert result.overall["Acc@1km"].value == pytest.approx(2 / 3)
+    assert "single tile keeps it" in result.protocol["notes"]["exclusion"]

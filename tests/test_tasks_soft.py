@@ -88,9 +88,8 @@ FIQ_SINGLE = {
 }
 
 
-@pytest.fixture
-def soft_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "soft"
+def write_soft(root: Path) -> Path:
+    """The repo's selection files plus the two base benchmarks under <root>/cirr and <root>/fashioniq."""
     write_cirr(root / "cirr")
     write_fashioniq(root / "fashioniq")
     sel = root / "mt_pipeline" / "llm"  # the repo layout
@@ -100,6 +99,11 @@ def soft_dir(tmp_path: Path) -> Path:
         _json(sel / "multi_target_selection" / f"{cat}_multi_target_selection.json", FIQ_MULTI[cat])
         _json(sel / "single_target_selection" / f"{cat}_selection_single_target_seed42.json", FIQ_SINGLE[cat])
     return root
+
+
+@pytest.fixture
+def soft_dir(tmp_path: Path) -> Path:
+    return write_soft(tmp_path / "soft")
 
 
 def test_cirr_multi(soft_dir: Path) -> None:

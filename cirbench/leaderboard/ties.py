@@ -14,7 +14,6 @@ import numpy as np
 
 from cirbench.compare import compare_results
 from cirbench.result import Result
-from cirbench.run import read_run_table
 from cirbench.scoring import breakdowns, per_query_values
 from cirbench.stats import PairedTest, paired_bootstrap, paired_permutation
 from cirbench.types import DatasetError
@@ -79,9 +78,7 @@ class PairedTester:
     def _per_query(self, r: Result) -> _PerQuery | str:
         if id(r) not in self._runs:
             try:
-                path = r.run_path()
-                assert path is not None
-                table = read_run_table(path)
+                table = r.read_run()
                 self._runs[id(r)] = _PerQuery(
                     ids={q: i for i, q in enumerate(table.column("query_id").to_pylist())},
                     values=per_query_values(table, r.protocol), groups=breakdowns(table))

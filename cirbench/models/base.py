@@ -62,7 +62,9 @@ class Encoder(Protocol):
 
     Optional members the encode loop looks for: `needs_images` (False: no image is decoded for it),
     `read_image(item)` (ReadImageFn) or else `preprocess(pil_image)` (PreprocessFn), both run in its worker
-    threads. The eval flow also looks for `for_task(task)` (see `bind_task`).
+    threads, and `vectors_by_id` (True: a vector belongs to the item's id rather than to its content, so
+    items are never de-duplicated or cached by content). The eval flow also looks for `for_task(task)`
+    (see `bind_task`).
     """
 
     spec: ModelSpec

@@ -39,8 +39,11 @@ class PrecomputedEncoder:
     - a parquet file with columns `id` (string), `role` ("query" or "document") and `vector` (list of
       floats, all the same width);
     - a directory with `query.npy` + `query_ids.txt` and `document.npy` + `document_ids.txt` (one id a line).
-    Query ids are the task's query ids; document ids are corpus ids.
+    Query ids are the task's query ids; document ids are corpus ids. Vectors belong to ids
+    (`vectors_by_id`): two queries with the same image and text still get their own vectors.
     """
+
+    vectors_by_id = True
 
     def __init__(self, path: str | os.PathLike[str], **_: Any) -> None:
         self.path = Path(path)

@@ -35,6 +35,7 @@ from cirbench.types import DatasetError, Item, Protocol, Query, Task, TaskMetada
 
 NAME = "circo"
 SPLITS = ("val", "test")
+METRICS = ("mAP@5", "mAP@10", "mAP@25", "mAP@50", "R@5", "R@10", "R@25", "R@50")
 SERVER_TOPK = 50
 TEST_QUERIES = 800
 SEMANTIC_ASPECTS = ("cardinality", "addition", "negation", "direct_addressing", "compare_change",
@@ -198,7 +199,7 @@ def _protocol(name: str, n_images: int, *, shared: bool, exclude_ref: bool) -> P
                        "queries, no duplicates)",
     }
     return Protocol(
-        name=name, metrics=("mAP@5", "mAP@10", "mAP@25", "mAP@50", "R@5", "R@10", "R@25", "R@50"),
+        name=name, metrics=METRICS,
         main_metric="mAP@5", top_k=50, ap_normaliser="min(K,|G|)", exclude_reference=exclude_ref,
         gallery=f"all {n_images} images of COCO 2017 unlabeled (image_info_unlabeled2017.json)",
         text_template="{text}", pseudo_token_template=None if shared else SEARLE_TEMPLATE,
@@ -249,7 +250,7 @@ def write_submission(task: Task, run: Any, out_dir: Path) -> list[Path]:
 
 SPEC = register_task(TaskSpec(
     metadata=METADATA, load=load, splits=SPLITS, default_split="val", protocols=PROTOCOLS, layout=LAYOUT,
-    metrics=("mAP@5", "mAP@10", "mAP@25", "mAP@50", "R@5", "R@10", "R@25", "R@50"),
+    metrics=METRICS,
     size="val 220 / test 800 queries (server); gallery ~123k COCO 2017 unlabeled images",
     submission=write_submission, options=OPTIONS,
 ))

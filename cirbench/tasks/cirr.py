@@ -37,6 +37,7 @@ from cirbench.types import DatasetError, Item, Protocol, Query, Task, TaskMetada
 NAME = "cirr"
 VERSION = "rc2"
 SPLITS = ("val", "test1", "train")
+METRICS = ("R@1", "R@5", "R@10", "R@50", "R_s@1", "R_s@2", "R_s@3", "Avg")
 SERVER_TOPK = {"recall": 50, "recall_subset": 3}
 SERVER_MAX_BYTES = 5_000_000
 """The server's limit is "5MB" per file; 5,000,000 bytes is the safe reading of it."""
@@ -190,7 +191,7 @@ def _protocol(name: str, split: str, n_images: int, exclude_ref: bool) -> Protoc
                        "version rc2, names without extension, <= 5 MB each)",
     }
     return Protocol(
-        name=name, metrics=("R@1", "R@5", "R@10", "R@50", "R_s@1", "R_s@2", "R_s@3", "Avg"),
+        name=name, metrics=METRICS,
         main_metric="Avg", top_k=50, exclude_reference=exclude_ref,
         gallery=f"all {n_images} images of image_splits/split.{VERSION}.{split}.json",
         text_template="{text}", pseudo_token_template=SEARLE_TEMPLATE, caption_join=None, notes=notes,
@@ -267,7 +268,7 @@ def write_submission(task: Task, run: Any, out_dir: Path) -> list[Path]:
 
 SPEC = register_task(TaskSpec(
     metadata=METADATA, load=load, splits=SPLITS, default_split="val", protocols=PROTOCOLS, layout=LAYOUT,
-    metrics=("R@1", "R@5", "R@10", "R@50", "R_s@1", "R_s@2", "R_s@3", "Avg"),
+    metrics=METRICS,
     size="val 4,181 queries / 2,297 images; test1 4,148 / 2,315 (server); train 28,225 / 16,939",
     submission=write_submission, options=OPTIONS,
 ))

@@ -45,6 +45,9 @@ IMAGE_DIRS = ("imgs_mc", "images", "media")
 PUBLIC_CORPUS_SIZE = 28_645
 PAPER_CORPUS_SIZE = 178_645
 METRICS = ("R@1", "R@5", "R@10", "mAP@10")
+"""R@1 is the paper's headline [secondary sources]; mAP@10 is the mAP that mteb's EDIRIT2IRetrieval reports
+(`map_at_10`, pytrec_eval map_cut.10). Not an uncut mAP over the whole ranking: with one positive per query
+that would equal the full-ranking MRR, a different number that neither reports."""
 INSTRUCTION = "Given an image, find a similar image satisfying the query."
 """The query instruction of mteb's EDIRIT2IRetrieval task."""
 
@@ -406,7 +409,11 @@ def _protocol(n_corpus: int, unmapped: dict[str, int]) -> Protocol:
                          "NOT comparable with the paper's tables",
         "relevance": "instances.pos (one corpus id); instances.neg are sibling edits (hard_negative_ids)",
         "breakdown": "per subcategory (metadata.subcategory) and per main category (taxonomy)",
-        "map": "mAP@10 with one positive per query (= MRR@10)",
+        "map": "mAP@10: the mAP the readable EDIR evaluator reports (mteb EDIRIT2IRetrieval, map_at_10 = "
+               "pytrec_eval map_cut.10, normalised by |G|; with one positive per query min(10, |G|) = |G| "
+               "= 1, so it equals MRR@10). The paper's headline is R@1; its own evaluator (SighingSnow/edir "
+               "main.py) was not available to check. An uncut mAP over the whole ranking (= the "
+               "full-ranking MRR here) is a different number and is not reported",
         "reference": "kept: the reference image is not part of the released corpus",
         "instruction": INSTRUCTION,
     }

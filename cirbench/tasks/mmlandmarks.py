@@ -55,6 +55,15 @@ TEXT_SEED = 42
 JUNK_PREFIX = "index/"
 """Corpus ids of index (distractor) items start with this; query-split items with "query/"."""
 MAP_TOPK = 1000
+GEO_METRICS = ("R@1", "R@5", "R@10", *(geo_metric_name(t) for t in GEO_THRESHOLDS_KM))
+
+
+def retrieval_metrics(protocol: str) -> tuple[str, ...]:
+    """paper-code reports the paper's R@K, which is cirbench's R_s@K (ranked after junk removal)."""
+    ks = (1, 5, 10)
+    recall = tuple(f"R_s@{k}" if protocol == "paper-code" else f"R@{k}" for k in ks)
+    return (*recall, f"mAP@{MAP_TOPK}", "MedR")
+
 EXTENSIONS = {"ground": "jpg", "satellite": "png", "text": "json"}
 OPTIONS = {
     "check_images": "true (default) or false: fail fast when image files are missing (one directory scan "
@@ -94,7 +103,9 @@ PITFALLS = (
     "The query satellite set is the latest tile per landmark (1,000 of 10,631 tiles), as in the paper.",
     "Geolocalisation in mml-codebase ranks a GPS gallery encoded by a location encoder; cirbench ranks the "
     "satellite tiles at the same coordinates (index tiles + query-landmark tiles), so models without a GPS "
-    "encoder can be scored. Numbers are comparable with the paper only in spirit.",
+    "encoder can be scored; every query landmark's point is in every query's gallery (in S2C a landmark with "
+    "a single tile keeps it, although it is the query). Numbers are comparable with the paper only in "
+    "spirit.",
     "Text queries differ by sampling mode (no_cues, first, random); the mode is part of the protocol.",
     "Ties: mml-codebase orders by np.argsort(scores)[::-1] (later gallery items first); cirbench by corpus "
     "position.",
@@ -386,8 +397,6 @@ def _retrieval(rel: _Release, direction: str, protocol: str, check: bool, text_s
 def _retrieval_protocol(name: str, qmod: str, gmod: str, n_index: int, n_query_items: int,
                         text_sampling: str) -> Protocol:
     paper = name == "paper-code"
-    ks = (1, 5, 10)
-    recall = tuple(f"R_s@{k}" if paper else f"R@{k}" for k in ks)
     notes = {
         "source": "Oshkr/mml-codebase mmlandmarks/metrics.py::evaluate_retrieval, _eval_single_query",
         "scorer": "cirbench.tasks.mmlandmarks:per_query_values",
@@ -412,7 +421,7 @@ def _retrieval_protocol(name: str, qmod: str, gmod: str, n_index: int, n_query_i
     if qmod == "text":
         notes["text_sampling"] = text_sampling
     return Protocol(
-        name=name, metrics=(*recall, f"mAP@{MAP_TOPK}", "MedR"), main_metric=f"mAP@{MAP_TOPK}",
+        name=name, metrics=retrieval_metrics(name), main_metric=f"mAP@{MAP_TOPK}",
         top_k=MAP_TOPK, ap_normaliser="|G|", exclude_reference=False,
         gallery=f"{n_index} index {gmod} items + {n_query_items} query-split {gmod} items", notes=notes,
     )
@@ -446,13 +455,27 @@ def _geo(rel: _Release, direction: str, protocol: str, check: bool, text_samplin
         gps.append(landmarks[lid])
         by_landmark.setdefault(lid, []).append(cid)
     queries = []
+    single_tile = 0
     for lid, item, source in _query_items(rel, qmod, text_sampling):
         if lid not in landmarks:
             raise DatasetError(f"landmark {lid} has no GPS in mml_query.csv", file=rel.root / source,
                                record=item.id, field="landmark_id")
+        if lid not in by_landmark:
+            raise DatasetError(f"landmark {lid} has no satellite tile in {tiles_csv}, so its GPS point "
+                               "cannot be in the gallery", file=rel.root / tiles_csv, record=item.id,
+                               field="landmark_id")
         lat, lon = landmarks[lid]
-        own = (item.id,) if qmod == "satellite" and item.id in seen else ()
-        relevant = tuple(c for c in by_landmark.get(lid, ()) if c not in own)
+        tiles = by_landmark[lid]
+        own: tuple[str, ...] = ()
+        if qmod == "satellite" and item.id in tiles:
+            # The query's own tile is excluded while the landmark has another tile at the same GPS point.
+            # A single-tile landmark keeps its tile: it is the landmark's point in mml-codebase's GPS
+            # gallery (index + query-landmark coordinates), which every query can reach.
+            if len(tiles) > 1:
+                own = (item.id,)
+            else:
+                single_tile += 1
+        relevant = tuple(c for c in tiles if c not in own and c != item.id)
         queries.append(Query(id=item.id, item=item, relevant_ids=relevant, exclude_ids=own,
                              meta={"landmark_id": lid, "lat": lat, "lon": lon, "source": source}))
     if check:
@@ -462,7 +485,8 @@ def _geo(rel: _Release, direction: str, protocol: str, check: bool, text_samplin
     n_index = len(index_ids)
     return Task(
         metadata=_metadata(direction), split="query", queries=queries, corpus=corpus,
-        protocol=_geo_protocol(protocol, qmod, n_index, len(corpus) - n_index, tiles_csv, text_sampling),
+        protocol=_geo_protocol(protocol, qmod, n_index, len(corpus) - n_index, tiles_csv, text_sampling,
+                               single_tile),
         revision=rel.revision(),
         extra={"dataset_dir": os.fspath(rel.root), "direction": direction, "n_index": n_index,
                "gps": np.asarray(gps, dtype=np.float64).reshape(-1, 2),
@@ -471,8 +495,8 @@ def _geo(rel: _Release, direction: str, protocol: str, check: bool, text_samplin
     )
 
 
-def _geo_protocol(name: str, qmod: str, n_index: int, n_tiles: int, tiles_csv: str, text_sampling: str
-                  ) -> Protocol:
+def _geo_protocol(name: str, qmod: str, n_index: int, n_tiles: int, tiles_csv: str, text_sampling: str,
+                  single_tile: int = 0) -> Protocol:
     geo_names = ",".join(geo_metric_name(t) for t in GEO_THRESHOLDS_KM)
     notes = {
         "source": "Oshkr/mml-codebase evaluate_geolocalization.py, evaluate_text.py (T2C), geoutils.py",
@@ -488,11 +512,15 @@ def _geo_protocol(name: str, qmod: str, n_index: int, n_tiles: int, tiles_csv: s
         "recall": "R@K: a tile of the query's own landmark in the top K",
     }
     if qmod == "satellite":
-        notes["exclusion"] = "the query's own tile is excluded; the landmark's other years' tiles remain"
+        notes["exclusion"] = ("the query's own tile is excluded when its landmark has other tiles (they "
+                              "keep the landmark's GPS point in the gallery); a landmark with a single "
+                              f"tile keeps it, so its point stays reachable as in mml-codebase "
+                              f"({single_tile} such queries; R@K is undefined for them, since their only "
+                              "tile is the query itself)")
     if qmod == "text":
         notes["text_sampling"] = text_sampling
     return Protocol(
-        name=name, metrics=("R@1", "R@5", "R@10", *(geo_metric_name(t) for t in GEO_THRESHOLDS_KM)),
+        name=name, metrics=GEO_METRICS,
         main_metric="R@1", top_k=10, ap_normaliser="|G|",
         exclude_reference=False, gallery=f"{n_index} index + {n_tiles} query-landmark satellite tiles",
         notes=notes,
@@ -651,8 +679,8 @@ for _d in (*RETRIEVAL, *GEO):
     SPECS[_d] = register_task(TaskSpec(
         metadata=_metadata(_d), load=_loader(_d), splits=SPLITS, default_split="query",
         protocols=GEO_PROTOCOLS if _geo_task else RETRIEVAL_PROTOCOLS, layout=LAYOUT,
-        metrics=(("R@1", "R@5", "R@10", *(geo_metric_name(t) for t in GEO_THRESHOLDS_KM)) if _geo_task
-                 else ("R@1", "R@5", "R@10", f"mAP@{MAP_TOPK}", "MedR")),
+        metrics=GEO_METRICS if _geo_task else retrieval_metrics(RETRIEVAL_PROTOCOLS[0]),
+        protocol_metrics={} if _geo_task else {p: retrieval_metrics(p) for p in RETRIEVAL_PROTOCOLS},
         size=_SIZES[_d], submission=None,
         options=OPTIONS if _d.startswith("t") else {"check_images": OPTIONS["check_images"]},
         family="mmlandmarks",

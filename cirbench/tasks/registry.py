@@ -8,7 +8,7 @@ A path to a native dataset directory is also a task name.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,9 @@ class TaskSpec:
     layout: str = ""
     """The expected on-disk layout, shown when files are missing."""
     metrics: tuple[str, ...] = ()
+    """The default protocol's metrics: each one is in every result (tests/test_conformance.py checks)."""
+    protocol_metrics: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Protocols whose metrics differ from `metrics` (e.g. MMLandmarks' paper-code R_s@K)."""
     size: str = ""
     """Human-readable size (queries / gallery per split) for `cirbench tasks`."""
     submission: SubmissionWriter | None = None
@@ -42,6 +45,10 @@ class TaskSpec:
     @property
     def name(self) -> str:
         return self.metadata.name
+
+    def metrics_for(self, protocol: str | None = None) -> tuple[str, ...]:
+        """The metrics a result under `protocol` (default: the official one) reports."""
+        return tuple(self.protocol_metrics.get(protocol or self.protocols[0], self.metrics))
 
 
 _TASKS: dict[str, TaskSpec] = {}
@@ -101,6 +108,11 @@ def get_task(
         if protocol not in spec.protocols:
             raise ValueError(f"task {name!r} has no protocol {protocol!r}; protocols: {list(spec.protocols)}")
         task = spec.load(data_root(data_dir, name), split, protocol, **options)
+        if tuple(task.protocol.metrics) != spec.metrics_for(protocol):
+            raise ValueError(
+                f"task {name!r} advertises metrics {list(spec.metrics_for(protocol))} for protocol "
+                f"{protocol!r}, but its loader set {list(task.protocol.metrics)}: a bug in the task module"
+            )
     task.validate()
     return task.limit(limit)
 

@@ -285,13 +285,18 @@ def _protocol(name: str, target_type: str, template: str | None, join: str | Non
     else:
         notes["relevance"] = "target_image_name only; comparison_images are hard negatives"
         notes["text"] = "refined_caption"
-    if join is not None:
+    if join is not None:  # the FashionIQ variants: scored per category and averaged, as the base benchmark
         notes["caption_join"] = fashioniq.JOIN_NOTES[join]
+        notes["aggregate"] = ("each metric per category (SoFT's mt_fiq / fiq score one category's queries "
+                              "against its gallery at a time); the overall value is the mean of the "
+                              "categories' values, as for FashionIQ, and its interval resamples queries "
+                              "within each category")
     return Protocol(
         name=name, metrics=MULTI_METRICS if multi else SINGLE_METRICS,
         main_metric="mAP@5" if multi else "R@1", top_k=50,
         ap_normaliser=NORMALISERS.get(name, "min(K,|G|)"), exclude_reference=False, gallery=gallery,
-        text_template="{text}", pseudo_token_template=template, caption_join=join, notes=notes,
+        text_template="{text}", pseudo_token_template=template, caption_join=join,
+        aggregate="queries" if join is None else "categories", notes=notes,
     )
 
 

@@ -19,6 +19,8 @@ from cirbench.tasks.registry import TaskSpec, register_task
 from cirbench.types import Task, TaskMetadata
 
 SPLITS = ("test", "test_single", "train")
+METRICS = ("R@1", "R@5", "R@10", "R@50", "mAP@5", "mAP@10", "mAP@50")
+"""The protocol a synthetic build writes (cirbench.build.synthetic.build.PROTOCOL uses these)."""
 
 
 def pipeline_config() -> dict[str, Any]:
@@ -79,7 +81,7 @@ for _preset, _size in (("mini", "test ~1k queries / ~4k gallery"), ("full", "tes
             load=_loader(_preset),
             splits=SPLITS,
             default_split="test",
-            metrics=("R@1", "R@5", "R@10", "R@50", "mAP@5", "mAP@10", "mAP@50"),
+            metrics=METRICS,
             size=_size,
             layout="a native cirbench dataset (cirbench.json + <split>/queries.parquet + corpus.parquet); "
             "built automatically when missing",

@@ -19,6 +19,7 @@ from cirbench.build.synthetic.render import png_bytes, render
 from cirbench.build.synthetic.scene import Scene
 from cirbench.build.synthetic.texts import caption
 from cirbench.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
+from cirbench.tasks.synthetic import METRICS
 from cirbench.types import Protocol
 
 SPLIT_STREAMS = {"test": 0, "train": 1}
@@ -26,7 +27,7 @@ SPLIT_STREAMS = {"test": 0, "train": 1}
 
 PROTOCOL = Protocol(
     name="official",
-    metrics=("R@1", "R@5", "R@10", "R@50", "mAP@5", "mAP@10", "mAP@50"),
+    metrics=METRICS,
     main_metric="R@1",
     top_k=50,
     ap_normaliser="min(K,|G|)",
