@@ -51,6 +51,17 @@ class EvalOptions:
     constraints: str | os.PathLike[str] | None = None
     rerank_lambda: float = 0.5
     rerank_mode: str = "soft"
+    allow_plugins: bool = False
+    """Let a `package.module:factory` model name import the user's code (`--allow-plugins`)."""
+
+    def __post_init__(self) -> None:
+        """Refuse values that would fail later (or silently do something else), naming the CLI flag."""
+        for flag, value, low in (("--batch-size", self.batch_size, 1), ("--top-k", self.top_k, 1),
+                                 ("--workers", self.workers, 0), ("--bootstrap", self.n_bootstrap, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ValueError(f"{flag} must be an integer >= {low}, not {value!r}")
+        if not 0.0 <= float(self.rerank_lambda) <= 1.0:
+            raise ValueError(f"--rerank-lambda must be in [0, 1], not {self.rerank_lambda!r}")
 
 
 def resolve_instruction(encoder: Encoder, task: Task, role: Role) -> str | None:
@@ -235,7 +246,7 @@ def evaluate(
         mopts.setdefault("dtype", opts.dtype)
     if opts.device != "cpu":
         mopts.setdefault("device", opts.device)
-    encoder = get_model(model, **mopts) if isinstance(model, str) else model
+    encoder = get_model(model, allow_plugins=opts.allow_plugins, **mopts) if isinstance(model, str) else model
     check_modalities(
         encoder.spec, {"query": task.metadata.query_modality, "corpus": task.metadata.corpus_modality}
     )
