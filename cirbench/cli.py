@@ -407,6 +407,9 @@ def build_cmd(
     if merge is not None and shard_t is not None:
         raise typer.BadParameter("--merge and --shard are separate steps: build each shard, then merge")
     check_config(where, config, preset=preset, seed=seed, limit=limit)  # typos fail now, naming the file
+    from cirbench.dataset import check_replaceable
+
+    check_replaceable(out)  # never build for minutes and then find that `out` is the user's folder
     if kind == "synthetic":
         from cirbench.build.synthetic import build_synthetic
 

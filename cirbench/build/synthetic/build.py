@@ -17,7 +17,7 @@ from cirbench.build.synthetic.predicate import Op
 from cirbench.build.synthetic.render import png_bytes, render
 from cirbench.build.synthetic.scene import Scene
 from cirbench.build.synthetic.texts import caption
-from cirbench.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
+from cirbench.dataset import ImageRecord, QueryRecord, SplitData, check_replaceable, write_dataset
 from cirbench.options import did_you_mean
 from cirbench.types import Protocol
 from cirbench.workers import process_pool
@@ -237,6 +237,7 @@ def build_synthetic(
     preset's seed; limit caps the test queries (train shrinks in proportion) for a quick build.
     """
     name, used_seed, split_cfgs = resolve(config, preset, seed, limit)
+    check_replaceable(Path(out))  # refuse a user's folder before minutes of work, not after
     render_cfg = dict(config.get("render", {}))
     recorded_render = {k: v for k, v in render_cfg.items() if k != "workers"}  # output does not depend on it
     test = build_split("test", split_cfgs["test"], np.random.default_rng([used_seed, SPLIT_STREAMS["test"]]))
