@@ -11,17 +11,57 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
+
+USER_ERRORS = (ValueError, KeyError, OSError, ImportError)
+"""What a user's mistake raises (bad files, names, options, a missing optional package): one line, exit 2.
+DatasetError and the registries' errors are ValueError / KeyError. CIRBENCH_DEBUG=1 shows the traceback."""
+
+
+class _Group(TyperGroup):
+    """The app's group: every command's user error ends as one escaped `error:` line and exit code 2."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as e:
+            if os.environ.get("CIRBENCH_DEBUG"):
+                raise
+            _print_error(e)
+            raise typer.Exit(code=2) from None
+
 
 app = typer.Typer(
+    cls=_Group,
     help="Build and evaluate Composed Image Retrieval benchmarks.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
 
 
-def _console() -> Console:
+def _console(stderr: bool = False) -> Console:
     """A fresh Console per command, so the width follows $COLUMNS at call time (and in tests)."""
-    return Console()
+    return Console(stderr=stderr)
+
+
+def _message(e: BaseException) -> str:
+    """The text of an error: a KeyError's own message (not its repr), an OSError with its file."""
+    if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str):
+        return e.args[0]
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        return f"{e.strerror}: {os.fspath(e.filename)!r}"
+    return str(e) or type(e).__name__
+
+
+def _print_error(e: BaseException) -> None:
+    """File names and messages are the user's text, never markup: `[old]` must print as written."""
+    _console(stderr=True).print(f"[bold red]error:[/bold red] {escape(_message(e))}", soft_wrap=True)
+
+
+def _say(text: str) -> None:
+    """Print plain text (paths, names) without interpreting brackets as markup."""
+    _console().print(escape(text), soft_wrap=True)
 
 
 DEFAULT_MODEL = "cirbench-fusion"
@@ -31,11 +71,41 @@ DEFAULT_TASK = "synthetic-mini"
 def _kv(pairs: list[str] | None, what: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for p in pairs or []:
-        if "=" not in p:
-            raise typer.BadParameter(f"{what} must look like name=value, got {p!r}")
+        if "=" not in p or not p.split("=", 1)[0].strip():
+            raise typer.BadParameter(f"{what} must look like name=value, got {p!r}", param_hint=what)
         k, v = p.split("=", 1)
+        if k.strip() in out:
+            raise typer.BadParameter(f"{what} {k.strip()} is given twice", param_hint=what)
         out[k.strip()] = _parse_value(v.strip())
     return out
+
+
+def _one(values: list[str] | None, default: str, flag: str) -> str:
+    """A single-valued option that typer would silently let a repetition overwrite."""
+    if not values:
+        return default
+    if len(values) > 1:
+        raise typer.BadParameter(f"{flag} is given {len(values)} times ({', '.join(values)}); cirbench eval "
+                                 "scores one model on one task per run", param_hint=flag)
+    return values[0]
+
+
+def _choice(value: str | None, choices: tuple[str, ...], flag: str) -> None:
+    from cirbench.options import did_you_mean
+
+    if value is not None and value not in choices:
+        hint = did_you_mean(value, choices)
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}{hint}", param_hint=flag)
+
+
+def _check_device(device: str) -> None:
+    """A device that cannot be used is refused before any task is read or any item encoded."""
+    from cirbench.distributed import check_device
+
+    try:
+        check_device(device)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--device") from None
 
 
 def _parse_value(v: str) -> Any:
@@ -50,35 +120,32 @@ def _parse_value(v: str) -> Any:
     return v
 
 
-def _fail(e: BaseException) -> None:
-    _console().print(f"[bold red]error:[/bold red] {e}")
-    raise typer.Exit(code=2)
-
-
 @app.command("eval")
 def eval_cmd(
     model: Annotated[
-        str, typer.Option("--model", "-m", help="alias, family:target, or module:factory")
-    ] = DEFAULT_MODEL,
+        list[str] | None,
+        typer.Option("--model", "-m", help=f"alias, family:target or module:factory ({DEFAULT_MODEL})"),
+    ] = None,
     task: Annotated[
-        str, typer.Option("--task", "-t", help="registered task or native dataset dir")
-    ] = DEFAULT_TASK,
+        list[str] | None,
+        typer.Option("--task", "-t", help=f"registered task or native dataset dir (default {DEFAULT_TASK})"),
+    ] = None,
     split: Annotated[str | None, typer.Option(help="split (default: the task's)")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="dataset root (else $CIRBENCH_DATA/<task>)")] = None,
     protocol: Annotated[str | None, typer.Option(help="named protocol variant (default: official)")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="output directory")] = None,
-    batch_size: Annotated[int, typer.Option(help="encoding batch size")] = 32,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1, help="encoding batch size")] = 32,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps or auto")] = "cpu",
     dtype: Annotated[str | None, typer.Option(help="model dtype: float32, bfloat16, float16")] = None,
-    top_k: Annotated[int | None, typer.Option(help="run depth (default: the protocol's)")] = None,
+    top_k: Annotated[int | None, typer.Option(min=1, help="run depth (default: the protocol's)")] = None,
     limit: Annotated[
-        int | None, typer.Option(help="only the first N queries (a smoke run; recorded)")
+        int | None, typer.Option(min=1, help="only the first N queries (a smoke run; recorded)")
     ] = None,
     no_cache: Annotated[
         bool, typer.Option("--no-cache", help="do not read or write the embedding cache")
     ] = False,
     cache_dir: Annotated[Path | None, typer.Option(help="cache root (default $CIRBENCH_CACHE)")] = None,
-    workers: Annotated[int | None, typer.Option(help="image decode threads")] = None,
+    workers: Annotated[int | None, typer.Option(min=0, help="image decode threads (0: none)")] = None,
     search_dtype: Annotated[str, typer.Option(help="float32 (exact) or bfloat16")] = "float32",
     search_backend: Annotated[str, typer.Option(help="torch, faiss or auto")] = "torch",
     option: Annotated[list[str] | None, typer.Option("--option", help="model option name=value")] = None,
@@ -86,13 +153,16 @@ def eval_cmd(
         list[str] | None, typer.Option("--task-option", help="task option name=value")
     ] = None,
     trust_remote_code: Annotated[bool, typer.Option(help="allow a model's own remote code to run")] = False,
-    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the 95% CIs")] = 1000,
+    allow_plugins: Annotated[
+        bool, typer.Option("--allow-plugins", help="allow --model package.module:factory (imports your code)")
+    ] = False,
+    bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for the 95% CIs")] = 1000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
     rerank: Annotated[str | None, typer.Option(help="reranker: soft (SoFT soft filtering)")] = None,
     constraints: Annotated[
         Path | None, typer.Option(help="SoFT constraints file (JSON/JSONL by query id)")
     ] = None,
-    rerank_lambda: Annotated[float, typer.Option(help="SoFT λ in [0, 1]")] = 0.5,
+    rerank_lambda: Annotated[float, typer.Option(min=0.0, max=1.0, help="SoFT λ in [0, 1]")] = 0.5,
     rerank_mode: Annotated[
         str, typer.Option(help="SoFT mode: soft, reward, penalty, penalty-as-coded")
     ] = "soft",
@@ -109,8 +179,23 @@ def eval_cmd(
     """Score a model on a task: prints the table and writes result.json, run.parquet (+ submission)."""
     from cirbench.display import result_table
     from cirbench.evaluation import EvalOptions, evaluate
+    from cirbench.rerank.soft import MODES as RERANK_MODES
+    from cirbench.search import SEARCH_BACKENDS, SEARCH_DTYPES
 
+    model_name = _one(model, DEFAULT_MODEL, "--model")
+    task_name = _one(task, DEFAULT_TASK, "--task")
+    _choice(search_dtype, SEARCH_DTYPES, "--search-dtype")
+    _choice(search_backend, SEARCH_BACKENDS, "--search-backend")
+    _choice(rerank, ("soft",), "--rerank")
+    _choice(rerank_mode, RERANK_MODES, "--rerank-mode")
+    if rerank is not None and constraints is None:
+        raise typer.BadParameter("--rerank soft needs --constraints FILE (per-query SoFT constraints)",
+                                 param_hint="--constraints")
+    if output is not None and output.exists() and not output.is_dir():
+        raise typer.BadParameter(f"{str(output)!r} is a file, not a directory", param_hint="--output")
+    _check_device(device)
     mopts = _kv(option, "--option")
+    topts = _kv(task_option, "--task-option")
     if trust_remote_code:
         mopts["trust_remote_code"] = True
     opts = EvalOptions(
@@ -131,23 +216,20 @@ def eval_cmd(
         rerank_lambda=rerank_lambda,
         rerank_mode=rerank_mode,
         overwrite=overwrite,
+        allow_plugins=allow_plugins,
     )
-    try:
-        result = evaluate(
-            model,
-            task,
-            split=split,
-            data_dir=data_dir,
-            protocol=protocol,
-            output=output,
-            limit=limit,
-            options=opts,
-            model_options=mopts,
-            task_options=_kv(task_option, "--task-option"),
-        )
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        _fail(e)
-        return
+    result = evaluate(
+        model_name,
+        task_name,
+        split=split,
+        data_dir=data_dir,
+        protocol=protocol,
+        output=output,
+        limit=limit,
+        options=opts,
+        model_options=mopts,
+        task_options=topts,
+    )
     from cirbench.distributed import world
 
     if world()[0] != 0:  # under torchrun, rank 0 reports
@@ -164,33 +246,34 @@ def eval_cmd(
         _console().print(result_table(result))
     assert result.path is not None
     if result.skipped:
-        _console().print(
-            f"an identical result is already at {escape(str(result.path))}: nothing was computed "
-            "(--overwrite recomputes it)"
-        )
+        _say(f"an identical result is already at {result.path}: nothing was computed "
+             "(--overwrite recomputes it)")
     else:
-        _console().print(
-            f"wrote {escape(str(result.path))} and {escape(str(result.path.parent / result.files['run']))}"
-        )
+        _say(f"wrote {result.path} and {result.path.parent / result.files['run']}")
     for sub in result.files.get("submission", []):
-        _console().print(f"submission file: {escape(str(result.path.parent / sub))}")
+        _say(f"submission file: {result.path.parent / sub}")
     if "submission_skipped" in result.files:
-        _console().print(f"no submission file: {escape(result.files['submission_skipped'])}")
+        _say(f"no submission file: {result.files['submission_skipped']}")
 
 
 @app.command("tasks")
-def tasks_cmd() -> None:
-    """List the registered tasks."""
+def tasks_cmd(
+    name: Annotated[str | None, typer.Argument(help="a task: show its splits, protocols and options")] = None,
+) -> None:
+    """List the registered tasks, or describe one (splits, protocols and options with their defaults)."""
     from rich.table import Table
 
-    from cirbench.tasks.registry import list_tasks
+    from cirbench.tasks.registry import get_task_spec, list_tasks
 
+    if name is not None:
+        _describe_task(get_task_spec(name))
+        return
     table = Table(title="cirbench tasks")
     for col in ("name", "splits", "protocols", "size", "query → corpus", "metrics", "licence"):
         table.add_column(col)
     for spec in list_tasks():
         md = spec.metadata
-        table.add_row(
+        table.add_row(*map(escape, (
             md.name,
             ", ".join(spec.splits),
             ", ".join(spec.protocols),
@@ -198,8 +281,37 @@ def tasks_cmd() -> None:
             f"{md.query_modality} → {md.corpus_modality}",
             ", ".join(spec.metrics),
             md.license,
-        )
+        )))
     _console().print(table)
+    _say("`cirbench tasks NAME` shows a task's options (--task-option name=value) and expected layout.")
+
+
+def _describe_task(spec: Any) -> None:
+    from rich.table import Table
+
+    md = spec.metadata
+    c = _console()
+    c.print(f"[bold]{escape(md.name)}[/bold]: {escape(md.description)}", soft_wrap=True)
+    c.print(f"source: {escape(md.source)}; licence: {escape(md.license)}", soft_wrap=True)
+    if spec.size:
+        c.print(f"size: {escape(spec.size)}", soft_wrap=True)
+    c.print("splits: " + escape(", ".join(s + (" (default)" if s == spec.default_split else "")
+                                          for s in spec.splits)), soft_wrap=True)
+    protocols = ", ".join(p + (" (default)" if i == 0 else "") for i, p in enumerate(spec.protocols))
+    c.print("protocols (--protocol): " + escape(protocols), soft_wrap=True)
+    if spec.metrics:
+        c.print(f"metrics: {escape(', '.join(spec.metrics))}", soft_wrap=True)
+    if spec.options:
+        table = Table(title=f"options of {md.name} (--task-option name=value)")
+        table.add_column("option")
+        table.add_column("what it does (default)")
+        for opt, help_ in spec.options.items():
+            table.add_row(escape(opt), escape(help_))
+        c.print(table)
+    else:
+        c.print("options: none")
+    if spec.layout:
+        c.print("expected layout:\n" + escape(spec.layout), soft_wrap=True)
 
 
 @app.command("models")
@@ -214,7 +326,7 @@ def models_cmd() -> None:
         table.add_column(col)
     for s in list_models():
         params = f"{s.parameters / 1e6:.0f}M" if s.parameters else "–"
-        table.add_row(
+        table.add_row(*map(escape, (
             s.name,
             s.id,
             str(s.revision or "–"),
@@ -223,12 +335,12 @@ def models_cmd() -> None:
             ", ".join(s.modalities),
             s.dtype,
             s.license,
-        )
+        )))
     _console().print(table)
-    _console().print(
+    _say(
         "families: "
         + ", ".join(f"{f}:<id or path>" for f in sorted(_FAMILIES))
-        + ", package.module:factory, entry points in group 'cirbench.models'"
+        + "; entry points in group 'cirbench.models'; package.module:factory with --allow-plugins"
     )
 
 
@@ -238,7 +350,7 @@ def compare_cmd(
     b: Annotated[Path, typer.Argument(help="result.json (or its directory) to compare")],
     force: Annotated[bool, typer.Option(help="compare even if tasks or protocols differ")] = False,
     method: Annotated[str, typer.Option(help="bootstrap or permutation")] = "bootstrap",
-    resamples: Annotated[int, typer.Option(help="resamples")] = 10000,
+    resamples: Annotated[int, typer.Option(min=1, help="resamples")] = 10000,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Per-metric difference B - A with a paired significance test over the common queries."""
@@ -247,28 +359,25 @@ def compare_cmd(
     from cirbench.compare import compare_results
     from cirbench.result import Result
 
-    try:
-        ra, rb = Result.read(a), Result.read(b)
-        tests, info = compare_results(ra, rb, force=force, method=method, n_resamples=resamples, seed=seed)
-    except ValueError as e:
-        _fail(e)
-        return
+    _choice(method, ("bootstrap", "permutation"), "--method")
+    ra, rb = Result.read(a), Result.read(b)
+    tests, info = compare_results(ra, rb, force=force, method=method, n_resamples=resamples, seed=seed)
     for p in info["problems"]:
-        _console().print(f"[yellow]warning (forced):[/yellow] {p}")
+        _console().print(f"[yellow]warning (forced):[/yellow] {escape(str(p))}")
     table = Table(
-        title=f"{rb.model.get('name')} − {ra.model.get('name')} on {ra.task['name']}/"
-        f"{ra.task['split']} ({info['n_common']} paired queries, {method})"
+        title=escape(f"{rb.model.get('name')} − {ra.model.get('name')} on {ra.task['name']}/"
+                     f"{ra.task['split']} ({info['n_common']} paired queries, {method})")
     )
     for col in ("metric", "A", "B", "B − A", "95% CI", "p", ""):
         table.add_column(col, justify="right")
     for t in tests:
         sig = "[green]significant[/green]" if t.p_value < 0.05 else "[dim]tie[/dim]"
         table.add_row(
-            t.metric,
+            escape(t.metric),
             f"{100 * t.mean_a:.2f}",
             f"{100 * t.mean_b:.2f}",
             f"{100 * t.diff:+.2f}",
-            f"[{100 * t.ci_low:+.2f}, {100 * t.ci_high:+.2f}]",
+            escape(f"[{100 * t.ci_low:+.2f}, {100 * t.ci_high:+.2f}]"),
             f"{t.p_value:.4f}",
             sig,
         )
@@ -281,36 +390,49 @@ def _parse_shard(shard: str | None) -> tuple[int, int] | None:
     try:
         i, n = (int(x) for x in shard.split("/"))
     except ValueError:
-        raise typer.BadParameter(f"--shard must look like i/n (e.g. 0/4), got {shard!r}") from None
+        raise typer.BadParameter(f"--shard must look like i/n (e.g. 0/4), got {shard!r}",
+                                 param_hint="--shard") from None
     if not 0 <= i < n:
-        raise typer.BadParameter(f"--shard {shard}: need 0 <= i < n")
+        raise typer.BadParameter(f"--shard {shard}: need 0 <= i < n", param_hint="--shard")
     return i, n
 
 
 @app.command("build")
 def build_cmd(
-    pipeline: Annotated[Path, typer.Argument(help="pipeline config (pipelines/*.yaml)")],
+    pipeline: Annotated[
+        Path, typer.Argument(help="pipeline config (pipelines/*.yaml) or a shipped one's name: synthetic, "
+                                  "edir, soft-refine-cirr, soft-refine-fashioniq")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="output dataset directory")],
     sources: Annotated[str | None, typer.Option(help="image folder, hub dataset or benchmark")] = None,
     shard: Annotated[str | None, typer.Option(help="i/n: build shard i of n (merge with --merge n)")] = None,
-    merge: Annotated[int | None, typer.Option(help="merge n finished shards into the dataset")] = None,
+    merge: Annotated[int | None, typer.Option(min=1, help="merge n finished shards into the dataset")] = None,
     preset: Annotated[str | None, typer.Option(help="preset in the config (e.g. mini, full)")] = None,
-    seed: Annotated[int | None, typer.Option(help="override the config's seed")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="override the config's seed")] = None,
     limit: Annotated[
-        int | None, typer.Option(help="a quick build: N queries (synthetic, soft-refine) or N sources (edir)")
+        int | None,
+        typer.Option(min=1, help="a quick build: N queries (synthetic, soft-refine) or N sources (edir)"),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Build a benchmark from a pipeline config into the native dataset format (resumable)."""
-    import yaml
+    from cirbench.build import check_config, read_pipeline
 
-    try:
-        config = yaml.safe_load(pipeline.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        _fail(e)
-        return
-    kind = (config or {}).get("pipeline")
+    where, config = read_pipeline(pipeline)
+    kind = config["pipeline"]
     shard_t = _parse_shard(shard)
+    if kind == "synthetic" and (shard_t is not None or merge is not None or sources is not None):
+        raise typer.BadParameter("the synthetic pipeline has no sources and runs in one piece (no --sources, "
+                                 "--shard or --merge)")
+    if kind != "synthetic" and preset is not None:
+        raise typer.BadParameter(f"--preset applies to the synthetic pipeline, not {kind!r}",
+                                 param_hint="--preset")
+    if merge is not None and shard_t is not None:
+        raise typer.BadParameter("--merge and --shard are separate steps: build each shard, then merge")
+    check_config(where, config, preset=preset, seed=seed, limit=limit)  # typos fail now, naming the file
+    from cirbench.dataset import check_replaceable
+
+    check_replaceable(out)  # never build for minutes and then find that `out` is the user's folder
     if kind == "synthetic":
         from cirbench.build.synthetic import build_synthetic
 
@@ -323,26 +445,22 @@ def build_cmd(
             if merge
             else run_edir(config, out, sources=sources, shard=shard_t, limit=limit, progress=not quiet)
         )
-    elif kind == "soft-refine":
-        from cirbench.build.soft_refine import run_soft_refine
-
-        path = run_soft_refine(config, out, sources=sources, shard=shard_t, limit=limit, progress=not quiet)
     else:
-        _fail(
-            ValueError(
-                f"{pipeline}: unknown pipeline {kind!r} (field 'pipeline'); "
-                "known: synthetic, edir, soft-refine"
-            )
+        from cirbench.build.soft_refine import merge_soft_shards, run_soft_refine
+
+        path = (
+            merge_soft_shards(out, merge)
+            if merge
+            else run_soft_refine(config, out, sources=sources, shard=shard_t, limit=limit, progress=not quiet)
         )
-        return
-    _console().print(f"wrote {path}")
+    _say(f"wrote {path}")
 
 
 @app.command("train")
 def train_cmd(
     dataset: Annotated[Path, typer.Argument(help="a built dataset with a train split")],
     out: Annotated[Path, typer.Option("--out", "-o", help="where to write the head (.safetensors)")],
-    epochs: Annotated[int | None, typer.Option()] = None,
+    epochs: Annotated[int | None, typer.Option(min=1)] = None,
     seed: Annotated[int, typer.Option()] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
@@ -353,13 +471,13 @@ def train_cmd(
     if epochs is not None:
         kwargs["epochs"] = epochs
     stats = train_fusion_head(dataset, out, **kwargs)
-    _console().print(f"wrote {out}: {stats}")
+    _say(f"wrote {out}: {stats}")
 
 
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="where results and the chart go")] = Path("demo"),
-    limit: Annotated[int | None, typer.Option(help="only the first N queries")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="only the first N queries")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Build synthetic-mini, score the default model and the baselines, print and plot per category."""
@@ -375,17 +493,17 @@ def leaderboard_cmd(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="output directory")] = Path("leaderboards"),
     reported: Annotated[Path | None, typer.Option(help="citation file of published numbers (CSV)")] = None,
-    resamples: Annotated[int, typer.Option(help="paired-bootstrap resamples for ties")] = 10000,
+    resamples: Annotated[int, typer.Option(min=1, help="paired-bootstrap resamples for ties")] = 10000,
 ) -> None:
     """Publish tables (Markdown, CSV, parquet) and an HTML page with plots from result files."""
     from cirbench.leaderboard import build_leaderboard
 
-    try:
-        files = build_leaderboard(results, out, reported=reported, n_resamples=resamples)
-    except (ValueError, FileNotFoundError) as e:
-        _fail(e)
-        return
-    _console().print(f"wrote {len(files)} files under {out}/ (open {out / 'index.html'})")
+    def warn(path: Path, why: str) -> None:
+        _console(stderr=True).print(f"[yellow]warning:[/yellow] skipped {escape(str(path))}: {escape(why)}",
+                                    soft_wrap=True)
+
+    files = build_leaderboard(results, out, reported=reported, n_resamples=resamples, on_skip=warn)
+    _say(f"wrote {len(files)} files under {out}/ (open {out / 'index.html'})")
 
 
 @app.command("card")
@@ -403,16 +521,11 @@ def card_cmd(
     if all_:
         paths = write_all_cards(out)
     elif task is None:
-        _fail(ValueError("name a task, or pass --all"))
-        return
+        raise typer.BadParameter("name a task or a family, or pass --all", param_hint="TASK")
     else:
-        try:
-            paths = [write_card(task, out, data_dir=data_dir)]
-        except KeyError as e:
-            _fail(e)
-            return
+        paths = [write_card(task, out, data_dir=data_dir)]
     for p in paths:
-        _console().print(f"wrote {p}")
+        _say(f"wrote {p}")
 
 
 @app.command("validate-submission")
@@ -429,9 +542,10 @@ def validate_submission_cmd(
     problems = validate_submission(file, task, data_dir=data_dir)
     if problems:
         for p in problems:
-            _console().print(f"[red]✗[/red] {p}")
+            _console().print(f"[red]✗[/red] {escape(str(p))}", soft_wrap=True)
         raise typer.Exit(code=1)
-    _console().print(f"[green]✓[/green] {file} is a valid {task} submission")
+    _console().print(f"[green]✓[/green] {escape(str(file))} is a valid {escape(task)} submission",
+                     soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover

@@ -17,10 +17,12 @@ has empty relevant_ids and "has_labels": false in cirbench.json.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +32,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cirbench.io import make_temp_dir
+from cirbench.paths import Root
 from cirbench.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
+from cirbench.workers import pid_alive
 
 FORMAT = "cirbench-dataset"
 FORMAT_VERSION = 1
@@ -94,22 +98,14 @@ class SplitData:
     has_labels: bool = True
 
 
-def safe_path(root: Path, rel: str, *, file: Path, record: str, field_name: str) -> Path:
-    """Resolve a relative path inside the dataset root; refuse anything that escapes it."""
-    if os.path.isabs(rel):
-        raise DatasetError(
-            f"absolute path {rel!r} is not allowed", file=file, record=record, field=field_name
-        )
-    root_r = root.resolve()
-    p = (root_r / rel).resolve()
-    if p != root_r and root_r not in p.parents:
-        raise DatasetError(
-            f"path {rel!r} escapes the dataset root {str(root_r)!r}",
-            file=file,
-            record=record,
-            field=field_name,
-        )
-    return p
+def safe_path(root: Path | Root, rel: Any, *, file: Path, record: str | int, field_name: str) -> Path:
+    """A relative path inside the dataset root; anything that escapes it (`..`, an absolute path, a symlink
+    out) is refused naming the file, record and field (the shared check of `cirbench.paths`)."""
+    if not isinstance(rel, str):
+        raise DatasetError(f"expected a relative path (a string), found {type(rel).__name__}", file=file,
+                           record=record, field=field_name)
+    guard = root if isinstance(root, Root) else Root(root)
+    return guard.join(rel, file=file, record=record, field=field_name)
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -173,7 +169,9 @@ def write_dataset(
     """
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(root.parent, f".{root.name}.tmp-")
+    check_replaceable(root)
+    remove_stale_temps(root)
+    tmp = make_temp_dir(root.parent, f"{_temp_prefix(root)}{os.getpid()}-")
     try:
         manifest: dict[str, Any] = {
             "format": FORMAT,
@@ -221,6 +219,37 @@ def write_dataset(
     return root
 
 
+def check_replaceable(root: Path) -> None:
+    """Refuse to write a dataset over a folder that is not one: replacing it would delete the user's files."""
+    if root.is_dir() and not (root / MANIFEST).is_file() and any(root.iterdir()):
+        raise DatasetError(f"the output folder exists and is not a cirbench dataset (no {MANIFEST}); writing "
+                           "the dataset there would delete what it holds: choose a new or empty folder",
+                           file=root)
+    if root.exists() and not root.is_dir():
+        raise DatasetError("the output path exists and is not a folder", file=root)
+
+
+def _temp_prefix(root: Path) -> str:
+    """`.<name>.tmp-<host>-`: the pid that follows tells a rerun which temporary folders are orphans."""
+    host = "".join(c if c.isalnum() else "_" for c in socket.gethostname())[:32] or "host"
+    return f".{root.name}.tmp-{host}-"
+
+
+def remove_stale_temps(root: Path) -> list[Path]:
+    """Delete what a killed write of `root` left beside it (`.<name>.tmp-<host>-<pid>-*`, `.<name>.old-<pid>`)
+    when that process is gone; folders of a live writer, or of another host, are left alone."""
+    removed = []
+    prefix = _temp_prefix(root)
+    for p in root.parent.glob(f".{glob.escape(root.name)}.*"):
+        rest = (p.name[len(prefix):] if p.name.startswith(prefix)
+                else p.name[len(f".{root.name}.old-"):] if p.name.startswith(f".{root.name}.old-") else None)
+        pid = rest.split("-", 1)[0] if rest else ""
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)) and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def _replace_dir(src: Path, dst: Path) -> None:
     """Move src to dst, replacing dst; the old tree is removed only after the new one is in place."""
     if dst.exists():
@@ -249,9 +278,11 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetError(f"not a cirbench dataset: {MANIFEST} is missing", file=path)
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        manifest = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"malformed JSON: {e}", file=path) from e
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"expected a JSON object, found {type(manifest).__name__}", file=path)
     if manifest.get("format") != FORMAT:
         raise DatasetError(f"expected format {FORMAT!r}", file=path, field="format")
     if manifest.get("format_version") != FORMAT_VERSION:
@@ -260,6 +291,20 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
             file=path,
             field="format_version",
         )
+    splits = manifest.get("splits")
+    if not isinstance(splits, dict) or not splits:
+        raise DatasetError("expected an object of splits (split name -> its files)", file=path,
+                           field="splits")
+    for name, entry in splits.items():
+        if not isinstance(entry, dict):
+            raise DatasetError(f"expected an object, found {type(entry).__name__}", file=path, record=name,
+                               field="splits")
+        for key in ("queries", "corpus"):
+            if not isinstance(entry.get(key), str):
+                raise DatasetError("required file name is missing or not a string", file=path, record=name,
+                                   field=f"splits.{name}.{key}")
+    if not isinstance(manifest.get("name"), str):
+        raise DatasetError("required field is missing or not a string", file=path, field="name")
     return manifest
 
 
@@ -276,17 +321,21 @@ def _read_table(path: Path, required: Iterable[str]) -> pa.Table:
     return table
 
 
-def _images(root: Path, path: Path) -> list[Item]:
+def _images(root: Root, path: Path) -> list[Item]:
     table = _read_table(path, REQUIRED_IMAGE_COLUMNS)
     cols = {c: table.column(c).to_pylist() for c in table.column_names}
     n = table.num_rows
     ids, blobs, rels = cols["id"], cols.get("image", [None] * n), cols.get("image_path", [None] * n)
     captions = cols.get("caption", [None] * n)
     items = []
+    seen: set[str] = set()
     for i in range(n):
         iid = ids[i]
         if not isinstance(iid, str) or not iid:
             raise DatasetError("id must be a non-empty string", file=path, record=i, field="id")
+        if iid in seen:
+            raise DatasetError("duplicate id", file=path, record=iid, field="id")
+        seen.add(iid)
         image: bytes | Path | None
         if blobs[i] is not None:
             image = blobs[i]
@@ -313,23 +362,28 @@ def load_native(root: str | os.PathLike[str], split: str = "test") -> Task:
     root = Path(root)
     manifest = read_manifest(root)
     if split not in manifest["splits"]:
+        from cirbench.options import did_you_mean
+
         raise DatasetError(
-            f"unknown split {split!r}; available: {sorted(manifest['splits'])}",
+            f"unknown split {split!r}{did_you_mean(split, manifest['splits'])}; available: "
+            f"{', '.join(sorted(manifest['splits']))}",
             file=root / MANIFEST,
             field="splits",
         )
     entry = manifest["splits"][split]
+    guard = Root(root)
     corpus = _images(
-        root, safe_path(root, entry["corpus"], file=root / MANIFEST, record=split, field_name="corpus")
+        guard, safe_path(guard, entry["corpus"], file=root / MANIFEST, record=split, field_name="corpus")
     )
     refs = {it.id: it for it in corpus}
     if "references" in entry:
         for it in _images(
-            root,
-            safe_path(root, entry["references"], file=root / MANIFEST, record=split, field_name="references"),
+            guard,
+            safe_path(guard, entry["references"], file=root / MANIFEST, record=split,
+                      field_name="references"),
         ):
             refs.setdefault(it.id, it)
-    qpath = safe_path(root, entry["queries"], file=root / MANIFEST, record=split, field_name="queries")
+    qpath = safe_path(guard, entry["queries"], file=root / MANIFEST, record=split, field_name="queries")
     table = _read_table(qpath, REQUIRED_QUERY_COLUMNS)
     cols = {c: table.column(c).to_pylist() for c in table.column_names}
     n = table.num_rows
@@ -412,6 +466,8 @@ def load_native(root: str | os.PathLike[str], split: str = "test") -> Task:
     )
     try:
         task.validate()
-    except DatasetError as e:
-        raise DatasetError(str(e), file=qpath) from e
+    except DatasetError as e:  # ids of the queries refer to the corpus: the query file is the one to fix
+        if e.file is not None:
+            raise
+        raise DatasetError(e.message, file=qpath, record=e.record, field=e.field) from e
     return task

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from cirbench.result import Result, Score
@@ -30,11 +31,12 @@ def result_table(
         f"{result.model.get('name')} on {result.task['name']}/{result.task['split']} "
         f"({result.task['num_queries']} queries, {result.task['num_corpus']} gallery)"
     )
-    table = Table(title=title, caption="values in %; ± is half the 95% bootstrap interval" if ci else None)
+    caption = "values in %; ± is half the 95% bootstrap interval" if ci else None
+    table = Table(title=escape(title), caption=caption)
     table.add_column("group", style="bold")
     table.add_column("n", justify="right")
     for m in metrics:
-        table.add_column(m + (" ★" if m == result.main_metric else ""), justify="right")
+        table.add_column(escape(m) + (" ★" if m == result.main_metric else ""), justify="right")
     overall = result.overall
     n = next(iter(overall.values())).n if overall else result.task["num_queries"]
     table.add_row("overall", str(n), *[fmt(overall.get(m), m, ci=ci) for m in metrics])
@@ -45,7 +47,7 @@ def result_table(
             continue
         table.add_section()
         for g, scores in groups.items():
-            label = f"  {g}" if kind == "subcategory" and taxonomy else g
+            label = escape(f"  {g}" if kind == "subcategory" and taxonomy else g)  # dataset text, not markup
             n = next(iter(scores.values())).n if scores else 0
             table.add_row(
                 f"[dim]{kind}[/dim] {label}", str(n), *[fmt(scores.get(m), m, ci=ci) for m in metrics]
@@ -58,15 +60,15 @@ def comparison_table(
 ) -> Table:
     """Models side by side on one metric, per group: the modality-bias view of a demo run."""
     metric = metric or results[0].main_metric
-    table = Table(title=f"{metric} (%) per {kind}: {results[0].task['name']}/{results[0].task['split']}")
+    task = results[0].task
+    table = Table(title=escape(f"{metric} (%) per {kind}: {task['name']}/{task['split']}"))
     table.add_column(kind, style="bold")
     for r in results:
-        table.add_column(str(r.model.get("name")), justify="right")
+        table.add_column(escape(str(r.model.get("name"))), justify="right")
     table.add_row("overall", *[fmt(r.overall.get(metric), metric, ci=False) for r in results])
     table.add_section()
     groups = sorted({g for r in results for g in r.scores.get(kind, {})})
     for g in groups:
-        table.add_row(
-            g, *[fmt(r.scores.get(kind, {}).get(g, {}).get(metric), metric, ci=False) for r in results]
-        )
+        cells = [fmt(r.scores.get(kind, {}).get(g, {}).get(metric), metric, ci=False) for r in results]
+        table.add_row(escape(g), *cells)
     return table

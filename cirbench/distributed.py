@@ -23,8 +23,36 @@ def world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+DEVICE_FORMS = "cpu, cuda, cuda:N, mps or auto"
+
+
+def check_device(device: str) -> None:
+    """Refuse a device that is misspelt or absent, before a task is read or an item encoded."""
+    d = device.strip().lower()
+    kind, _, index = d.partition(":")
+    if kind not in ("cpu", "cuda", "mps", "auto") or (index and (kind != "cuda" or not index.isdigit())):
+        raise ValueError(f"unknown device {device!r}; use {DEVICE_FORMS}")
+    if kind in ("cpu", "auto"):
+        return
+    import torch
+
+    if kind == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device {device!r} was asked for, but torch sees no CUDA GPU here "
+                             "(use --device cpu, or check CUDA_VISIBLE_DEVICES and the torch build)")
+        if index and int(index) >= n:
+            raise ValueError(f"device {device!r} does not exist: torch sees {n} CUDA GPU(s), cuda:0 to "
+                             f"cuda:{n - 1}")
+    elif kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"device {device!r} was asked for, but torch has no MPS backend here")
+
+
 def init_from_env(device: str) -> str:
     """Join the process group a launcher set up (if any); returns this rank's device."""
+    check_device(device)
     size = int(os.environ.get("WORLD_SIZE", 1))
     if size <= 1:
         return device

@@ -54,6 +54,17 @@ class EvalOptions:
     overwrite: bool = False
     """Compute and replace whatever result the output folder holds. Without it, an identical result there is
     reused (nothing is computed) and a different one is refused."""
+    allow_plugins: bool = False
+    """Let a `package.module:factory` model name import the user's code (`--allow-plugins`)."""
+
+    def __post_init__(self) -> None:
+        """Refuse values that would fail later (or silently do something else), naming the CLI flag."""
+        for flag, value, low in (("--batch-size", self.batch_size, 1), ("--top-k", self.top_k, 1),
+                                 ("--workers", self.workers, 0), ("--bootstrap", self.n_bootstrap, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ValueError(f"{flag} must be an integer >= {low}, not {value!r}")
+        if not 0.0 <= float(self.rerank_lambda) <= 1.0:
+            raise ValueError(f"--rerank-lambda must be in [0, 1], not {self.rerank_lambda!r}")
 
 
 def resolve_instruction(encoder: Encoder, task: Task, role: Role) -> str | None:
@@ -316,7 +327,7 @@ def evaluate(
         mopts["dtype"] = dtype
     if opts.device != "cpu":
         mopts.setdefault("device", opts.device)
-    encoder = get_model(model, **mopts) if isinstance(model, str) else model
+    encoder = get_model(model, allow_plugins=opts.allow_plugins, **mopts) if isinstance(model, str) else model
     if dtype is not None and canonical_dtype(encoder.spec.dtype, "float32") != dtype:
         raise ValueError(f"model {encoder.spec.name!r} computes in {encoder.spec.dtype}, so it cannot run "
                          f"in the {dtype} that was asked for; leave --dtype out")

@@ -33,6 +33,8 @@ ArrayLike = np.ndarray | torch.Tensor
 
 _DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _BACKENDS = ("torch", "faiss", "auto")
+SEARCH_DTYPES, SEARCH_BACKENDS = tuple(_DTYPES), _BACKENDS
+"""What `--search-dtype` and `--search-backend` accept."""
 # GEMMs with fewer rows than this on either side are padded (see module docstring); faiss switches
 # from BLAS to its own SIMD loop below 20 queries, so its query blocks are padded to this too.
 _MIN_GEMM = 32

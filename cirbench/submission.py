@@ -210,7 +210,7 @@ def _read(path: Path) -> tuple[Any, int, list[str]]:
     try:
         return json.loads(raw), len(raw), []
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return None, len(raw), [f"not valid JSON: {e}"]
+        return None, len(raw), [f"{path}: not valid JSON: {e}"]
 
 
 def validate_submission(path: str | os.PathLike[str], task_name: str,
@@ -222,7 +222,10 @@ def validate_submission(path: str | os.PathLike[str], task_name: str,
     """
     name = task_name.lower()
     if name not in ("cirr", "circo"):
-        raise ValueError(f"task {task_name!r} has no test-server submission format; known: cirr, circo")
+        from cirbench.options import did_you_mean
+
+        raise ValueError(f"task {task_name!r} has no test-server submission format"
+                         f"{did_you_mean(task_name, ('cirr', 'circo'))}; known: cirr, circo")
     data, n_bytes, problems = _read(Path(path))
     if problems:
         return problems

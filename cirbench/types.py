@@ -45,8 +45,11 @@ class DatasetError(ValueError):
             where.append(f"record {record!r}")
         if field is not None:
             where.append(f"field {field!r}")
-        super().__init__(f"{message}" + (f" ({', '.join(where)})" if where else ""))
+        # The file, record and field go on the first line: a layout or hint may follow on the next ones.
+        head, sep, rest = message.partition("\n")
+        super().__init__(head + (f" ({', '.join(where)})" if where else "") + sep + rest)
         self.file, self.record, self.field = file, record, field
+        self.message = message
 
 
 ImageRef = Path | bytes
@@ -230,6 +233,8 @@ class Task:
 
     def limit(self, n: int | None) -> Task:
         """The first n queries (a smoke run); the corpus stays whole so scores stay comparable in kind."""
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ValueError(f"--limit must be a whole number of queries, at least 1 (got {n!r})")
         if n is None or n >= len(self.queries):
             return self
         return Task(

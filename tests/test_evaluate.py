@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,7 @@ def test_wrong_width_vectors(tiny_dataset: Path, tmp_path: Path) -> None:
         pa.table({"id": ["q1", "a"], "role": ["query", "document"], "vector": [[1.0, 0.0], [1.0, 0.0, 0.0]]}),
         path,
     )
-    with pytest.raises(ValueError, match=r"one width.*\[2, 3\].*v.parquet.*'vector'"):
+    with pytest.raises(ValueError, match=r"width 3 differs from the first row's 2.*v.parquet.*'row 1'"):
         cirbench.evaluate(f"precomputed:{path}", str(tiny_dataset), output=tmp_path / "o", options=QUIET)
     assert not (tmp_path / "o").exists()
 
@@ -124,10 +125,15 @@ def test_user_plugin_model(tiny_dataset: Path, tmp_path: Path, monkeypatch: pyte
         "    return RandomEncoder(ModelSpec(name='mine', id='me/mine', revision='7'), seed=3)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    result = cirbench.evaluate("my_plugin:factory", str(tiny_dataset), output=tmp_path / "o", options=QUIET)
+    with pytest.raises(KeyError, match="--allow-plugins"):  # importing the user's code is their opt-in
+        cirbench.evaluate("my_plugin:factory", str(tiny_dataset), output=tmp_path / "o", options=QUIET)
+    assert not (tmp_path / "o").exists()
+    opted_in = replace(QUIET, allow_plugins=True)
+    result = cirbench.evaluate("my_plugin:factory", str(tiny_dataset), output=tmp_path / "o",
+                               options=opted_in)
     assert result.model["name"] == "mine" and result.model["fingerprint"]["seed"] == 3
     with pytest.raises(KeyError, match="no attribute 'nope'"):
-        cirbench.get_model("my_plugin:nope")
+        cirbench.get_model("my_plugin:nope", allow_plugins=True)
 
 
 def test_soft_rerank_in_the_flow(tiny_dataset: Path, tmp_path: Path) -> None:

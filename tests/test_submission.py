@@ -158,7 +158,8 @@ def test_cirr_size_limit_and_bad_json(cirr_files: tuple[Path, dict[str, Path]], 
     big.write_text(files["recall"].read_text() + " " * 5_000_001)
     assert any("at most 5 MB" in p for p in validate_submission(big, "cirr"))
     (tmp_path / "bad.json").write_text("{")
-    assert validate_submission(tmp_path / "bad.json", "cirr")[0].startswith("not valid JSON")
+    bad = tmp_path / "bad.json"
+    assert validate_submission(bad, "cirr")[0].startswith(f"{bad}: not valid JSON")
     nope = tmp_path / "nope.json"
     assert validate_submission(nope, "cirr") == [f"file not found: {nope}"]
     with pytest.raises(ValueError, match="fashioniq"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -34,15 +34,20 @@ __all__ = ["Board", "Cell", "Reported", "build_leaderboard", "find_result_files"
 
 def build_leaderboard(result_paths: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], *,
                       reported: str | os.PathLike[str] | Path | None = None, n_resamples: int = 10000,
-                      seed: int = 0, alpha: float = ALPHA) -> list[Path]:
+                      seed: int = 0, alpha: float = ALPHA,
+                      on_skip: Callable[[Path, str], None] | None = None) -> list[Path]:
     """Write the leaderboard under `out` and return the files written (each one atomically).
 
     `result_paths` are result.json files or directories searched recursively; `reported` is the citation
     file of published numbers (see leaderboards/reported.csv). Files: README.md (index), <board>.md per
-    board, leaderboard.csv and leaderboard.parquet (every number), index.html.
+    board, leaderboard.csv and leaderboard.parquet (every number), index.html. A result file that cannot be
+    shown (malformed, or an unlabelled split's) is skipped, listed in README.md and passed to `on_skip`.
     """
     out = Path(out)
     results, skipped_paths = load_results(find_result_files(result_paths))
+    for p, why in skipped_paths:
+        if on_skip is not None:
+            on_skip(p, why)
     rows = load_reported(reported) if reported is not None else []
     boards = group_boards(results, rows)
     tester = PairedTester(n_resamples=n_resamples, seed=seed)

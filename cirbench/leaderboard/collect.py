@@ -138,7 +138,13 @@ def load_results(files: Sequence[Path]) -> tuple[list[Result], list[tuple[Path, 
     """Readable results with scores, and (path, reason) for those a leaderboard cannot show."""
     results, skipped = [], []
     for f in files:
-        r = Result.read(f)
+        try:
+            r = Result.read(f)
+        except (DatasetError, KeyError, TypeError, ValueError, AttributeError) as e:
+            # one broken file must not take the whole board down: skip it and say why
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            skipped.append((f, f"unreadable result file: {type(e).__name__}: {msg}"))
+            continue
         if not r.scores.get("overall"):
             skipped.append((f, "no scores (unlabelled split: scored by the benchmark's server)"))
             continue

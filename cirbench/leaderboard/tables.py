@@ -212,7 +212,7 @@ def board_markdown(board: Board, cells: Sequence[Cell]) -> str:
     """The board's overall table and one table per breakdown (main metric), with notes and sources."""
     lookup = lookup_cells(cells)
     rows = row_order(board, lookup)
-    title = f"{md_escape(board.task)} / {md_escape(board.split)}: protocol `{board.protocol_name}`"
+    title = f"{md_escape(board.task)} / {md_escape(board.split)}: protocol {md_escape(board.protocol_name)}"
     lines = [f"# {title}", ""]
     if board.variant > 1:
         lines += [f"Protocol variant {board.variant} of this benchmark: its numbers are not comparable with "

@@ -79,10 +79,13 @@ def opt_str(value: Any) -> str | None:
 
 
 def check_options(adapter: str, given: Mapping[str, Any], accepted: Iterable[str]) -> None:
-    """A misspelt option must fail loudly: a silently ignored `fusion=imgae` would mislabel a result."""
-    unknown = sorted(set(given) - set(accepted))
-    if unknown:
-        raise TypeError(f"{adapter} got unknown option(s) {unknown}; accepted: {sorted(accepted)}")
+    """A misspelt option must fail loudly: a silently ignored `fusion=imgae` would mislabel a result.
+
+    The shared check (`cirbench.options`): an UnknownOptionError, a ValueError and a TypeError, whose
+    message suggests the closest accepted name and lists them all."""
+    from cirbench.options import check_options as check
+
+    check(f"the {adapter}", given, accepted)
 
 
 def adapter_target(name: str, spec: ModelSpec | None, model_id: str | None, options: Mapping[str, Any],

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from cirbench.models.base import Batch, ModelSpec, l2_normalise
 from cirbench.models.registry import register_family, register_model
+from cirbench.options import check_options
 from cirbench.types import DatasetError, Role
 
 
@@ -40,50 +41,30 @@ class PrecomputedEncoder:
       floats, all the same width);
     - a directory with `query.npy` + `query_ids.txt` and `document.npy` + `document_ids.txt` (one id a line).
     Query ids are the task's query ids; document ids are corpus ids. Vectors belong to ids
-    (`vectors_by_id`): two queries with the same image and text still get their own vectors.
+    (`vectors_by_id`): two queries with the same image and text still get their own vectors. Every row is
+    checked when the file is read (one (role, id) per row, no null, NaN or all-zero vector, one width; `dim=N`
+    also checks the width against N), and a bad row is named by file and row. No image is ever decoded for
+    this model.
     """
 
     vectors_by_id = True
+    needs_images = False
+    """The vectors were made elsewhere: the encode loop decodes no image for it (none need exist here)."""
 
-    def __init__(self, path: str | os.PathLike[str], **_: Any) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, dim: int | str | None = None, **options: Any) -> None:
+        check_options("model 'precomputed'", options, ("device", "dtype"))  # accepted, and unused
         self.path = Path(path)
-        self.table: dict[tuple[str, str], np.ndarray] = {}
-        dims: set[int] = set()
         if self.path.is_dir():
-            for role in ("query", "document"):
-                vec_p, ids_p = self.path / f"{role}.npy", self.path / f"{role}_ids.txt"
-                if not vec_p.exists():
-                    continue
-                vecs = np.load(vec_p, allow_pickle=False)
-                ids = ids_p.read_text().splitlines()
-                if vecs.ndim != 2 or len(ids) != len(vecs):
-                    raise DatasetError(f"{len(ids)} ids for a {vecs.shape} array", file=vec_p, field=role)
-                dims.add(vecs.shape[1])
-                self.table.update({(role, i): v for i, v in zip(ids, vecs.astype(np.float32))})
+            self.table, width = _read_npy_dir(self.path)
+        elif self.path.is_file():
+            self.table, width = _read_parquet(self.path)
         else:
-            t = pq.read_table(self.path)
-            for col in ("id", "role", "vector"):
-                if col not in t.column_names:
-                    raise DatasetError("required column is missing", file=self.path, field=col)
-            for n, (i, r, v) in enumerate(
-                zip(t["id"].to_pylist(), t["role"].to_pylist(), t["vector"].to_pylist())
-            ):
-                if r not in ("query", "document"):
-                    raise DatasetError(
-                        f"role must be 'query' or 'document', not {r!r}",
-                        file=self.path,
-                        record=i if i is not None else n,
-                        field="role",
-                    )
-                dims.add(len(v))
-                self.table[(r, i)] = np.asarray(v, dtype=np.float32)
-        if len(dims) != 1:
-            raise DatasetError(
-                f"vectors must all have one width; found widths {sorted(dims)}",
-                file=self.path,
-                field="vector",
-            )
-        dim = dims.pop()
+            raise DatasetError("vectors file is missing (a .parquet file, or a folder of query.npy / "
+                               "document.npy with their _ids.txt)", file=self.path)
+        if dim is not None and width != _opt_dim(dim):
+            raise DatasetError(f"the vectors have width {width}, and dim={dim} was asked for", file=self.path,
+                               field="vector")
+        dim = width
         digest = hashlib.sha256()
         for (r, i), v in sorted(self.table.items()):
             digest.update(f"{r}:{i}".encode())
@@ -112,6 +93,128 @@ class PrecomputedEncoder:
         return l2_normalise(np.stack(out))
 
 
+ROLES = ("query", "document")
+
+
+def _opt_dim(value: Any) -> int:
+    try:
+        dim = int(value)
+    except (TypeError, ValueError):
+        dim = 0
+    if isinstance(value, bool) or dim < 1 or str(dim) != str(value).strip():
+        raise ValueError(f"option 'dim' must be a positive integer, not {value!r}")
+    return dim
+
+
+def _check_rows(path: Path, keys: list[tuple[Any, Any]], vecs: np.ndarray, rows: list[str]) -> None:
+    """Refuse duplicate (role, id) pairs, and NaN, infinite or all-zero vectors, naming the first row."""
+    seen: dict[tuple[Any, Any], int] = {}
+    for n, key in enumerate(keys):
+        if key in seen:
+            raise DatasetError(f"duplicate ({key[0]}, {key[1]!r}) row: the same item has a vector at "
+                               f"{rows[seen[key]]} already", file=path, record=rows[n], field="id")
+        seen[key] = n
+    bad = ~np.isfinite(vecs).all(axis=1)
+    if bad.any():
+        n = int(np.argmax(bad))
+        raise DatasetError("vector holds NaN or infinite values", file=path, record=rows[n], field="vector")
+    zero = ~vecs.any(axis=1)
+    if zero.any():
+        n = int(np.argmax(zero))
+        raise DatasetError("vector is all zero (it has no direction to compare)", file=path, record=rows[n],
+                           field="vector")
+
+
+def _read_parquet(path: Path) -> tuple[dict[tuple[str, str], np.ndarray], int]:
+    """(role, id) -> vector and the width, from columns id, role, vector; every row checked."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        t = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DatasetError(f"not a readable parquet file: {e}", file=path) from e
+    for col in ("id", "role", "vector"):
+        if col not in t.column_names:
+            raise DatasetError(f"required column is missing (has {t.column_names})", file=path, field=col)
+    if t.num_rows == 0:
+        raise DatasetError("the file has no rows", file=path)
+    vtype = t.schema.field("vector").type
+    if not (pa.types.is_list(vtype) or pa.types.is_large_list(vtype) or pa.types.is_fixed_size_list(vtype)) \
+            or not (pa.types.is_floating(vtype.value_type) or pa.types.is_integer(vtype.value_type)):
+        raise DatasetError(f"vector must be a list of numbers, not {vtype}", file=path, field="vector")
+    ids, roles = t["id"].to_pylist(), t["role"].to_pylist()
+    rows = [f"row {n}" for n in range(t.num_rows)]
+    for n, (i, r) in enumerate(zip(ids, roles)):
+        if not isinstance(i, str) or not i:
+            raise DatasetError(f"id must be a non-empty string, not {i!r}", file=path, record=rows[n],
+                               field="id")
+        if r not in ROLES:
+            raise DatasetError(f"role must be 'query' or 'document', not {r!r}", file=path, record=rows[n],
+                               field="role")
+    col = t["vector"].combine_chunks()
+    nulls = col.is_null().to_numpy(zero_copy_only=False)
+    if nulls.any():
+        raise DatasetError("vector is null", file=path, record=rows[int(np.argmax(nulls))], field="vector")
+    widths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    if (widths != widths[0]).any():
+        n = int(np.argmax(widths != widths[0]))
+        raise DatasetError(f"vector width {widths[n]} differs from the first row's {widths[0]}", file=path,
+                           record=rows[n], field="vector")
+    if widths[0] < 1:
+        raise DatasetError("vectors are empty", file=path, record=rows[0], field="vector")
+    values = pc.list_flatten(col)
+    if values.null_count:
+        first = int(np.argmax(values.is_null().to_numpy(zero_copy_only=False)))
+        raise DatasetError("vector holds a null value", file=path, record=rows[first // int(widths[0])],
+                           field="vector")
+    vecs = values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(ids), int(widths[0]))
+    keys = list(zip(roles, ids))
+    _check_rows(path, keys, vecs, rows)
+    return dict(zip(keys, vecs)), int(widths[0])
+
+
+def _read_npy_dir(path: Path) -> tuple[dict[tuple[str, str], np.ndarray], int]:
+    """(role, id) -> vector and the width, from <role>.npy + <role>_ids.txt; no pickle is ever loaded."""
+    table: dict[tuple[str, str], np.ndarray] = {}
+    widths: dict[int, Path] = {}
+    for role in ROLES:
+        vec_p, ids_p = path / f"{role}.npy", path / f"{role}_ids.txt"
+        if not vec_p.exists():
+            continue
+        try:
+            vecs = np.load(vec_p, allow_pickle=False)
+        except (ValueError, OSError) as e:  # an object (pickled) array, or not a .npy file
+            raise DatasetError(f"not a numeric .npy array (pickled arrays are never loaded): {e}",
+                               file=vec_p) from e
+        real = np.issubdtype(vecs.dtype, np.floating) or np.issubdtype(vecs.dtype, np.integer)
+        if vecs.ndim != 2 or not real:
+            raise DatasetError(f"expected a 2-d array of numbers, found {vecs.dtype} {vecs.shape}",
+                               file=vec_p)
+        try:
+            ids = ids_p.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError as e:
+            raise DatasetError(f"the ids of {vec_p.name} are missing (one id a line)", file=ids_p) from e
+        if len(ids) != len(vecs):
+            raise DatasetError(f"{len(ids)} ids for the {len(vecs)} rows of {vec_p.name}", file=ids_p,
+                               field=role)
+        rows = [f"line {n + 1}" for n in range(len(ids))]
+        for n, i in enumerate(ids):
+            if not i.strip():
+                raise DatasetError("empty id", file=ids_p, record=rows[n], field="id")
+        vecs = vecs.astype(np.float32)
+        _check_rows(ids_p, [(role, i) for i in ids], vecs, rows)
+        widths[vecs.shape[1]] = vec_p
+        table.update({(role, i): v for i, v in zip(ids, vecs)})
+    if not table:
+        raise DatasetError("no vectors: expected query.npy + query_ids.txt and/or document.npy + "
+                           "document_ids.txt in this folder", file=path)
+    if len(widths) > 1:
+        raise DatasetError(f"query and document vectors differ in width ({sorted(widths)})", file=path,
+                           field="vector")
+    return table, next(iter(widths))
+
+
 RANDOM = ModelSpec(
     name="random",
     id="cirbench/random",
@@ -121,7 +224,18 @@ RANDOM = ModelSpec(
     parameters=0,
     description="Seeded random vectors: chance level.",
 )
-register_model(
-    RANDOM, lambda spec, **o: RandomEncoder(spec, **{k: v for k, v in o.items() if k in ("seed", "dim")})
-)
-register_family("precomputed", lambda target, **o: PrecomputedEncoder(target))
+def _random_factory(spec: ModelSpec, **options: Any) -> RandomEncoder:
+    check_options("model 'random'", options, ("seed", "dim", "device", "dtype"))  # device, dtype: unused
+    return RandomEncoder(spec, seed=_opt_int(options.get("seed", 0), "seed"),
+                         dim=_opt_dim(options.get("dim", RANDOM.dim)))
+
+
+def _opt_int(value: Any, name: str) -> int:
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ValueError(f"option {name!r} must be an integer, not {value!r}") from None
+
+
+register_model(RANDOM, _random_factory)
+register_family("precomputed", lambda target, **o: PrecomputedEncoder(target, **o))

@@ -30,6 +30,7 @@ import numpy as np
 
 from cirbench.models.base import Batch, ModelSpec, l2_normalise
 from cirbench.models.registry import register_model
+from cirbench.options import check_options
 from cirbench.types import DatasetError, Item, Role
 
 if TYPE_CHECKING:
@@ -400,10 +401,16 @@ def load_head(head: str | os.PathLike[str], device: str = "cpu") -> tuple[dict[s
 
 # ---------------------------------------------------------------------------------------------- encoders
 
-def _as_bool(v: Any) -> bool:
-    if isinstance(v, str):
-        return v.strip().lower() in ("1", "true", "yes", "on")
-    return bool(v)
+def _as_bool(v: Any, name: str = "channels_last") -> bool:
+    from cirbench.models._torch import opt_bool
+
+    return opt_bool(v, name)
+
+
+def _as_int(v: Any, name: str = "resolution") -> int:
+    from cirbench.models._torch import opt_int
+
+    return opt_int(v, name)
 
 
 def _check_dtype(dtype: Any) -> None:
@@ -493,8 +500,8 @@ class FusionEncoder(_ImageInput):
         self.head_path = Path(head) if head is not None else DEFAULT_HEAD
         self.params, self.meta, self.head_sha256 = load_head(self.head_path, self.device)
         cfg = self.meta.get("config", {})
-        self.resolution = int(resolution if resolution is not None
-                              else cfg.get("resolution", DEFAULT_RESOLUTION))
+        self.resolution = _as_int(resolution if resolution is not None
+                                  else cfg.get("resolution", DEFAULT_RESOLUTION))
         self.channels_last = _as_bool(channels_last if channels_last is not None
                                       else cfg.get("channels_last", DEFAULT_CHANNELS_LAST))
         dim, image_dim = (int(n) for n in self.params["img_proj.weight"].shape)
@@ -534,7 +541,7 @@ class ImageOnlyEncoder(_ImageInput):
                  dtype: Any = None, **_: Any) -> None:
         _check_dtype(dtype)
         self.device = _torch_device(device)
-        self.resolution, self.channels_last = int(resolution), _as_bool(channels_last)
+        self.resolution, self.channels_last = _as_int(resolution), _as_bool(channels_last)
         self.spec = replace(spec, extra={**spec.extra, "resolution": self.resolution})
 
     def fingerprint(self) -> dict[str, Any]:
@@ -627,6 +634,14 @@ TEXT_ONLY = ModelSpec(
     extra={"backbones": {"text": _BACKBONES["text"]}, "query_input": "text", "document_input": "caption"},
 )
 
-register_model(FUSION, lambda spec, **o: FusionEncoder(spec, **o))
-register_model(IMAGE_ONLY, lambda spec, **o: ImageOnlyEncoder(spec, **o))
-register_model(TEXT_ONLY, lambda spec, **o: TextOnlyEncoder(spec, **o))
+def _factory(cls: Any, accepted: tuple[str, ...]) -> Any:
+    """A registry factory that refuses an option the encoder does not take (no silent `resolutoin=`)."""
+    def make(spec: ModelSpec, **options: Any) -> Any:
+        check_options(f"model {spec.name!r}", options, accepted)
+        return cls(spec, **options)
+    return make
+
+
+register_model(FUSION, _factory(FusionEncoder, ("head", "resolution", "channels_last", "device", "dtype")))
+register_model(IMAGE_ONLY, _factory(ImageOnlyEncoder, ("resolution", "channels_last", "device", "dtype")))
+register_model(TEXT_ONLY, _factory(TextOnlyEncoder, ("device", "dtype")))

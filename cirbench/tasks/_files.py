@@ -39,7 +39,7 @@ def require_data_dir(data_dir: Path | None, task: str, layout: str) -> Path:
 
 
 def parse_bool(value: Any, name: str) -> bool:
-    """Options arrive as strings from `--option name=value`; accept the usual spellings."""
+    """Options arrive as strings from `--task-option name=value`; accept the usual spellings."""
     if isinstance(value, bool):
         return value
     s = str(value).strip().lower()
@@ -50,12 +50,34 @@ def parse_bool(value: Any, name: str) -> bool:
     raise ValueError(f"option {name!r} must be true or false, not {value!r}")
 
 
+def parse_int(value: Any, name: str, *, low: int | None = None) -> int:
+    """An integer option (a string from `--task-option name=value`), at least `low`."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if isinstance(value, bool) or not f.is_integer() or (low is not None and f < low):
+        bound = f" >= {low}" if low is not None else ""
+        raise ValueError(f"option {name!r} must be an integer{bound}, not {value!r}")
+    return int(f)
+
+
+def parse_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """An option that takes one of a few words."""
+    from cirbench.options import did_you_mean
+
+    s = str(value)
+    if s not in choices:
+        raise ValueError(f"option {name!r} must be one of {', '.join(choices)}, not {value!r}"
+                         f"{did_you_mean(s, choices)}")
+    return s
+
+
 def check_options(options: Mapping[str, Any], known: Iterable[str], task: str) -> None:
-    """Refuse a misspelt option instead of silently ignoring it."""
-    known = set(known)
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(f"task {task!r} does not accept option(s) {unknown}; known options: {sorted(known)}")
+    """Refuse a misspelt option instead of silently ignoring it (with a suggestion and the known ones)."""
+    from cirbench.options import check_options as check
+
+    check(f"task {task!r}", options, known, flag="--task-option")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -194,7 +216,7 @@ def missing_images_error(missing: Sequence[str], total: int, *, task: str, split
     return DatasetError(
         f"{len(missing)} of {total} images of {task} {split} are missing under {root} "
         f"(first: {shown}{more}). Expected layout:\n{layout}\n"
-        "Fix the paths, or pass --option check_images=false to load the annotations anyway.")
+        "Fix the paths, or pass --task-option check_images=false to load the annotations anyway.")
 
 
 def check_images(groups: Mapping[str, Sequence[str]], *, task: str, split: str, root: Path, layout: str,

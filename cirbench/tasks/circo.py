@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cirbench.io import atomic_write
+from cirbench.paths import Root
 from cirbench.tasks._files import (
     DirIndex,
     JsonFile,
@@ -22,6 +23,7 @@ from cirbench.tasks._files import (
     expect_dict,
     expect_list,
     get_field,
+    group_by_dir,
     parse_bool,
     parse_variant,
     read_json,
@@ -50,7 +52,7 @@ MAGICLENS_JOIN = "find {shared_concept} but {relative_caption}"
 OPTIONS = {
     "check_images": "true (default) or false: fail fast when image files are missing",
     "coco_dir": "the COCO2017_unlabeled folder (annotations/ + unlabeled2017/) when it is not in the "
-                "data directory",
+                "data directory (default <data-dir>/COCO2017_unlabeled)",
 }
 
 LAYOUT = """\
@@ -59,7 +61,7 @@ LAYOUT = """\
     <data-dir>/COCO2017_unlabeled/annotations/image_info_unlabeled2017.json
     <data-dir>/COCO2017_unlabeled/unlabeled2017/<12-digit id>.jpg      (~123k images)
   Annotations: git clone https://github.com/miccunifi/CIRCO; images and image_info: cocodataset.org
-  (2017 Unlabeled images + Image info). --option coco_dir=DIR points at a COCO2017_unlabeled kept
+  (2017 Unlabeled images + Image info). --task-option coco_dir=DIR points at a COCO2017_unlabeled kept
   elsewhere."""
 
 METADATA = TaskMetadata(
@@ -104,11 +106,14 @@ def load(data_dir: Path | None, split: str, protocol: str = "official", **option
     info_f = read_json(info_path, LAYOUT)
     id_to_file = _gallery(info_f)
     base = os.fspath(image_dir)
+    guard = Root(image_dir, what="the COCO unlabeled2017 folder")  # file names may not leave it
+    paths = {i: guard.join(fn, file=info_f.path, record=int(i), field="file_name")
+             for i, fn in id_to_file.items()}
     if check:
-        check_images({base: list(id_to_file.values())}, task=NAME, split=split, root=image_dir,
+        check_images(group_by_dir(map(os.fspath, paths.values())), task=NAME, split=split, root=image_dir,
                      layout=LAYOUT, index=DirIndex())
-    corpus = [Item(id=i, image=image_dir / fn) for i, fn in id_to_file.items()]
-    queries = _queries(ann_f, split, id_to_file, base, shared=text_choice == "shared-concept")
+    corpus = [Item(id=i, image=p) for i, p in paths.items()]
+    queries = _queries(ann_f, split, paths, shared=text_choice == "shared-concept")
     return Task(
         metadata=METADATA, split=split, queries=queries, corpus=corpus,
         protocol=_protocol(protocol, len(corpus), shared=text_choice == "shared-concept",
@@ -143,8 +148,7 @@ def _gallery(info_f: JsonFile) -> dict[str, str]:
     return out
 
 
-def _queries(ann_f: JsonFile, split: str, id_to_file: dict[str, str], base: str, *, shared: bool
-             ) -> list[Query]:
+def _queries(ann_f: JsonFile, split: str, id_to_file: dict[str, Path], *, shared: bool) -> list[Query]:
     f = ann_f.path
     labelled = split == "val"
     queries: list[Query] = []
@@ -173,7 +177,7 @@ def _queries(ann_f: JsonFile, split: str, id_to_file: dict[str, str], base: str,
         if target is not None:
             meta["target_id"] = str(target)
         queries.append(Query(
-            id=qid, item=Item(id=qid, image=Path(base, id_to_file[ref]), text=text),
+            id=qid, item=Item(id=qid, image=id_to_file[ref], text=text),
             relevant_ids=tuple(dict.fromkeys(str(g) for g in gts)), reference_id=ref, meta=meta,
         ))
     return queries

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cirbench.io import atomic_write
+from cirbench.paths import Root
 from cirbench.tasks._files import (
     DirIndex,
     JsonFile,
@@ -49,7 +50,8 @@ PROTOCOLS = variant_names(AXES)
 SEARLE_TEMPLATE = "a photo of $ that {text}"
 OPTIONS = {
     "check_images": "true (default) or false: fail fast when image files are missing",
-    "image_root": "folder the ./train, ./dev, ./test1 paths of image_splits are relative to",
+    "image_root": "folder the ./train, ./dev, ./test1 paths of image_splits are relative to (default: "
+                  "<data-dir>/img_raw or <data-dir>, whichever holds them)",
 }
 
 LAYOUT = """\
@@ -61,7 +63,7 @@ LAYOUT = """\
                     <data-dir>/cirr/image_splits/split.rc2.<split>.json
                     <data-dir>/{train/<0..99>/,dev/,test1/}<name>.png
   Annotations: git clone -b cirr_dataset https://github.com/Cuberick-Orion/CIRR; images: NLVR2 (access form).
-  --option image_root=DIR says where the ./dev/... paths of image_splits point."""
+  --task-option image_root=DIR says where the ./dev/... paths of image_splits point."""
 
 METADATA = TaskMetadata(
     instructions={"query": "Retrieve a day-to-day image that aligns with the modification instructions of "
@@ -131,11 +133,11 @@ def load(data_dir: Path | None, split: str, protocol: str = "official", **option
             raise DatasetError("relative path must be a string", file=split_f.path, record=name)
     img_root = _pick_root(roots, list(name_to_rel.values()))
     base = os.fspath(img_root)
-    paths = {name: os.path.normpath(os.path.join(base, rel)) for name, rel in name_to_rel.items()}
+    guard = Root(img_root, what="the CIRR image root")  # no ../, absolute path or symlink out of it
+    images = {name: guard.join(rel, file=split_f.path, record=name) for name, rel in name_to_rel.items()}
     if check:
-        check_images(group_by_dir(paths.values()), task=NAME, split=split, root=img_root, layout=LAYOUT,
-                     index=DirIndex())
-    images = {name: Path(p) for name, p in paths.items()}
+        check_images(group_by_dir(map(os.fspath, images.values())), task=NAME, split=split, root=img_root,
+                     layout=LAYOUT, index=DirIndex())
     corpus = [Item(id=name, image=image) for name, image in images.items()]
     queries = _queries(caps_f, split, images, exclude_ref)
 

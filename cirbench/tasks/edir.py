@@ -23,10 +23,12 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from cirbench.paths import Root
 from cirbench.tasks._files import (
     DirIndex,
     check_images,
     check_options,
+    group_by_dir,
     parse_bool,
     require_data_dir,
 )
@@ -298,6 +300,12 @@ def load(data_dir: Path | None, split: str, protocol: str = "official", **option
     instances = _instances(inst_rows, root / "instances.jsonl", corpus_files)
     parsed = _parse_queries(query_rows, root / "queries.jsonl", instances)
 
+    # every image name stays inside the image folder (checked before anything is extracted)
+    pre = Root(root)
+    for cid, fname in corpus_files.items():
+        pre.join(fname, file=root / "corpus.jsonl", record=cid, field="image")
+    for qid, image, *_ in parsed:
+        pre.join(image, file=root / "queries.jsonl", record=qid, field="image")
     required = set(corpus_files.values()) | {p[1] for p in parsed}
     probe = next(iter(corpus_files.values()))
     cache = None
@@ -307,11 +315,16 @@ def load(data_dir: Path | None, split: str, protocol: str = "official", **option
         cache = default_cache_dir() / "datasets" / f"edir-{hub_rev[:12]}" / IMAGE_DIRS[0]
     image_dir = _image_dir(root, options.get("image_dir"), probe, extract, required, cache)
     base = os.fspath(image_dir)
+    guard = Root(image_dir, what="the EDIR image folder")
+    corpus_paths = {cid: guard.join(fname, file=root / "corpus.jsonl", record=cid, field="image")
+                    for cid, fname in corpus_files.items()}
+    query_paths = {qid: guard.join(image, file=root / "queries.jsonl", record=qid, field="image")
+                   for qid, image, *_ in parsed}
     if check:
-        check_images({base: sorted(required)}, task=NAME, split=split,
-                     root=image_dir, layout=LAYOUT, index=DirIndex())
+        check_images(group_by_dir(map(os.fspath, [*corpus_paths.values(), *query_paths.values()])),
+                     task=NAME, split=split, root=image_dir, layout=LAYOUT, index=DirIndex())
 
-    corpus = [Item(id=cid, image=Path(base, fname)) for cid, fname in corpus_files.items()]
+    corpus = [Item(id=cid, image=corpus_paths[cid]) for cid in corpus_files]
     unmapped: dict[str, int] = {}
     queries = []
     for qid, image, text, label, main, pos, neg in parsed:
@@ -320,7 +333,7 @@ def load(data_dir: Path | None, split: str, protocol: str = "official", **option
         if sub is None:
             unmapped[label] = unmapped.get(label, 0) + 1
         queries.append(Query(
-            id=qid, item=Item(id=qid, image=Path(base, image), text=text), relevant_ids=(pos,),
+            id=qid, item=Item(id=qid, image=query_paths[qid], text=text), relevant_ids=(pos,),
             reference_id=image, category=category, subcategory=sub or label, hard_negative_ids=tuple(neg),
             meta={"subcategory_label": label, "reference_image": image},
         ))

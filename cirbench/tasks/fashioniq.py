@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cirbench.paths import Root
 from cirbench.tasks._files import (
     DirIndex,
     JsonFile,
@@ -80,7 +81,7 @@ LAYOUT = """\
     <data-dir>/captions/cap.{dress,shirt,toptee}.{train,val,test}.json
     <data-dir>/image_splits/split.{dress,shirt,toptee}.{train,val,test}.json
     <data-dir>/images/<ASIN>.png  or  <ASIN>.jpg          (either extension; both occur)
-  --option image_dir=DIR overrides the image folder."""
+  --task-option image_dir=DIR overrides the image folder."""
 
 METADATA = TaskMetadata(
     instructions={"query": "Find an image to match the fashion image and style note."},
@@ -139,15 +140,22 @@ class _Images:
         self.dir, self.base = image_dir, os.fspath(image_dir)
         self.exts = EXTENSIONS if ext == "auto" else (f".{ext}",)
         self.names = DirIndex().names(image_dir)
+        self.guard = Root(image_dir, what="the FashionIQ image folder")
         self.missing: dict[str, str] = {}
         self._paths: dict[str, Path] = {}
+
+    def check(self, asin: str, *, file: Path, record: int, field: str | None = None) -> str:
+        """An ASIN names one file of the image folder: no separators, `..`, or symlink out of it."""
+        self.guard.join(self.guard.name(asin, file=file, record=record, field=field) + self.exts[0],
+                        file=file, record=record, field=field)
+        return asin
 
     def path(self, asin: str) -> Path:
         if asin not in self._paths:
             name = next((asin + e for e in self.exts if asin + e in self.names), None)
             if name is None:
                 name = self.missing.setdefault(asin, asin + self.exts[0])
-            self._paths[asin] = self.dir / name
+            self._paths[asin] = self.guard.join(name)
         return self._paths[asin]
 
 
@@ -172,7 +180,7 @@ def load(data_dir: Path | None, split: str, protocol: str = "official", **option
         caps_f = read_json(root / "captions" / f"cap.{cat}.{split}.json", LAYOUT)
         split_f = read_json(root / "image_splits" / f"split.{cat}.{split}.json", LAYOUT)
         files += [caps_f, split_f]
-        split_ids = _image_split(split_f)
+        split_ids = _image_split(split_f, images)
         cat_queries = _queries(caps_f, cat, split, join, images, gallery_rule, labelled)
         if gallery_rule == "val-pairs":
             ids = [x for q in cat_queries for x in (q.reference_id, *q.relevant_ids) if x is not None]
@@ -200,12 +208,13 @@ def load(data_dir: Path | None, split: str, protocol: str = "official", **option
     )
 
 
-def _image_split(split_f: JsonFile) -> list[str]:
+def _image_split(split_f: JsonFile, images: _Images) -> list[str]:
     ids = expect_list(split_f, "a JSON list of image ids (ASINs)")
     for n, asin in enumerate(ids):
         if not isinstance(asin, str) or not asin:
             raise DatasetError(f"image id must be a non-empty string, found {asin!r}", file=split_f.path,
                                record=n)
+        images.check(asin, file=split_f.path, record=n)
     return list(dict.fromkeys(ids))
 
 
@@ -214,8 +223,11 @@ def _queries(caps_f: JsonFile, cat: str, split: str, join: str, images: _Images,
     f = caps_f.path
     out: list[Query] = []
     for n, rec in enumerate(expect_list(caps_f, "a JSON list of triplet records")):
-        candidate = get_field(rec, "candidate", str, file=f, record=n)
+        candidate = images.check(get_field(rec, "candidate", str, file=f, record=n), file=f, record=n,
+                                 field="candidate")
         target = get_field(rec, "target", str, file=f, record=n, optional=not labelled)
+        if target is not None:
+            images.check(target, file=f, record=n, field="target")
         caps = typed_list(rec, "captions", file=f, record=n)
         assert caps is not None
         if len(caps) != 2:

@@ -31,6 +31,7 @@ import numpy as np
 
 from cirbench.geo import GEO_THRESHOLDS_KM, check_latlon, geo_metric_name
 from cirbench.metrics import hit_matrix, parse_metric, per_query_metrics
+from cirbench.paths import Root
 from cirbench.tasks._files import (
     DirIndex,
     check_images,
@@ -192,13 +193,24 @@ def _landmark_id(f: CsvFile, n: int) -> str:
                            field="landmark_id") from None
 
 
-def shard_path(root: Path, split: str, modality: str, item_id: str) -> Path:
-    """`{root}/{split}/{modality}/{a}/{b}/{c}/{id}.{ext}`, the GLDv2-style layout of the release."""
+def check_id(item_id: str, *, file: Path | None = None, record: str | None = None,
+             field: str | None = None) -> str:
+    """An id of the release names one file: at least 3 characters (the shard folders), no separators."""
     if len(item_id) < 3:
         raise DatasetError(f"id {item_id!r} is shorter than the 3 characters the sharded layout needs",
-                           record=item_id)
-    return root.joinpath(split, modality, item_id[0], item_id[1], item_id[2],
-                         f"{item_id}.{EXTENSIONS[modality]}")
+                           file=file, record=record or item_id, field=field)
+    return Root.name(item_id, file=file, record=record or item_id, field=field)
+
+
+def shard_rel(split: str, modality: str, item_id: str) -> str:
+    """`{split}/{modality}/{a}/{b}/{c}/{id}.{ext}`, the GLDv2-style layout of the release."""
+    check_id(item_id)
+    return "/".join((split, modality, *item_id[:3], f"{item_id}.{EXTENSIONS[modality]}"))
+
+
+def shard_path(root: Path, split: str, modality: str, item_id: str) -> Path:
+    """`{root}/{split}/{modality}/{a}/{b}/{c}/{id}.{ext}` (the id checked, the path kept inside `root`)."""
+    return Root(root).join(shard_rel(split, modality, item_id))
 
 
 def corpus_id(split: str, modality: str, item_id: str) -> str:
@@ -215,7 +227,16 @@ class _Release:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.guard = Root(root, what="the MMLandmarks data directory")
         self.files: list[CsvFile] = []
+
+    def item_id(self, f: CsvFile, n: int, value: str, field: str) -> str:
+        """An id read from line n of f, checked where it was read (so the error names the line)."""
+        return check_id(value, file=f.path, record=f.record(n), field=field)
+
+    def path(self, split: str, modality: str, item_id: str) -> Path:
+        """The file of an item, refused if a symlink on the way leads out of the data directory."""
+        return self.guard.join(shard_rel(split, modality, item_id), record=item_id, field="images")
 
     def csv(self, rel: str, required: Sequence[str]) -> CsvFile:
         f = read_csv(self.root / rel, required, LAYOUT)
@@ -245,18 +266,18 @@ class _Release:
         for n in range(len(f.rows)):
             lid = _landmark_id(f, n)
             for image_id in _cell(f, n, "images").split():
-                out.append((lid, image_id))
+                out.append((lid, self.item_id(f, n, image_id, "images")))
         return out
 
     def index_images(self, modality: str) -> tuple[list[str], list[tuple[float, float]] | None]:
         """Index ids (and GPS, for satellite tiles)."""
         if modality == "ground":
             f = self.csv("index/mml_index_ground.csv", ("images",))
-            return [_cell(f, n, "images") for n in range(len(f.rows))], None
+            return [self.item_id(f, n, _cell(f, n, "images"), "images") for n in range(len(f.rows))], None
         f = self.csv("index/mml_index_satellite.csv", ("images", "lat", "lon"))
         ids, gps = [], []
         for n in range(len(f.rows)):
-            image_id = _cell(f, n, "images")
+            image_id = self.item_id(f, n, _cell(f, n, "images"), "images")
             ids.append(image_id)
             gps.append(check_latlon(f.rows[n]["lat"], f.rows[n]["lon"], file=f.path,
                                     record=f"{f.record(n)}, image {image_id}"))
@@ -275,8 +296,8 @@ class _Release:
         out = []
         for n in range(len(f.rows)):
             lid = _landmark_id(f, n)
-            json_id = _cell(f, n, "json")
-            path = shard_path(self.root, "query", "text", json_id)
+            json_id = self.item_id(f, n, _cell(f, n, "json"), "json")
+            path = self.path("query", "text", json_id)
             sections = _read_sections(path, f"{f.record(n)} of {f.path.name}, landmark {lid}")
             if mode == "random":
                 section = sections[rng.choice(list(sections.keys()))]
@@ -331,7 +352,7 @@ def _query_items(rel: _Release, qmod: str, text_sampling: str) -> list[tuple[str
         if qid in seen:
             raise DatasetError("image listed twice", file=rel.root / csv_name, record=image_id)
         seen.add(qid)
-        out.append((lid, Item(id=qid, image=shard_path(rel.root, "query", qmod, image_id)), csv_name))
+        out.append((lid, Item(id=qid, image=rel.path("query", qmod, image_id)), csv_name))
     return out
 
 
@@ -362,12 +383,12 @@ def _retrieval(rel: _Release, direction: str, protocol: str, check: bool, text_s
     index_ids, _ = rel.index_images(gmod)
     gallery_csv = "query/mml_query_ground.csv" if gmod == "ground" else "query/mml_query_satellite.csv"
     positives = rel.query_images(gallery_csv)
-    corpus = [Item(id=corpus_id("index", gmod, i), image=shard_path(rel.root, "index", gmod, i))
+    corpus = [Item(id=corpus_id("index", gmod, i), image=rel.path("index", gmod, i))
               for i in index_ids]
     by_landmark: dict[str, list[str]] = {}
     for lid, image_id in positives:
         cid = corpus_id("query", gmod, image_id)
-        corpus.append(Item(id=cid, image=shard_path(rel.root, "query", gmod, image_id)))
+        corpus.append(Item(id=cid, image=rel.path("query", gmod, image_id)))
         by_landmark.setdefault(lid, []).append(cid)
     n_index = len(index_ids)
     paper = protocol == "paper-code"
@@ -438,7 +459,7 @@ def _geo(rel: _Release, direction: str, protocol: str, check: bool, text_samplin
     if qmod == "satellite" and not all_tiles.is_file():
         raise DatasetError("satellite geolocalisation needs the other years' tiles of each query landmark "
                            f"(the query's own tile is excluded). Expected layout:\n{LAYOUT}", file=all_tiles)
-    corpus = [Item(id=corpus_id("index", "satellite", i), image=shard_path(rel.root, "index", "satellite", i))
+    corpus = [Item(id=corpus_id("index", "satellite", i), image=rel.path("index", "satellite", i))
               for i in index_ids]
     gps = list(index_gps)
     by_landmark: dict[str, list[str]] = {}
@@ -451,7 +472,7 @@ def _geo(rel: _Release, direction: str, protocol: str, check: bool, text_samplin
             raise DatasetError(f"landmark {lid} has no GPS in mml_query.csv", file=rel.root / tiles_csv,
                                record=image_id, field="landmark_id")
         seen.add(cid)
-        corpus.append(Item(id=cid, image=shard_path(rel.root, "query", "satellite", image_id)))
+        corpus.append(Item(id=cid, image=rel.path("query", "satellite", image_id)))
         gps.append(landmarks[lid])
         by_landmark.setdefault(lid, []).append(cid)
     queries = []

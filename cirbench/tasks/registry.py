@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cirbench.options import check_options, did_you_mean
 from cirbench.types import Task, TaskMetadata
 
 Loader = Callable[..., Task]
@@ -38,7 +39,7 @@ class TaskSpec:
     """Human-readable size (queries / gallery per split) for `cirbench tasks`."""
     submission: SubmissionWriter | None = None
     options: dict[str, str] = field(default_factory=dict)
-    """Task-specific options (name -> help) accepted as `--option name=value`."""
+    """Task-specific options (name -> help) accepted as `--task-option name=value`."""
     family: str | None = None
     """Benchmark family that shares one data card (e.g. "mmlandmarks" for its seven tasks)."""
 
@@ -67,13 +68,15 @@ def list_tasks() -> list[TaskSpec]:
 
 
 def get_task_spec(name: str) -> TaskSpec:
+    """The registered task `name` (case-insensitive); KeyError with a suggestion otherwise."""
     _import_builtin()
-    if name not in _TASKS:
-        raise KeyError(
-            f"unknown task {name!r}; registered tasks: {sorted(_TASKS)} "
-            "(or pass the path of a native dataset directory)"
-        )
-    return _TASKS[name]
+    if name in _TASKS:
+        return _TASKS[name]
+    lowered = {k.lower(): k for k in _TASKS}
+    if name.lower() in lowered:
+        return _TASKS[lowered[name.lower()]]
+    raise KeyError(f"unknown task {name!r}{did_you_mean(name, _TASKS)}; `cirbench tasks` lists the "
+                   "registered tasks (or pass the path of a native dataset directory)")
 
 
 def data_root(data_dir: str | os.PathLike[str] | None, task_name: str) -> Path | None:
@@ -97,16 +100,24 @@ def get_task(
     from cirbench.dataset import MANIFEST, load_native
 
     path = Path(name)
-    if (path / MANIFEST).is_file():
-        task = load_native(path, split or "test")
+    if (path / MANIFEST).is_file() or (not _is_registered(name) and _looks_like_path(name)):
+        check_options(f"native dataset {name!r}", options, (), flag="--task-option")
+        task = load_native(path, split or "test")  # a missing cirbench.json is named there
+        if protocol is not None and protocol != task.protocol.name:
+            raise ValueError(f"--protocol {protocol!r}: a native dataset has the one protocol its {MANIFEST} "
+                             f"defines ({task.protocol.name!r})")
     else:
         spec = get_task_spec(name)
+        name = spec.name
         split = split or spec.default_split
         if split not in spec.splits:
-            raise ValueError(f"task {name!r} has no split {split!r}; splits: {list(spec.splits)}")
+            raise ValueError(f"task {name!r} has no split {split!r}{did_you_mean(split, spec.splits)}; "
+                             f"splits: {', '.join(spec.splits)}")
         protocol = protocol or spec.protocols[0]
         if protocol not in spec.protocols:
-            raise ValueError(f"task {name!r} has no protocol {protocol!r}; protocols: {list(spec.protocols)}")
+            hint = did_you_mean(protocol, spec.protocols)
+            raise ValueError(f"task {name!r} has no protocol {protocol!r}{hint}; protocols: "
+                             f"{', '.join(spec.protocols)}")
         task = spec.load(data_root(data_dir, name), split, protocol, **options)
         if tuple(task.protocol.metrics) != spec.metrics_for(protocol):
             raise ValueError(
@@ -115,6 +126,16 @@ def get_task(
             )
     task.validate()
     return task.limit(limit)
+
+
+def _is_registered(name: str) -> bool:
+    _import_builtin()
+    return name.lower() in {k.lower() for k in _TASKS}
+
+
+def _looks_like_path(name: str) -> bool:
+    """A task name is a path when it names a directory or has a separator (no registered name does)."""
+    return os.sep in name or "/" in name or name.startswith(".") or Path(name).is_dir()
 
 
 def _import_builtin() -> None:

@@ -58,7 +58,7 @@ LAYOUT = """\
     <data-dir>[/mt_pipeline/llm]/multi_target_selection/{cirr,dress,shirt,toptee}_multi_target_selection.json
     <data-dir>[/mt_pipeline/llm]/single_target_selection/{cat}_selection_single_target_final.json
         (or the ..._seed42.json name the repo's loader expects)
-  plus the base benchmark (images and image splits), found at --option base_dir=DIR, <data-dir>/cirr or
+  plus the base benchmark (images and image splits), found at --task-option base_dir=DIR, <data-dir>/cirr or
   <data-dir>/fashioniq, else $CIRBENCH_DATA/cirr or $CIRBENCH_DATA/fashioniq."""
 
 CITATION = """@misc{jung2025soft,
@@ -119,7 +119,7 @@ def _base_dir(root: Path, base: str, option: str | None) -> Path:
     env = os.environ.get("CIRBENCH_DATA")
     if env and (Path(env) / base).is_dir():
         return Path(env) / base
-    raise DatasetError(f"the {base} base dataset was not found: pass --option base_dir=DIR. Expected "
+    raise DatasetError(f"the {base} base dataset was not found: pass --task-option base_dir=DIR. Expected "
                        f"layout:\n{LAYOUT}", file=local)
 
 

@@ -7,7 +7,6 @@ so an interrupted build never leaves a half-written dataset behind.
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -15,23 +14,25 @@ import yaml
 
 from cirbench.cache import default_cache_dir
 from cirbench.dataset import MANIFEST, load_native, read_manifest
+from cirbench.tasks._files import check_options, parse_bool, parse_int
 from cirbench.tasks.registry import TaskSpec, register_task
 from cirbench.types import Task, TaskMetadata
 
 SPLITS = ("test", "test_single", "train")
 METRICS = ("R@1", "R@5", "R@10", "R@50", "mAP@5", "mAP@10", "mAP@50")
 """The protocol a synthetic build writes (cirbench.build.synthetic.build.PROTOCOL uses these)."""
+OPTIONS = {
+    "seed": "build seed (default: the preset's)",
+    "progress": "true (default) or false: show the progress of the first build",
+}
 
 
 def pipeline_config() -> dict[str, Any]:
-    """The synthetic pipeline config: the repo's pipelines/synthetic.yaml, else the packaged copy."""
-    repo = Path(__file__).resolve().parents[2] / "pipelines" / "synthetic.yaml"
-    text = (
-        repo.read_text()
-        if repo.is_file()
-        else (resources.files("cirbench").joinpath("pipelines/synthetic.yaml").read_text())
-    )
-    return yaml.safe_load(text)
+    """The synthetic pipeline config shipped inside the package (cirbench/pipelines/synthetic.yaml; the
+    repo's pipelines/synthetic.yaml points at it), so an installed wheel finds it too."""
+    from cirbench.build import shipped_pipeline_text
+
+    return yaml.safe_load(shipped_pipeline_text("synthetic"))
 
 
 def ensure_built(
@@ -55,12 +56,13 @@ def ensure_built(
 
 def _loader(preset: str):
     def load(data_dir: Path | None, split: str, protocol: str, **options: Any) -> Task:
-        seed = options.pop("seed", None)
+        check_options(options, OPTIONS, f"synthetic-{preset}")
+        seed = options.get("seed")
         root = ensure_built(
             preset,
             data_dir,
-            seed=int(seed) if seed is not None else None,
-            progress=bool(options.pop("progress", True)),
+            seed=parse_int(seed, "seed", low=0) if seed is not None else None,
+            progress=parse_bool(options.get("progress", True), "progress"),
         )
         return load_native(root, split)
 
@@ -85,7 +87,7 @@ for _preset, _size in (("mini", "test ~1k queries / ~4k gallery"), ("full", "tes
             size=_size,
             layout="a native cirbench dataset (cirbench.json + <split>/queries.parquet + corpus.parquet); "
             "built automatically when missing",
-            options={"seed": "build seed (default: the preset's)"},
+            options=OPTIONS,
             family="synthetic",
         )
     )

@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from cirbench.tasks._files import check_options, require_data_dir
+from cirbench.paths import Root
+from cirbench.tasks._files import check_options, parse_choice, parse_int, require_data_dir
 from cirbench.tasks.mmlandmarks import CsvFile, read_csv
 from cirbench.tasks.registry import TaskSpec, register_task
 from cirbench.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
@@ -32,6 +33,7 @@ PROTOCOLS = ("official", "paper-code")
 REQUIRED_COLUMNS = ("pth1", "pth2", "edit")
 N_FRAMES = 15
 POOLS = ("mean", "csv-scores")
+FRAME_FORMATS = ("jpg", "png")
 SCORE_TEMPERATURE = 0.1
 """`emb_pool: query` weights a target's frames by softmax(scores / 0.1) (src/data/webvid_covr.py)."""
 METRICS = ("R@1", "R@5", "R@10", "R@50", "meanR3", "meanR4")
@@ -53,7 +55,7 @@ LAYOUT = """\
     <data-dir>/webvid8m-covr_{test,val}.csv   (or <data-dir>/annotation/webvid-covr/...)
         columns pth1, pth2, edit (+ txt1, txt2, scores)
     <data-dir>/WebVid/8M/train/<pth>.mp4      (pth = "<folder>/<video id>"), or <data-dir>/videos/<pth>.mp4
-  --option video_dir=DIR points at the video folder."""
+  --task-option video_dir=DIR points at the video folder."""
 
 METADATA = TaskMetadata(
     name=NAME,
@@ -139,14 +141,10 @@ def load(data_dir: Path | None, split: str, protocol: str = "official", **option
         raise ValueError(f"WebVid-CoVR has no split {split!r}; splits: {list(SPLITS)}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"WebVid-CoVR has no protocol {protocol!r}; protocols: {list(PROTOCOLS)}")
-    n_frames = int(options.get("n_frames", N_FRAMES))
-    if n_frames < 1:
-        raise ValueError(f"option n_frames must be >= 1, not {n_frames}")
-    pool = str(options.get("target_pool", "mean"))
-    if pool not in POOLS:
-        raise ValueError(f"option target_pool must be one of {list(POOLS)}, not {pool!r}")
-    fmt = str(options.get("frame_format", "jpg"))
-    workers = max(1, int(options.get("workers", 4)))
+    n_frames = parse_int(options.get("n_frames", N_FRAMES), "n_frames", low=1)
+    pool = parse_choice(options.get("target_pool", "mean"), "target_pool", POOLS)
+    fmt = parse_choice(options.get("frame_format", "jpg"), "frame_format", FRAME_FORMATS)
+    workers = parse_int(options.get("workers", 4), "workers", low=1)
     root = require_data_dir(data_dir, NAME, LAYOUT)
     f = read_csv(_annotation(root, split), REQUIRED_COLUMNS, LAYOUT)
     if not f.rows:
@@ -165,21 +163,22 @@ def load(data_dir: Path | None, split: str, protocol: str = "official", **option
         vals["txt1"], vals["txt2"] = (row.get("txt1") or "").strip(), (row.get("txt2") or "").strip()
         rows.append((n, vals, _scores(row.get("scores"), f, n) if pool == "csv-scores" else None))
 
-    def video(pth: str) -> Path:
-        return video_dir / f"{pth}.mp4"
-
     def record(n: int) -> str:
         return f"{f.path.name} {f.record(n)}"
 
+    # a pth names a video below video_dir and a frame folder below frames_dir: it may leave neither
+    videos = Root(video_dir, what="the video folder")
+    frame_root = Root(frames_dir, what="the frames folder")
     jobs: dict[tuple[str, str], tuple[Path, Path, str]] = {}
     for n, vals, _ in rows:
         for pth, method in ((vals["pth1"], "middle"), (vals["pth2"], "sample")):
-            missing = not video(pth).is_file()
-            if missing:
+            col = "pth1" if method == "middle" else "pth2"
+            src = videos.join(f"{pth}.mp4", file=f.path, record=f.record(n), field=col)
+            out = frame_root.join(pth, file=f.path, record=f.record(n), field=col)
+            if not src.is_file():
                 raise DatasetError(f"video {pth}.mp4 is missing under {video_dir}. Expected layout:\n"
-                                   f"{LAYOUT}", file=video(pth), record=record(n),
-                                   field="pth1" if method == "middle" else "pth2")
-            jobs.setdefault((pth, method), (video(pth), frames_dir / pth, record(n)))
+                                   f"{LAYOUT}", file=src, record=record(n), field=col)
+            jobs.setdefault((pth, method), (src, out, record(n)))
 
     def run(key: tuple[str, str]) -> list[Path]:
         src, out, rec = jobs[key]

@@ -10,6 +10,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from cirbench.build import check_config_lmms, check_config_model
 from cirbench.build.edir.instructions import INSTRUCTIONS_PROMPT
 from cirbench.build.edir.rewrite import REWRITE_PROMPT
 from cirbench.build.edir.verify import VERIFY_PROMPT
@@ -88,7 +89,10 @@ def merge_defaults(base: Any, over: Any, free_form: set[tuple[str, ...]], path: 
     unknown = set(over) - set(base)
     if unknown:
         where = ".".join(path) or "top level"
-        raise ValueError(f"config: unknown key(s) {sorted(unknown)} in {where}; known: {sorted(base)}")
+        from cirbench.options import did_you_mean
+
+        hints = "".join(did_you_mean(u, base) for u in sorted(unknown))
+        raise ValueError(f"config: unknown key(s) {sorted(unknown)} in {where}{hints}; known: {sorted(base)}")
     return {
         k: merge_defaults(base[k], over[k], free_form, (*path, k)) if k in over else copy.deepcopy(base[k])
         for k in base
@@ -121,6 +125,10 @@ def resolve(config: Mapping[str, Any]) -> dict[str, Any]:
     bad = set(cfg["lmm_overrides"]) - set(STAGES_WITH_LMM)
     if bad:
         raise ValueError(f"lmm_overrides: unknown stage(s) {sorted(bad)}; stages: {list(STAGES_WITH_LMM)}")
+    emb = cfg["verify"]["embedding"]
+    if emb["enabled"]:  # a config file names models, never code to import (cirbench.build)
+        check_config_model(emb["model"], emb["options"], "verify.embedding.model")
+    check_config_lmms(cfg)
     return cfg
 
 

@@ -90,7 +90,8 @@ class DiffusersEditor:
 
         # diffusers >= 0.36 calls it `dtype` and warns about `torch_dtype`
         dtype_key = "dtype" if hasattr(pipeline_utils, "_resolve_dtype") else "torch_dtype"
-        kwargs: dict[str, Any] = {dtype_key: getattr(torch, dtype_name)}
+        # safetensors only: a pickled .bin checkpoint named by a config must never be unpickled
+        kwargs: dict[str, Any] = {dtype_key: getattr(torch, dtype_name), "use_safetensors": True}
         if self.revision:
             kwargs["revision"] = self.revision
         if self.variant:

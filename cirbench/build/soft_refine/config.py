@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from cirbench.build import check_config_lmms, check_config_model
 from cirbench.build.edir.config import merge_defaults, stage_lmm, work_identity
 
 DESCRIBE_PROMPT = """\
@@ -90,6 +91,9 @@ def resolve(config: Mapping[str, Any]) -> dict[str, Any]:
     bad = sorted(set(cfg["lmm_overrides"]) - set(STAGES_WITH_LMM))
     if bad:
         raise ValueError(f"lmm_overrides: unknown stage(s) {bad}; stages: {list(STAGES_WITH_LMM)}")
+    # a config file names models, never code to import (cirbench.build)
+    check_config_model(cfg["mining"]["model"], cfg["mining"]["options"], "mining.model")
+    check_config_lmms(cfg)
     return cfg
 
 

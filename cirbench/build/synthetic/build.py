@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +17,11 @@ from cirbench.build.synthetic.predicate import Op
 from cirbench.build.synthetic.render import png_bytes, render
 from cirbench.build.synthetic.scene import Scene
 from cirbench.build.synthetic.texts import caption
-from cirbench.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
+from cirbench.dataset import ImageRecord, QueryRecord, SplitData, check_replaceable, write_dataset
+from cirbench.options import did_you_mean
 from cirbench.tasks.synthetic import METRICS
 from cirbench.types import Protocol
+from cirbench.workers import process_pool
 
 SPLIT_STREAMS = {"test": 0, "train": 1}
 """Each split draws from its own random stream, seeded by (seed, this number): disjoint by construction."""
@@ -45,6 +46,36 @@ PITFALLS = (
 )
 
 
+TOP_KEYS = ("pipeline", "name", "version", "license", "description", "default_preset", "render", "presets")
+RENDER_DEFAULTS = {"size": 128, "supersample": 2, "png_compress_level": 3, "workers": 1}
+
+
+def _known_keys(section: Mapping[str, Any], known: Sequence[str], where: str) -> None:
+    unknown = sorted(set(section) - set(known))
+    if unknown:
+        hints = "".join(did_you_mean(str(u), known) for u in unknown)
+        raise ValueError(f"unknown key(s) {unknown} in {where}{hints}; known: {sorted(known)}")
+
+
+def _int(value: Any, where: str, *, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None
+                                                                                 and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{where} must be an integer {bound}, not {value!r}")
+    return value
+
+
+def render_settings(config: Mapping[str, Any]) -> dict[str, int]:
+    """The `render:` section with its defaults, each value checked (a typo or a string fails here)."""
+    render_cfg = config.get("render") or {}
+    if not isinstance(render_cfg, Mapping):
+        raise ValueError("render must be a mapping")
+    _known_keys(render_cfg, tuple(RENDER_DEFAULTS), "render")
+    out = {**RENDER_DEFAULTS, **render_cfg}
+    bounds = {"size": (8, None), "supersample": (1, None), "png_compress_level": (0, 9), "workers": (1, None)}
+    return {k: _int(out[k], f"render.{k}", low=lo, high=hi) for k, (lo, hi) in bounds.items()}
+
+
 def _render_one(args: tuple[Scene, int, int, int]) -> bytes:
     scene, size, ss, level = args
     return png_bytes(render(scene, size, ss), level)
@@ -56,7 +87,7 @@ def _render_all(scenes: Sequence[Scene], render_cfg: Mapping[str, Any], progress
     level, workers = int(render_cfg.get("png_compress_level", 3)), int(render_cfg.get("workers", 1))
     jobs = [(sc, size, ss, level) for sc in scenes]
     results: Iterator[bytes]
-    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    pool = process_pool(workers) if workers > 1 else None  # workers die with this process, even on SIGKILL
     try:
         results = pool.map(_render_one, jobs, chunksize=64) if pool else map(_render_one, jobs)
         if not progress:
@@ -158,13 +189,30 @@ def resolve(
     """The preset name, seed and per-split settings a build uses (a limit scales train along with test)."""
     if config.get("pipeline") != "synthetic":
         raise ValueError(f"not a synthetic pipeline config (pipeline: {config.get('pipeline')!r})")
-    presets = config.get("presets", {})
+    _known_keys(config, TOP_KEYS, "top level")
+    render_settings(config)
+    presets = config.get("presets") or {}
+    if not isinstance(presets, Mapping) or not presets:
+        raise ValueError("presets must be a mapping of preset name -> settings")
     name = preset or config.get("default_preset", "mini")
     if name not in presets:
-        raise ValueError(f"unknown preset {name!r}; available: {sorted(presets)}")
+        raise ValueError(f"unknown preset {name!r}{did_you_mean(str(name), presets)}; available: "
+                         f"{', '.join(sorted(presets))}")
     p = presets[name]
-    used_seed = int(seed if seed is not None else p.get("seed", 0))
-    splits = {s: SplitConfig.from_mapping(p[s]) for s in ("test", "train")}
+    if not isinstance(p, Mapping):
+        raise ValueError(f"presets.{name} must be a mapping with seed, test and train")
+    _known_keys(p, ("seed", "test", "train"), f"presets.{name}")
+    used_seed = _int(seed if seed is not None else p.get("seed", 0), f"presets.{name}.seed", low=0)
+    if limit is not None:
+        _int(limit, "--limit", low=1)
+    splits = {}
+    for s in ("test", "train"):
+        if not isinstance(p.get(s), Mapping):
+            raise ValueError(f"presets.{name}.{s} must be a mapping of split settings")
+        try:
+            splits[s] = SplitConfig.from_mapping(p[s])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"presets.{name}.{s}: {e}") from None
     splits["test"] = SplitConfig(**{**splits["test"].__dict__, "single_target": True})
     if limit is not None:
         full_test = splits["test"].queries
@@ -190,6 +238,7 @@ def build_synthetic(
     preset's seed; limit caps the test queries (train shrinks in proportion) for a quick build.
     """
     name, used_seed, split_cfgs = resolve(config, preset, seed, limit)
+    check_replaceable(Path(out))  # refuse a user's folder before minutes of work, not after
     render_cfg = dict(config.get("render", {}))
     recorded_render = {k: v for k, v in render_cfg.items() if k != "workers"}  # output does not depend on it
     test = build_split("test", split_cfgs["test"], np.random.default_rng([used_seed, SPLIT_STREAMS["test"]]))

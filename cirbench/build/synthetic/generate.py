@@ -37,7 +37,23 @@ class SplitConfig:
         known = set(SplitConfig.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown split settings {sorted(unknown)}; known: {sorted(known)}")
+            from cirbench.options import did_you_mean
+
+            hints = "".join(did_you_mean(str(u), known) for u in sorted(unknown))
+            raise ValueError(f"unknown split settings {sorted(unknown)}{hints}; known: {sorted(known)}")
+        if "queries" not in d:
+            raise ValueError("queries (the number of queries) is required")
+        for name, value in d.items():
+            if name == "single_target":
+                ok, want = isinstance(value, bool), "true or false"
+            elif name.endswith("_fraction"):
+                ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
+                want = "a fraction in [0, 1]"
+            else:
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+                want = "a whole number >= 0"
+            if not ok:
+                raise ValueError(f"{name} must be {want}, not {value!r}")
         return SplitConfig(**d)
 
 
