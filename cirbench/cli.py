@@ -20,8 +20,31 @@ app = typer.Typer(
 
 
 def _console() -> Console:
-    """A fresh Console per command, so the width follows $COLUMNS at call time (and in tests)."""
-    return Console()
+    """A fresh Console per command, so the width follows $COLUMNS at call time (and in tests).
+
+    Piped or captured output is never wrapped (soft wrap); tables go through `_show`, which never truncates.
+    """
+    console = Console()
+    return console if console.is_terminal else Console(soft_wrap=True)
+
+
+def _show(renderable: Any) -> None:
+    """Print a table whole: on a terminal at its width; piped (`cirbench models | grep openclip`) at the
+    table's natural width, so no cell is cut to `…` and no line is broken."""
+    console = _console()
+    if not console.is_terminal:
+        natural = Console(width=100_000).measure(renderable).maximum
+        console = Console(width=max(natural, console.width), soft_wrap=True)
+    console.print(renderable)
+
+
+def _print_json(obj: Any) -> None:
+    """Machine-readable output for scripts: JSON on stdout, nothing else."""
+    import json
+
+    from cirbench.result import _finite  # JSON has no NaN: null instead
+
+    typer.echo(json.dumps(_finite(obj), indent=2, ensure_ascii=False, default=str, allow_nan=False))
 
 
 DEFAULT_MODEL = "cirbench-fusion"
@@ -68,7 +91,9 @@ def eval_cmd(
     protocol: Annotated[str | None, typer.Option(help="named protocol variant (default: official)")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="output directory")] = None,
     batch_size: Annotated[int, typer.Option(help="encoding batch size")] = 32,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA when present, else CPU; model and search), cpu, cuda, cuda:1, ...")
+    ] = "auto",
     dtype: Annotated[str | None, typer.Option(help="model dtype: float32, bfloat16, float16")] = None,
     top_k: Annotated[int | None, typer.Option(help="run depth (default: the protocol's)")] = None,
     limit: Annotated[
@@ -97,6 +122,9 @@ def eval_cmd(
         str, typer.Option(help="SoFT mode: soft, reward, penalty, penalty-as-coded")
     ] = "soft",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    plots: Annotated[
+        bool, typer.Option("--plots", help="also draw the charts (per category, heatmap per subcategory)")
+    ] = False,
 ) -> None:
     """Score a model on a task: prints the table and writes result.json, run.parquet (+ submission)."""
     from cirbench.display import result_table
@@ -144,20 +172,38 @@ def eval_cmd(
     if world()[0] != 0:  # under torchrun, rank 0 reports
         return
     if result.overall:
-        _console().print(result_table(result))
+        _show(result_table(result))
     assert result.path is not None
     _console().print(f"wrote {result.path} and {result.path.parent / result.files['run']}")
     for sub in result.files.get("submission", []):
         _console().print(f"submission file: {result.path.parent / sub}")
+    if plots and result.overall:
+        from cirbench.plots import write_result_plots
+
+        for chart in write_result_plots([result], result.path.parent):
+            _console().print(f"chart: {chart}")
+
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON (for scripts)")]
 
 
 @app.command("tasks")
-def tasks_cmd() -> None:
+def tasks_cmd(json_: JsonFlag = False) -> None:
     """List the registered tasks."""
     from rich.table import Table
 
     from cirbench.tasks.registry import list_tasks
 
+    if json_:
+        _print_json([
+            {"name": s.name, "splits": list(s.splits), "default_split": s.default_split,
+             "protocols": list(s.protocols), "size": s.size, "query_modality": s.metadata.query_modality,
+             "corpus_modality": s.metadata.corpus_modality, "metrics": list(s.metrics),
+             "license": s.metadata.license, "options": dict(s.options), "family": s.family,
+             "description": s.metadata.description}
+            for s in list_tasks()
+        ])
+        return
     table = Table(title="cirbench tasks")
     for col in ("name", "splits", "protocols", "size", "query → corpus", "metrics", "licence"):
         table.add_column(col)
@@ -172,16 +218,19 @@ def tasks_cmd() -> None:
             ", ".join(spec.metrics),
             md.license,
         )
-    _console().print(table)
+    _show(table)
 
 
 @app.command("models")
-def models_cmd() -> None:
+def models_cmd(json_: JsonFlag = False) -> None:
     """List the registered models (aliases) and model families."""
     from rich.table import Table
 
     from cirbench.models.registry import _FAMILIES, list_models
 
+    if json_:
+        _print_json({"models": [s.to_dict() for s in list_models()], "families": sorted(_FAMILIES)})
+        return
     table = Table(title="cirbench models")
     for col in ("name", "id", "revision", "dim", "params", "modalities", "dtype", "licence"):
         table.add_column(col)
@@ -197,7 +246,7 @@ def models_cmd() -> None:
             s.dtype,
             s.license,
         )
-    _console().print(table)
+    _show(table)
     _console().print(
         "families: "
         + ", ".join(f"{f}:<id or path>" for f in sorted(_FAMILIES))
@@ -213,6 +262,7 @@ def compare_cmd(
     method: Annotated[str, typer.Option(help="bootstrap or permutation")] = "bootstrap",
     resamples: Annotated[int, typer.Option(help="resamples")] = 10000,
     seed: Annotated[int, typer.Option()] = 0,
+    json_: JsonFlag = False,
 ) -> None:
     """Per-metric difference B - A with a paired significance test over the common queries."""
     from rich.table import Table
@@ -225,6 +275,16 @@ def compare_cmd(
         tests, info = compare_results(ra, rb, force=force, method=method, n_resamples=resamples, seed=seed)
     except ValueError as e:
         _fail(e)
+        return
+    if json_:
+        from dataclasses import asdict
+
+        _print_json({
+            "a": {"model": ra.model.get("name"), "path": str(ra.path)},
+            "b": {"model": rb.model.get("name"), "path": str(rb.path)},
+            "task": ra.task.get("name"), "split": ra.task.get("split"), **info,
+            "tests": [asdict(t) for t in tests],
+        })
         return
     for p in info["problems"]:
         _console().print(f"[yellow]warning (forced):[/yellow] {p}")
@@ -245,7 +305,58 @@ def compare_cmd(
             f"{t.p_value:.4f}",
             sig,
         )
-    _console().print(table)
+    _show(table)
+
+
+@app.command("results")
+def results_cmd(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="result.json files or folders, searched recursively")
+    ] = None,
+    task: Annotated[
+        list[str] | None, typer.Option("--task", "-t", help="only this task (repeatable)")
+    ] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="only this model (repeatable)")
+    ] = None,
+    metric: Annotated[list[str] | None, typer.Option(help="only this metric (repeatable)")] = None,
+    kind: Annotated[
+        list[str] | None, typer.Option(help="only this group kind: overall, category, subcategory, ...")
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="print the long rows as JSON (for scripts)")] = False,
+) -> None:
+    """Every number of the result files as one table (the DataFrame of cirbench.load_results)."""
+    from rich.table import Table
+
+    from cirbench.leaderboard.collect import lower_is_better
+    from cirbench.results import load_results
+
+    try:
+        frame = load_results(paths or [Path("results")], tasks=task, models=model, metrics=metric,
+                             group_kinds=kind)
+    except ValueError as e:
+        _fail(e)
+        return
+    if json_:
+        _print_json(frame.astype(object).where(frame.notna(), None).to_dict(orient="records"))
+        return
+    keys = ["task", "split", "protocol", "model", "group_kind", "group", "path"]
+    metrics = list(dict.fromkeys(frame["metric"]))
+    table = Table(title=f"{frame['path'].nunique()} result file(s); values in % (MedR: rank)")
+    for col in (*keys[:-1], *metrics, "result"):
+        table.add_column(col, justify="right" if col in metrics else "left")
+    for key, rows in frame.groupby(keys, sort=False, dropna=False):
+        values = dict(zip(rows["metric"], rows["value"]))
+        cells = []
+        for m in metrics:
+            v = values.get(m)
+            if v is None or v != v:
+                cells.append("–")
+            else:
+                cells.append(f"{v:.1f}" if lower_is_better(m) else f"{100 * v:.2f}")
+        *labels, path = ("–" if k is None or k != k else str(k) for k in key)
+        table.add_row(*labels, *cells, path)
+    _show(table)
 
 
 def _parse_shard(shard: str | None) -> tuple[int, int] | None:
