@@ -148,8 +148,7 @@ def heatmap_figure(series: Sequence[Series], groups: Sequence[str], *, metric: s
     masked = np.ma.masked_invalid(data)
     import matplotlib
 
-    cmap = matplotlib.colormaps[cmap_name].copy()
-    cmap.set_bad("#f2f2f2")
+    cmap = matplotlib.colormaps[cmap_name].with_extremes(bad="#f2f2f2")
     image = ax.imshow(masked, cmap=cmap, norm=norm, aspect="auto")
     for gi in range(len(groups)):
         for si in range(len(series)):

@@ -224,21 +224,38 @@ def test_escaping_of_task_names_and_sources(tmp_path: Path, built: Built) -> Non
                    "M,B,x,y,R@1,5,\"<b>bold</b> javascript:alert(3) https://ok.example/a?b=1&c=2\"\n")
     build_leaderboard([tmp_path / "r"], tmp_path / "out", reported=rep, n_resamples=100)
     page = (tmp_path / "out" / "index.html").read_text()
-    assert "<img" not in page and "<b>bold" not in page and 'href="javascript' not in page
+    assert "<img src=x" not in page and "<b>bold" not in page and 'href="javascript' not in page
+    assert page.count("<img") == page.count('<img class="chart" src="data:image/svg+xml;base64,')
     assert 'href="https://ok.example/a?b=1&amp;c=2"' in page
     md = "".join(p.read_text() for p in (tmp_path / "out").glob("*.md"))
     assert "<img" not in md and "a\\|b\\*c\\_" in md
 
 
-def test_charts_are_valid_svg(built: Built) -> None:
+def test_charts_are_matplotlib_svg(built: Built) -> None:
+    """Each computed board: the overall bars and one heatmap per breakdown, drawn by matplotlib as SVG,
+    embedded as data: images (so nothing in them can run), every model name there as escaped text."""
+    import base64
+    import re
+
     page = (built.out / "index.html").read_text()
-    charts = page.split("<svg ")[1:]
-    assert len(charts) == 4  # category and subcategory, on the full board and on the smoke board
-    for chunk in charts:
-        svg = "<svg " + chunk.split("</svg>")[0] + "</svg>"
+    sources = re.findall(r'<img class="chart" src="data:image/svg\+xml;base64,([^"]+)" alt="([^"]*)"', page)
+    assert len(sources) == 6  # overall + category + subcategory, on the full board and on the smoke board
+    assert [alt.split(":")[0] for _, alt in sources] == ["R@1 overall", "R@1 per category",
+                                                          "R@1 per subcategory"] * 2
+    svgs = [base64.b64decode(data).decode() for data, _ in sources]
+    for svg in svgs:
         root = ET.fromstring(svg)
-        assert root.tag.endswith("svg") and root.find("{http://www.w3.org/2000/svg}title") is not None
-        assert len(root.findall(".//{http://www.w3.org/2000/svg}rect")) >= 4  # legend + a bar per group
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
+        assert "Matplotlib" in svg and "<script" not in svg
+    texts = ["".join(t.itertext()) for t in ET.fromstring(svgs[2]).iter("{http://www.w3.org/2000/svg}text")]
+    assert XSS in texts  # drawn as text (escaped in the XML), and inside an <img> it could not run anyway
+    assert {"overall", "S0", "S1", "S2"} <= set(texts)
+    # the heatmap's cells carry the numbers: the perfect runs score 100.0 everywhere, the wrong one 0.0
+    assert texts.count("100.0") >= 8 and texts.count("0.0") >= 4
+    # the same chart is drawn to the same bytes (no dates, fixed ids)
+    rebuilt = build_leaderboard([built.results], built.root / "again", n_resamples=N_RESAMPLES)
+    again = (built.root / "again" / "index.html").read_text()
+    assert rebuilt and re.findall(r'base64,([^"]+)"', again)[:3] == [s for s, _ in sources[:3]]
 
 
 def test_missing_run_file_is_untested_and_unlabelled_is_skipped(tmp_path: Path, built: Built) -> None:
