@@ -146,6 +146,12 @@ def test_protocol_variants_are_split_and_flagged(built: Built) -> None:
     assert "smoke run" in md
     # the two boards never share a column: no row of the full runs is in the smoke board and vice versa
     assert "random" not in set(built.frame[built.frame.board == "lb-test"].row)
+    # the index says what separates the two boards of one benchmark
+    index = (built.out / "README.md").read_text()
+    assert "| lb / test | official | protocol official | 4 | 1 |" in index
+    assert "| lb / test | official ⚠ | protocol official; smoke run: first 6 queries only | 1 | 0 |" in index
+    page = (built.out / "index.html").read_text()
+    assert '<span class="sep">protocol official; smoke run: first 6 queries only</span>' in page
 
 
 def test_incompatible_protocols_from_results(built: Built) -> None:
@@ -303,21 +309,88 @@ def test_reported_file_errors(tmp_path: Path, text: str, message: str) -> None:
 
 
 def test_seeded_reported_file() -> None:
-    """Only numbers taken from the papers: the SoFT [paper-abs] row of benchmarks.md §7.2, with its source."""
+    """Every primary row of the research notes (seeds-2026-12.md §1, §3; benchmarks.md §5.4), the rows cited
+    from Paracosm's own table as a separate class, no [2nd] row; each lands on a registered task/protocol."""
     rows = load_reported(REPO / "leaderboards" / "reported.csv")
-    assert {(r.task, r.split, r.metric, round(100 * r.value, 2)) for r in rows} == {
-        ("cirr", "test1", "R@5", 65.25), ("circo", "test", "mAP@50", 27.93),
-        ("fashioniq", "val", "R@50", 58.44)}
-    assert all(r.method == "SoFT + CIReVL" and "2512.20781" in r.source for r in rows)
+    got = {(r.method, r.backbone, r.task, r.split, r.metric): r for r in rows}
+    assert len(got) == len(rows) == 110  # no duplicate (method, backbone, task, split, metric)
+    # a hand-picked value per source, as printed there (percentages; MedR a rank)
+    expect = {
+        ("Paracosm", "ViT-G/14", "circo", "test", "mAP@5"): (39.82, "primary", "shared-concept"),
+        ("Paracosm", "CLIP ViT-L/14", "cirr", "test1", "R_s@3"): (91.47, "primary", "official"),
+        ("CIReVL", "CLIP ViT-L/14", "circo", "test", "mAP@50"): (21.80, "cited", "official"),
+        ("CoTMR", "ViT-G/14", "cirr", "test1", "R_s@1"): (71.19, "cited", "official"),
+        ("SoFT + CIReVL", "CLIP ViT-L/14 (inferred)", "fashioniq", "val", "R@50"): (58.44, "primary", "c1-and-c2"),
+        ("MML-CLIP", "CLIP ViT-L/14-336 + location encoder", "mmlandmarks-t2s", "query", "MedR"):
+            (712, "primary", "paper-code"),
+        ("MML-CLIP", "CLIP ViT-L/14-336 + location encoder", "mmlandmarks-s2c", "query", "Acc@2500km"):
+            (98.9, "primary", "satellite-tiles"),
+        ("X-Aligner", "BLIP-2 + X-Aligner layers (trained on WebVid-CoVR)", "webvid-covr", "test", "R@1"):
+            (63.93, "primary", "official"),
+    }
+    for key, (value, cls, protocol) in expect.items():
+        r = got[key]
+        shown = r.value if r.metric == "MedR" else round(100 * r.value, 2)
+        assert (shown, r.source_class, r.protocol) == (value, cls, protocol), key
+    assert {r.method for r in rows if r.source_class == "cited"} == {"CIReVL", "LDRE", "OSrCIR", "CoTMR"}
+    assert all("results1.png" in r.source for r in rows if r.source_class == "cited")
+    # protocol flags on every CIRR / CIRCO / FashionIQ row, as the papers ran them or "unstated"
+    flags = {(r.method, r.task): dict(r.flags) for r in rows if r.task in ("cirr", "circo", "fashioniq")}
+    assert flags[("Paracosm", "circo")] == {"circo_text": "shared-concept"}
+    assert flags[("CIReVL", "circo")] == {"circo_text": "relative-caption"}
+    assert flags[("CIReVL", "cirr")] == {"cirr_reference": "reference-excluded"}
+    assert flags[("LDRE", "cirr")] == {"cirr_reference": "unstated"}
+    assert flags[("SoFT + CIReVL", "fashioniq")] == {"fashioniq_gallery": "unstated"}
+    assert all(len(f) == 1 for f in flags.values())
+    for secondary in ("XR", "WISER", "ReCALL", "HUG", "CSMCIR", "Pic2Word", "SEARLE", "LinCIR", "OSCAR"):
+        assert secondary not in {r.method for r in rows}
     from cirbench.tasks import get_task_spec
 
     for r in rows:  # names the registry knows, so the rows land next to real runs
         spec = get_task_spec(r.task)
-        assert r.split in spec.splits and r.protocol in spec.protocols
+        assert r.split in spec.splits and r.protocol in spec.protocols, r
     text = (REPO / "leaderboards" / "reported.csv").read_text()
     comments = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
-    for left_out in ("[2nd]", "Paracosm", "ReCALL", "HUG", "CSMCIR", "unverified"):  # out, and it says why
+    for left_out in ("[2nd]", "XR", "ReCALL", "HUG", "CSMCIR", "unverified", "ablation"):  # out, and why
         assert left_out in comments
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ("M,B,cirr,val,R@1,5,S,official,,,,,reference-kept", "'reference-kept' disagrees with protocol 'official'"),
+    ("M,B,circo,val,mAP@5,5,S,official,,,shared,,", "unknown value 'shared'.*field 'circo_text'"),
+    ("M,B,lb,test,R@1,5,S,official,,,relative-caption,,", "applies to circo rows only.*field 'circo_text'"),
+    ("M,B,cirr,val,R@1,5,S,official,,hearsay,,,", "unknown source class 'hearsay'.*field 'source_class'"),
+    ("M,B,cirr,val,R@1,5,S,nonsense,,,,,", "record 'line 2'.*field 'protocol'"),
+])
+def test_reported_flags_are_checked(tmp_path: Path, row: str, message: str) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text("method,backbone,task,split,metric,value,source,protocol,note,source_class,circo_text,"
+                    f"fashioniq_gallery,cirr_reference\n{row}\n")
+    with pytest.raises(DatasetError, match=message):
+        load_reported(path)
+
+
+def test_cited_and_flagged_rows_are_shown_apart(tmp_path: Path, built: Built) -> None:
+    rep = tmp_path / "rep.csv"
+    rep.write_text("method,backbone,task,split,metric,value,source,protocol,source_class,circo_text\n"
+                   "Own,L,lb,test,R@1,50,Own paper,official,primary,\n"
+                   "Quoted,L,lb,test,R@1,40,Other paper's table,official,cited,\n"
+                   "Hearsay,L,lb,test,R@1,30,a blog,official,secondary,\n"
+                   "Para,G,circo,test,mAP@5,39.82,fig,shared-concept,primary,shared-concept\n")
+    build_leaderboard([built.results / "perfect"], tmp_path / "out", reported=rep, n_resamples=100)
+    md = (tmp_path / "out" / "lb-test.md").read_text()
+    assert "| Own (L) | *reported* [1] | *50.00* |" in md
+    assert "| Quoted (L) | *cited* [2] | *40.00* |" in md
+    assert "| Hearsay (L) | *secondary, unchecked* [3] | *30.00* |" in md
+    assert "Para (G): CIRCO query text: shared-concept" in (tmp_path / "out" / "circo-test.md").read_text()
+    frame = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    assert dict(zip(frame[frame.row_kind == "reported"].row, frame[frame.row_kind == "reported"].source_class)) \
+        == {"Own (L)": "primary", "Quoted (L)": "cited", "Hearsay (L)": "secondary", "Para (G)": "primary"}
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert '<tr class="reported cited">' in page and '<tr class="reported secondary">' in page
+    assert '<span class="pflags">CIRCO query text: shared-concept</span>' in page
+    index = (tmp_path / "out" / "README.md").read_text()
+    assert "| circo / test | shared-concept ⚠ | protocol shared-concept; reported numbers only |" in index
 
 
 def test_reported_label() -> None:
