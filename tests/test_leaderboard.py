@@ -148,7 +148,7 @@ def test_protocol_variants_are_split_and_flagged(built: Built) -> None:
     assert "random" not in set(built.frame[built.frame.board == "lb-test"].row)
     # the index says what separates the two boards of one benchmark
     index = (built.out / "README.md").read_text()
-    assert "| lb / test | official | protocol official | 4 | 1 |" in index
+    assert "| lb / test | official | protocol official | 4 | 2 |" in index
     assert "| lb / test | official ⚠ | protocol official; smoke run: first 6 queries only | 1 | 0 |" in index
     page = (built.out / "index.html").read_text()
     assert '<span class="sep">protocol official; smoke run: first 6 queries only</span>' in page
