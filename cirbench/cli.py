@@ -359,6 +359,58 @@ def results_cmd(
     _show(table)
 
 
+@app.command("inspect")
+def inspect_cmd(
+    result: Annotated[Path, typer.Argument(help="result.json (or its folder) to inspect")],
+    vs: Annotated[
+        Path | None, typer.Option("--vs", help="a second result: the queries where one succeeds, one fails")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="output folder (default: beside the result)")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="where the task's images are (dataset folder or benchmark root)")
+    ] = None,
+    top: Annotated[int, typer.Option(help="ranked items shown per query")] = 5,
+    success_at: Annotated[int, typer.Option(help="a query succeeds when a target is within this rank")] = 1,
+    max_queries: Annotated[
+        int, typer.Option(help="sample this many queries (seeded) from a large task")
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    budget_mb: Annotated[float, typer.Option(help="size budget of the embedded thumbnails (MB)")] = 16.0,
+    failures_only: Annotated[bool, typer.Option("--failures-only", help="only queries that fail")] = False,
+    category: Annotated[str | None, typer.Option(help="only this category")] = None,
+    subcategory: Annotated[str | None, typer.Option(help="only this subcategory")] = None,
+    rank_min: Annotated[
+        int | None, typer.Option(help="only queries whose first target is at this rank or deeper")
+    ] = None,
+    rank_max: Annotated[
+        int | None, typer.Option(help="only queries whose first target is at this rank or better")
+    ] = None,
+    search: Annotated[str, typer.Option(help="only queries whose text, id or category contains this")] = "",
+    sheet_rows: Annotated[int, typer.Option(help="queries on the PNG sheet (worst first)")] = 8,
+    force: Annotated[bool, typer.Option(help="--vs even if tasks or protocols differ")] = False,
+) -> None:
+    """Per-query error analysis: an HTML page (filters, thumbnails) and a PNG sheet of the worst cases."""
+    from cirbench.inspection import Filters, inspect_results
+    from cirbench.result import Result
+
+    try:
+        ra = Result.read(result)
+        rb = Result.read(vs) if vs is not None else None
+        done = inspect_results(
+            ra, rb, out=out, data_dir=data_dir, top=top, success_at=success_at, max_queries=max_queries,
+            seed=seed, budget=int(budget_mb * 1e6), sheet_rows=sheet_rows, force=force,
+            filters=Filters(failures_only=failures_only, category=category, subcategory=subcategory,
+                            rank_min=rank_min, rank_max=rank_max, search=search),
+        )
+    except ValueError as e:
+        _fail(e)
+        return
+    sampled = f" (a seeded sample of {done.n_total})" if len(done.cases) < done.n_total else ""
+    _console().print(f"{len(done.cases)} queries{sampled}: wrote {done.page} and {done.sheet}")
+
+
 def _parse_shard(shard: str | None) -> tuple[int, int] | None:
     if shard is None:
         return None
