@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -73,6 +72,10 @@ class PageInfo:
     notes: list[str] = field(default_factory=list)
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
 def _rank(r: int | None) -> str:
     return "not found" if r is None else str(r)
 
@@ -131,11 +134,10 @@ def render_page(cases: Sequence[Case], thumbs: Thumbs, info: PageInfo, *, max_ex
     script = asset(PACKAGE, "inspect.js")
     cats = sorted({v.category for v in views if v.category})
     subs = sorted({v.subcategory for v in views if v.subcategory})
-    worst = [c.worst_rank for c in cases]
     return environment(PACKAGE).get_template("inspect.html.j2").render(
         csp=content_security_policy(script), style=asset(PACKAGE, "inspect.css"), script=script,
         version=cirbench.__version__, info=info, cases=views, summary=summary, categories=cats,
         subcategories=subs, thumbs=thumbs.uris, thumb_px=thumbs.px, thumb_quality=thumbs.quality,
-        thumb_mb=thumbs.total_bytes / 1e6, missing=len(thumbs.missing), vs=len(info.models) == 2,
-        n_inf=sum(math.isinf(w) for w in worst),
+        thumb_size=_size(thumbs.total_bytes), budget_size=_size(info.budget), missing=len(thumbs.missing),
+        vs=len(info.models) == 2,
     )
