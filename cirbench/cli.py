@@ -524,6 +524,42 @@ def leaderboard_cmd(
     _console().print(f"wrote {len(files)} files under {out}/ (open {out / 'index.html'})")
 
 
+@app.command("push")
+def push_cmd(
+    dataset: Annotated[Path, typer.Argument(help="a built dataset folder (cirbench.json + splits)")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="the Hub dataset repo, e.g. user/my-cir-bench")],
+    private: Annotated[bool, typer.Option(help="create the repo as private")] = False,
+    revision: Annotated[str | None, typer.Option(help="branch to commit to (default: main)")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Hub token (default: $HF_TOKEN or `hf auth login`)", show_default=False)
+    ] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="Hub endpoint (default: $HF_ENDPOINT or the Hub)")
+    ] = None,
+    message: Annotated[str | None, typer.Option(help="commit message")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="check and list the files; upload nothing")
+    ] = False,
+) -> None:
+    """Upload a built dataset to the Hugging Face Hub: checked card, image column shown as pictures."""
+    from cirbench.hub import push
+
+    try:
+        plan = push(dataset, repo_id, token=token, private=private, revision=revision, endpoint=endpoint,
+                    commit_message=message, dry_run=dry_run)
+    except ValueError as e:
+        _fail(e)
+        return
+    for w in plan.warnings:
+        _console().print(f"[yellow]warning:[/yellow] {w}")
+    if dry_run:
+        for p in plan.paths:
+            _console().print(p)
+        _console().print(f"dry run: {len(plan.paths)} files would go to datasets/{repo_id}")
+    else:
+        _console().print(f"uploaded {len(plan.paths)} files to datasets/{repo_id}: {plan.commit_url}")
+
+
 @app.command("card")
 def card_cmd(
     task: Annotated[str | None, typer.Argument(help="task or family (omit with --all)")] = None,
