@@ -117,6 +117,8 @@ def dataset_card(root: str | os.PathLike[str], text: str | None = None) -> Datas
         else:
             m = read_manifest(root)
             text = f"# {m.get('name')}\n\n{m.get('description', '')}\n\nBuilt by cirbench.\n"
+    if not text.startswith("---"):
+        text = "---\n{}\n---\n" + text  # no front matter yet: an empty one, completed below
     card = DatasetCard(text)
     card.data = card_data(root, card.data.to_dict())
     check_card_data(card.data, root)
@@ -197,7 +199,7 @@ def push(root: str | os.PathLike[str], repo_id: str, *, token: str | None = None
                                  f"(dataset revision {m.get('revision')})").replace("  ", " ")
     api = HfApi(endpoint=endpoint, token=token)
     try:
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        api.create_repo(repo_id, repo_type="dataset", private=private or None, exist_ok=True)
         info = api.create_commit(repo_id, operations=plan.operations, commit_message=message,
                                  repo_type="dataset", revision=revision)
     except OfflineModeIsEnabled as e:
