@@ -5,6 +5,7 @@ The Python API mirrors the CLI::
     import cirbench
     result = cirbench.evaluate("cirbench-fusion", "synthetic-mini", limit=100)
     result.overall["R@1"].value
+    cirbench.load_results("results")   # every result.json below as one pandas DataFrame
 
 Names are imported lazily so that `import cirbench` (and the CLI) starts without importing torch.
 """
@@ -15,7 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["EvalOptions", "Result", "Task", "evaluate", "get_model", "get_task", "list_models", "list_tasks"]
+__all__ = [
+    "EvalOptions",
+    "Result",
+    "Task",
+    "evaluate",
+    "get_model",
+    "get_task",
+    "list_models",
+    "list_tasks",
+    "load_results",
+]
 
 _LAZY = {
     "evaluate": "cirbench.evaluation",
@@ -26,12 +37,14 @@ _LAZY = {
     "list_tasks": "cirbench.tasks.registry",
     "get_model": "cirbench.models.registry",
     "list_models": "cirbench.models.registry",
+    "load_results": "cirbench.results",
 }
 
 if TYPE_CHECKING:
     from cirbench.evaluation import EvalOptions, evaluate
     from cirbench.models.registry import get_model, list_models
     from cirbench.result import Result
+    from cirbench.results import load_results
     from cirbench.tasks.registry import get_task, list_tasks
     from cirbench.types import Task
 

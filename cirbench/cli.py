@@ -41,8 +41,12 @@ app = typer.Typer(
 
 
 def _console(stderr: bool = False) -> Console:
-    """A fresh Console per command, so the width follows $COLUMNS at call time (and in tests)."""
-    return Console(stderr=stderr)
+    """A fresh Console per command, so the width follows $COLUMNS at call time (and in tests).
+
+    Piped or captured output is never wrapped (soft wrap); tables go through `_show`, which never truncates.
+    """
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, soft_wrap=True)
 
 
 def _message(e: BaseException) -> str:
@@ -62,6 +66,25 @@ def _print_error(e: BaseException) -> None:
 def _say(text: str) -> None:
     """Print plain text (paths, names) without interpreting brackets as markup."""
     _console().print(escape(text), soft_wrap=True)
+
+
+def _show(renderable: Any) -> None:
+    """Print a table whole: on a terminal at its width; piped (`cirbench models | grep openclip`) at the
+    table's natural width, so no cell is cut to `…` and no line is broken."""
+    console = _console()
+    if not console.is_terminal:
+        natural = Console(width=100_000).measure(renderable).maximum
+        console = Console(width=max(natural, console.width), soft_wrap=True)
+    console.print(renderable)
+
+
+def _print_json(obj: Any) -> None:
+    """Machine-readable output for scripts: JSON on stdout, nothing else."""
+    import json
+
+    from cirbench.result import _finite  # JSON has no NaN: null instead
+
+    typer.echo(json.dumps(_finite(obj), indent=2, ensure_ascii=False, default=str, allow_nan=False))
 
 
 DEFAULT_MODEL = "cirbench-fusion"
@@ -135,7 +158,9 @@ def eval_cmd(
     protocol: Annotated[str | None, typer.Option(help="named protocol variant (default: official)")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="output directory")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="encoding batch size")] = 32,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps or auto")] = "cpu",
+    device: Annotated[
+        str, typer.Option(help="auto (CUDA when present, else CPU; model and search), cpu, cuda, cuda:1, mps")
+    ] = "auto",
     dtype: Annotated[str | None, typer.Option(help="model dtype: float32, bfloat16, float16")] = None,
     top_k: Annotated[int | None, typer.Option(min=1, help="run depth (default: the protocol's)")] = None,
     limit: Annotated[
@@ -175,6 +200,9 @@ def eval_cmd(
         ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    plots: Annotated[
+        bool, typer.Option("--plots", help="also draw the charts (per category, heatmap per subcategory)")
+    ] = False,
 ) -> None:
     """Score a model on a task: prints the table and writes result.json, run.parquet (+ submission)."""
     from cirbench.display import result_table
@@ -243,7 +271,7 @@ def eval_cmd(
                 f"served: {escape(bad['reason'])}; it was set aside as *.bad and its items were encoded again"
             )
     if result.overall:
-        _console().print(result_table(result))
+        _show(result_table(result))
     assert result.path is not None
     if result.skipped:
         _say(f"an identical result is already at {result.path}: nothing was computed "
@@ -254,17 +282,37 @@ def eval_cmd(
         _say(f"submission file: {result.path.parent / sub}")
     if "submission_skipped" in result.files:
         _say(f"no submission file: {result.files['submission_skipped']}")
+    if plots and result.overall:
+        from cirbench.plots import write_result_plots
+
+        for chart in write_result_plots([result], result.path.parent):
+            _say(f"chart: {chart}")
+
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON (for scripts)")]
 
 
 @app.command("tasks")
 def tasks_cmd(
     name: Annotated[str | None, typer.Argument(help="a task: show its splits, protocols and options")] = None,
+    json_: JsonFlag = False,
 ) -> None:
     """List the registered tasks, or describe one (splits, protocols and options with their defaults)."""
     from rich.table import Table
 
     from cirbench.tasks.registry import get_task_spec, list_tasks
 
+    if json_:
+        specs = [get_task_spec(name)] if name is not None else list_tasks()
+        _print_json([
+            {"name": s.name, "splits": list(s.splits), "default_split": s.default_split,
+             "protocols": list(s.protocols), "size": s.size, "query_modality": s.metadata.query_modality,
+             "corpus_modality": s.metadata.corpus_modality, "metrics": list(s.metrics),
+             "license": s.metadata.license, "options": dict(s.options), "family": s.family,
+             "description": s.metadata.description}
+            for s in specs
+        ])
+        return
     if name is not None:
         _describe_task(get_task_spec(name))
         return
@@ -282,7 +330,7 @@ def tasks_cmd(
             ", ".join(spec.metrics),
             md.license,
         )))
-    _console().print(table)
+    _show(table)
     _say("`cirbench tasks NAME` shows a task's options (--task-option name=value) and expected layout.")
 
 
@@ -315,12 +363,15 @@ def _describe_task(spec: Any) -> None:
 
 
 @app.command("models")
-def models_cmd() -> None:
+def models_cmd(json_: JsonFlag = False) -> None:
     """List the registered models (aliases) and model families."""
     from rich.table import Table
 
     from cirbench.models.registry import _FAMILIES, list_models
 
+    if json_:
+        _print_json({"models": [s.to_dict() for s in list_models()], "families": sorted(_FAMILIES)})
+        return
     table = Table(title="cirbench models")
     for col in ("name", "id", "revision", "dim", "params", "modalities", "dtype", "licence"):
         table.add_column(col)
@@ -336,7 +387,7 @@ def models_cmd() -> None:
             s.dtype,
             s.license,
         )))
-    _console().print(table)
+    _show(table)
     _say(
         "families: "
         + ", ".join(f"{f}:<id or path>" for f in sorted(_FAMILIES))
@@ -352,6 +403,7 @@ def compare_cmd(
     method: Annotated[str, typer.Option(help="bootstrap or permutation")] = "bootstrap",
     resamples: Annotated[int, typer.Option(min=1, help="resamples")] = 10000,
     seed: Annotated[int, typer.Option()] = 0,
+    json_: JsonFlag = False,
 ) -> None:
     """Per-metric difference B - A with a paired significance test over the common queries."""
     from rich.table import Table
@@ -362,6 +414,16 @@ def compare_cmd(
     _choice(method, ("bootstrap", "permutation"), "--method")
     ra, rb = Result.read(a), Result.read(b)
     tests, info = compare_results(ra, rb, force=force, method=method, n_resamples=resamples, seed=seed)
+    if json_:
+        from dataclasses import asdict
+
+        _print_json({
+            "a": {"model": ra.model.get("name"), "path": str(ra.path)},
+            "b": {"model": rb.model.get("name"), "path": str(rb.path)},
+            "task": ra.task.get("name"), "split": ra.task.get("split"), **info,
+            "tests": [asdict(t) for t in tests],
+        })
+        return
     for p in info["problems"]:
         _console().print(f"[yellow]warning (forced):[/yellow] {escape(str(p))}")
     table = Table(
@@ -381,7 +443,102 @@ def compare_cmd(
             f"{t.p_value:.4f}",
             sig,
         )
-    _console().print(table)
+    _show(table)
+
+
+@app.command("results")
+def results_cmd(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="result.json files or folders, searched recursively")
+    ] = None,
+    task: Annotated[
+        list[str] | None, typer.Option("--task", "-t", help="only this task (repeatable)")
+    ] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", "-m", help="only this model (repeatable)")
+    ] = None,
+    metric: Annotated[list[str] | None, typer.Option(help="only this metric (repeatable)")] = None,
+    kind: Annotated[
+        list[str] | None, typer.Option(help="only this group kind: overall, category, subcategory, ...")
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="print the long rows as JSON (for scripts)")] = False,
+) -> None:
+    """Every number of the result files as one table (the DataFrame of cirbench.load_results)."""
+    from rich.table import Table
+
+    from cirbench.leaderboard.collect import lower_is_better
+    from cirbench.results import load_results
+
+    frame = load_results(paths or [Path("results")], tasks=task, models=model, metrics=metric,
+                         group_kinds=kind)
+    if json_:
+        _print_json(frame.astype(object).where(frame.notna(), None).to_dict(orient="records"))
+        return
+    keys = ["task", "split", "protocol", "model", "group_kind", "group", "path"]
+    metrics = list(dict.fromkeys(frame["metric"]))
+    table = Table(title=f"{frame['path'].nunique()} result file(s); values in % (MedR: rank)")
+    for col in (*keys[:-1], *metrics, "result"):
+        table.add_column(col, justify="right" if col in metrics else "left")
+    for key, rows in frame.groupby(keys, sort=False, dropna=False):
+        values = dict(zip(rows["metric"], rows["value"]))
+        cells = []
+        for m in metrics:
+            v = values.get(m)
+            if v is None or v != v:
+                cells.append("–")
+            else:
+                cells.append(f"{v:.1f}" if lower_is_better(m) else f"{100 * v:.2f}")
+        *labels, path = ("–" if k is None or k != k else str(k) for k in key)
+        table.add_row(*labels, *cells, path)
+    _show(table)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    result: Annotated[Path, typer.Argument(help="result.json (or its folder) to inspect")],
+    vs: Annotated[
+        Path | None, typer.Option("--vs", help="a second result: the queries where one succeeds, one fails")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="output folder (default: beside the result)")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="where the task's images are (dataset folder or benchmark root)")
+    ] = None,
+    top: Annotated[int, typer.Option(help="ranked items shown per query")] = 5,
+    success_at: Annotated[int, typer.Option(help="a query succeeds when a target is within this rank")] = 1,
+    max_queries: Annotated[
+        int, typer.Option(help="sample this many queries (seeded) from a large task")
+    ] = 1000,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    budget_mb: Annotated[float, typer.Option(help="size budget of the embedded thumbnails (MB)")] = 16.0,
+    failures_only: Annotated[bool, typer.Option("--failures-only", help="only queries that fail")] = False,
+    category: Annotated[str | None, typer.Option(help="only this category")] = None,
+    subcategory: Annotated[str | None, typer.Option(help="only this subcategory")] = None,
+    rank_min: Annotated[
+        int | None, typer.Option(help="only queries whose first target is at this rank or deeper")
+    ] = None,
+    rank_max: Annotated[
+        int | None, typer.Option(help="only queries whose first target is at this rank or better")
+    ] = None,
+    search: Annotated[str, typer.Option(help="only queries whose text, id or category contains this")] = "",
+    sheet_rows: Annotated[int, typer.Option(help="queries on the PNG sheet (worst first)")] = 8,
+    force: Annotated[bool, typer.Option(help="--vs even if tasks or protocols differ")] = False,
+) -> None:
+    """Per-query error analysis: an HTML page (filters, thumbnails) and a PNG sheet of the worst cases."""
+    from cirbench.inspection import Filters, inspect_results
+    from cirbench.result import Result
+
+    ra = Result.read(result)
+    rb = Result.read(vs) if vs is not None else None
+    done = inspect_results(
+        ra, rb, out=out, data_dir=data_dir, top=top, success_at=success_at, max_queries=max_queries,
+        seed=seed, budget=int(budget_mb * 1e6), sheet_rows=sheet_rows, force=force,
+        filters=Filters(failures_only=failures_only, category=category, subcategory=subcategory,
+                        rank_min=rank_min, rank_max=rank_max, search=search),
+    )
+    sampled = f" (a seeded sample of {done.n_total})" if len(done.cases) < done.n_total else ""
+    _say(f"{len(done.cases)} queries{sampled}: wrote {done.page} and {done.sheet}")
 
 
 def _parse_shard(shard: str | None) -> tuple[int, int] | None:
@@ -504,6 +661,38 @@ def leaderboard_cmd(
 
     files = build_leaderboard(results, out, reported=reported, n_resamples=resamples, on_skip=warn)
     _say(f"wrote {len(files)} files under {out}/ (open {out / 'index.html'})")
+
+
+@app.command("push")
+def push_cmd(
+    dataset: Annotated[Path, typer.Argument(help="a built dataset folder (cirbench.json + splits)")],
+    repo_id: Annotated[str, typer.Option("--repo-id", help="the Hub dataset repo, e.g. user/my-cir-bench")],
+    private: Annotated[bool, typer.Option(help="create the repo as private")] = False,
+    revision: Annotated[str | None, typer.Option(help="branch to commit to (default: main)")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Hub token (default: $HF_TOKEN or `hf auth login`)", show_default=False)
+    ] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="Hub endpoint (default: $HF_ENDPOINT or the Hub)")
+    ] = None,
+    message: Annotated[str | None, typer.Option(help="commit message")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="check and list the files; upload nothing")
+    ] = False,
+) -> None:
+    """Upload a built dataset to the Hugging Face Hub: checked card, image column shown as pictures."""
+    from cirbench.hub import push
+
+    plan = push(dataset, repo_id, token=token, private=private, revision=revision, endpoint=endpoint,
+                commit_message=message, dry_run=dry_run)
+    for w in plan.warnings:
+        _console().print(f"[yellow]warning:[/yellow] {escape(str(w))}")
+    if dry_run:
+        for p in plan.paths:
+            _console().print(p)
+        _say(f"dry run: {len(plan.paths)} files would go to datasets/{repo_id}")
+    else:
+        _say(f"uploaded {len(plan.paths)} files to datasets/{repo_id}: {plan.commit_url}")
 
 
 @app.command("card")

@@ -3,16 +3,21 @@
 Layout of a dataset directory (every table is parquet, so `datasets.load_dataset("parquet", ...)` reads it)::
 
     cirbench.json               name, version, description, licence, citation, protocol defaults, taxonomy,
-                                instructions, and per split the file names (format_version 1)
+                                instructions, and per split the file names (format_version 2)
     <split>/queries.parquet     id, reference_id, text, relevant_ids, candidate_ids, exclude_ids,
                                 category, subcategory, hard_negative_ids, text_variants, meta (JSON string)
-    <split>/corpus.parquet      id, image (bytes, nullable), image_path (relative, nullable), caption
+    <split>/corpus.parquet      id, image (the `datasets` Image() feature: {bytes, path}, nullable),
+                                image_path (relative, nullable), caption
     <split>/references.parquet  optional: reference images not in the gallery (same columns as corpus)
-    README.md                   the data card
+    README.md                   the data card (a Hugging Face DatasetCard, metadata checked by cirbench.hub)
     images/...                  optional image files named by image_path
 
 A query's reference image is looked up in the corpus first, then in references. A test split without labels
 has empty relevant_ids and "has_labels": false in cirbench.json.
+
+The image tables carry the `datasets` features in their parquet metadata, so `datasets.load_dataset` and the
+Hub's viewer show the `image` column as pictures (format_version 2; version 1 stored plain bytes and is still
+read).
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from cirbench.types import DatasetError, Item, Protocol, Query, Task, TaskMetada
 from cirbench.workers import pid_alive
 
 FORMAT = "cirbench-dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "cirbench.json"
 
 QUERY_SCHEMA = pa.schema(
@@ -55,13 +61,21 @@ QUERY_SCHEMA = pa.schema(
         ("meta", pa.string()),
     ]
 )
+HF_IMAGE_FEATURES = {
+    "id": {"dtype": "string", "_type": "Value"},
+    "image": {"_type": "Image"},
+    "image_path": {"dtype": "string", "_type": "Value"},
+    "caption": {"dtype": "string", "_type": "Value"},
+}
+"""The `datasets` Features of an image table, stored where `datasets` looks for them (parquet metadata)."""
 IMAGE_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
-        ("image", pa.binary()),
+        ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
         ("image_path", pa.string()),
         ("caption", pa.string()),
-    ]
+    ],
+    metadata={"huggingface": json.dumps({"info": {"features": HF_IMAGE_FEATURES}})},
 )
 REQUIRED_QUERY_COLUMNS = ("id", "text", "relevant_ids")
 REQUIRED_IMAGE_COLUMNS = ("id",)
@@ -115,7 +129,7 @@ def _image_table(records: Sequence[ImageRecord]) -> pa.Table:
     return pa.table(
         {
             "id": [r.id for r in records],
-            "image": [r.image for r in records],
+            "image": [None if r.image is None else {"bytes": r.image, "path": None} for r in records],
             "image_path": [r.image_path for r in records],
             "caption": [r.caption for r in records],
         },
@@ -208,8 +222,10 @@ def write_dataset(
             manifest["splits"][split] = entry
         manifest["revision"] = _tree_hash(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if card is not None:
-            (tmp / "README.md").write_text(card)
+        if card is not None:  # the builder's card, its Hub metadata completed and checked
+            from cirbench.hub import dataset_card
+
+            (tmp / "README.md").write_text(str(dataset_card(tmp, card)))
         for split in splits:  # refuse to publish what we could not read back
             load_native(tmp, split)
         _replace_dir(tmp, root)
@@ -285,7 +301,7 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
         raise DatasetError(f"expected a JSON object, found {type(manifest).__name__}", file=path)
     if manifest.get("format") != FORMAT:
         raise DatasetError(f"expected format {FORMAT!r}", file=path, field="format")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READABLE_VERSIONS:
         raise DatasetError(
             f"unsupported format_version {manifest.get('format_version')!r}",
             file=path,
@@ -337,8 +353,9 @@ def _images(root: Root, path: Path) -> list[Item]:
             raise DatasetError("duplicate id", file=path, record=iid, field="id")
         seen.add(iid)
         image: bytes | Path | None
-        if blobs[i] is not None:
-            image = blobs[i]
+        blob = blobs[i]["bytes"] if isinstance(blobs[i], dict) else blobs[i]  # v2: Image(); v1: bytes
+        if blob is not None:
+            image = blob
         elif rels[i] is not None:
             image = safe_path(root, rels[i], file=path, record=iid, field_name="image_path")
         else:

@@ -24,7 +24,7 @@ def run_demo(
     """Evaluate the default model and the baselines; write results, a summary and a per-category chart."""
     from cirbench.display import comparison_table
     from cirbench.evaluation import EvalOptions, evaluate, safe_name
-    from cirbench.plots import per_group_bar_chart
+    from cirbench.plots import write_result_plots
 
     console = console or Console()
     t0 = time.perf_counter()
@@ -42,10 +42,9 @@ def run_demo(
         )
     for kind in ("category", "subcategory"):
         console.print(comparison_table(results, kind=kind))
-    chart = per_group_bar_chart(results, out / "per_category.png", kind="category")
-    per_group_bar_chart(results, out / "per_subcategory.png", kind="subcategory")
+    charts = write_result_plots(results, out)
     console.print(
-        f"wrote {len(results)} results under {out}/ and the charts {chart}, "
-        f"{out / 'per_subcategory.png'} in {time.perf_counter() - t0:.0f} s"
+        f"wrote {len(results)} results under {out}/ and the charts "
+        f"{', '.join(map(str, charts))} in {time.perf_counter() - t0:.0f} s"
     )
     return results

@@ -34,7 +34,8 @@ class EvalOptions:
     """Settings of one eval that are not part of the task's protocol (recorded in the result too)."""
 
     batch_size: int = 32
-    device: str = "cpu"
+    device: str = "auto"
+    """"auto" (CUDA when torch sees a GPU, else CPU; for the model and the search), cpu, cuda, cuda:1, ..."""
     dtype: str | None = None
     top_k: int | None = None
     search_dtype: str = "float32"
@@ -153,7 +154,7 @@ def search_task(task: Task, qv: np.ndarray, cv: np.ndarray, k: int, opts: EvalOp
             exclude=[[local[p] for p in excl[i] if p in local] for i in qidx],
             relevant=[[local[p] for p in relevant[i] if p in local] for i in qidx],
             dtype=opts.search_dtype,
-            device=opts.device if opts.device != "auto" else "cpu",
+            device=opts.device,
             backend=opts.search_backend,
             progress=opts.progress,
         )
@@ -205,6 +206,15 @@ def _hardware(device: str) -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+def resolve_eval_device(device: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; anything else is kept as given."""
+    if device.strip().lower() != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def safe_name(s: str) -> str:
@@ -307,7 +317,7 @@ def evaluate(
     from cirbench.result import Result
 
     opts = options or EvalOptions()
-    device = init_from_env(opts.device)
+    device = resolve_eval_device(init_from_env(opts.device))
     if device != opts.device:
         opts = replace(opts, device=device)
     rank = world()[0]

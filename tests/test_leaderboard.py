@@ -146,6 +146,12 @@ def test_protocol_variants_are_split_and_flagged(built: Built) -> None:
     assert "smoke run" in md
     # the two boards never share a column: no row of the full runs is in the smoke board and vice versa
     assert "random" not in set(built.frame[built.frame.board == "lb-test"].row)
+    # the index says what separates the two boards of one benchmark
+    index = (built.out / "README.md").read_text()
+    assert "| lb / test | official | protocol official | 4 | 2 |" in index
+    assert "| lb / test | official ⚠ | protocol official; smoke run: first 6 queries only | 1 | 0 |" in index
+    page = (built.out / "index.html").read_text()
+    assert '<span class="sep">protocol official; smoke run: first 6 queries only</span>' in page
 
 
 def test_incompatible_protocols_from_results(built: Built) -> None:
@@ -224,21 +230,38 @@ def test_escaping_of_task_names_and_sources(tmp_path: Path, built: Built) -> Non
                    "M,B,x,y,R@1,5,\"<b>bold</b> javascript:alert(3) https://ok.example/a?b=1&c=2\"\n")
     build_leaderboard([tmp_path / "r"], tmp_path / "out", reported=rep, n_resamples=100)
     page = (tmp_path / "out" / "index.html").read_text()
-    assert "<img" not in page and "<b>bold" not in page and 'href="javascript' not in page
+    assert "<img src=x" not in page and "<b>bold" not in page and 'href="javascript' not in page
+    assert page.count("<img") == page.count('<img class="chart" src="data:image/svg+xml;base64,')
     assert 'href="https://ok.example/a?b=1&amp;c=2"' in page
     md = "".join(p.read_text() for p in (tmp_path / "out").glob("*.md"))
     assert "<img" not in md and "a\\|b\\*c\\_" in md
 
 
-def test_charts_are_valid_svg(built: Built) -> None:
+def test_charts_are_matplotlib_svg(built: Built) -> None:
+    """Each computed board: the overall bars and one heatmap per breakdown, drawn by matplotlib as SVG,
+    embedded as data: images (so nothing in them can run), every model name there as escaped text."""
+    import base64
+    import re
+
     page = (built.out / "index.html").read_text()
-    charts = page.split("<svg ")[1:]
-    assert len(charts) == 4  # category and subcategory, on the full board and on the smoke board
-    for chunk in charts:
-        svg = "<svg " + chunk.split("</svg>")[0] + "</svg>"
+    sources = re.findall(r'<img class="chart" src="data:image/svg\+xml;base64,([^"]+)" alt="([^"]*)"', page)
+    assert len(sources) == 6  # overall + category + subcategory, on the full board and on the smoke board
+    assert [alt.split(":")[0] for _, alt in sources] == ["R@1 overall", "R@1 per category",
+                                                          "R@1 per subcategory"] * 2
+    svgs = [base64.b64decode(data).decode() for data, _ in sources]
+    for svg in svgs:
         root = ET.fromstring(svg)
-        assert root.tag.endswith("svg") and root.find("{http://www.w3.org/2000/svg}title") is not None
-        assert len(root.findall(".//{http://www.w3.org/2000/svg}rect")) >= 4  # legend + a bar per group
+        assert root.tag == "{http://www.w3.org/2000/svg}svg"
+        assert "Matplotlib" in svg and "<script" not in svg
+    texts = ["".join(t.itertext()) for t in ET.fromstring(svgs[2]).iter("{http://www.w3.org/2000/svg}text")]
+    assert XSS in texts  # drawn as text (escaped in the XML), and inside an <img> it could not run anyway
+    assert {"overall", "S0", "S1", "S2"} <= set(texts)
+    # the heatmap's cells carry the numbers: the perfect runs score 100.0 everywhere, the wrong one 0.0
+    assert texts.count("100.0") >= 8 and texts.count("0.0") >= 4
+    # the same chart is drawn to the same bytes (no dates, fixed ids)
+    rebuilt = build_leaderboard([built.results], built.root / "again", n_resamples=N_RESAMPLES)
+    again = (built.root / "again" / "index.html").read_text()
+    assert rebuilt and re.findall(r'base64,([^"]+)"', again)[:3] == [s for s, _ in sources[:3]]
 
 
 def test_missing_run_file_is_untested_and_unlabelled_is_skipped(tmp_path: Path, built: Built) -> None:
@@ -286,21 +309,90 @@ def test_reported_file_errors(tmp_path: Path, text: str, message: str) -> None:
 
 
 def test_seeded_reported_file() -> None:
-    """Only numbers taken from the papers: the SoFT [paper-abs] row of benchmarks.md §7.2, with its source."""
+    """Every primary row of the research notes (seeds-2026-12.md §1, §3; benchmarks.md §5.4), the rows cited
+    from Paracosm's own table as a separate class, no [2nd] row; each lands on a registered task/protocol."""
     rows = load_reported(REPO / "leaderboards" / "reported.csv")
-    assert {(r.task, r.split, r.metric, round(100 * r.value, 2)) for r in rows} == {
-        ("cirr", "test1", "R@5", 65.25), ("circo", "test", "mAP@50", 27.93),
-        ("fashioniq", "val", "R@50", 58.44)}
-    assert all(r.method == "SoFT + CIReVL" and "2512.20781" in r.source for r in rows)
+    got = {(r.method, r.backbone, r.task, r.split, r.metric): r for r in rows}
+    assert len(got) == len(rows) == 110  # no duplicate (method, backbone, task, split, metric)
+    # a hand-picked value per source, as printed there (percentages; MedR a rank)
+    expect = {
+        ("Paracosm", "ViT-G/14", "circo", "test", "mAP@5"): (39.82, "primary", "shared-concept"),
+        ("Paracosm", "CLIP ViT-L/14", "cirr", "test1", "R_s@3"): (91.47, "primary", "official"),
+        ("CIReVL", "CLIP ViT-L/14", "circo", "test", "mAP@50"): (21.80, "cited", "official"),
+        ("CoTMR", "ViT-G/14", "cirr", "test1", "R_s@1"): (71.19, "cited", "official"),
+        ("SoFT + CIReVL", "CLIP ViT-L/14 (inferred)", "fashioniq", "val", "R@50"):
+            (58.44, "primary", "c1-and-c2"),
+        ("MML-CLIP", "CLIP ViT-L/14-336 + location encoder", "mmlandmarks-t2s", "query", "MedR"):
+            (712, "primary", "paper-code"),
+        ("MML-CLIP", "CLIP ViT-L/14-336 + location encoder", "mmlandmarks-s2c", "query", "Acc@2500km"):
+            (98.9, "primary", "satellite-tiles"),
+        ("X-Aligner", "BLIP-2 + X-Aligner layers (trained on WebVid-CoVR)", "webvid-covr", "test", "R@1"):
+            (63.93, "primary", "official"),
+    }
+    for key, (value, cls, protocol) in expect.items():
+        r = got[key]
+        shown = r.value if r.metric == "MedR" else round(100 * r.value, 2)
+        assert (shown, r.source_class, r.protocol) == (value, cls, protocol), key
+    assert {r.method for r in rows if r.source_class == "cited"} == {"CIReVL", "LDRE", "OSrCIR", "CoTMR"}
+    assert all("results1.png" in r.source for r in rows if r.source_class == "cited")
+    # protocol flags on every CIRR / CIRCO / FashionIQ row, as the papers ran them or "unstated"
+    flags = {(r.method, r.task): dict(r.flags) for r in rows if r.task in ("cirr", "circo", "fashioniq")}
+    assert flags[("Paracosm", "circo")] == {"circo_text": "shared-concept"}
+    assert flags[("CIReVL", "circo")] == {"circo_text": "relative-caption"}
+    assert flags[("CIReVL", "cirr")] == {"cirr_reference": "reference-excluded"}
+    assert flags[("LDRE", "cirr")] == {"cirr_reference": "unstated"}
+    assert flags[("SoFT + CIReVL", "fashioniq")] == {"fashioniq_gallery": "unstated"}
+    assert all(len(f) == 1 for f in flags.values())
+    for secondary in ("XR", "WISER", "ReCALL", "HUG", "CSMCIR", "Pic2Word", "SEARLE", "LinCIR", "OSCAR"):
+        assert secondary not in {r.method for r in rows}
     from cirbench.tasks import get_task_spec
 
     for r in rows:  # names the registry knows, so the rows land next to real runs
         spec = get_task_spec(r.task)
-        assert r.split in spec.splits and r.protocol in spec.protocols
+        assert r.split in spec.splits and r.protocol in spec.protocols, r
     text = (REPO / "leaderboards" / "reported.csv").read_text()
     comments = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
-    for left_out in ("[2nd]", "Paracosm", "ReCALL", "HUG", "CSMCIR", "unverified"):  # out, and it says why
+    for left_out in ("[2nd]", "XR", "ReCALL", "HUG", "CSMCIR", "unverified", "ablation"):  # out, and why
         assert left_out in comments
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ("M,B,cirr,val,R@1,5,S,official,,,,,reference-kept", "'reference-kept' disagrees with protocol"),
+    ("M,B,circo,val,mAP@5,5,S,official,,,shared,,", "unknown value 'shared'.*field 'circo_text'"),
+    ("M,B,lb,test,R@1,5,S,official,,,relative-caption,,", "applies to circo rows only.*field 'circo_text'"),
+    ("M,B,cirr,val,R@1,5,S,official,,hearsay,,,", "unknown source class 'hearsay'.*field 'source_class'"),
+    ("M,B,cirr,val,R@1,5,S,nonsense,,,,,", "record 'line 2'.*field 'protocol'"),
+])
+def test_reported_flags_are_checked(tmp_path: Path, row: str, message: str) -> None:
+    path = tmp_path / "r.csv"
+    path.write_text("method,backbone,task,split,metric,value,source,protocol,note,source_class,circo_text,"
+                    f"fashioniq_gallery,cirr_reference\n{row}\n")
+    with pytest.raises(DatasetError, match=message):
+        load_reported(path)
+
+
+def test_cited_and_flagged_rows_are_shown_apart(tmp_path: Path, built: Built) -> None:
+    rep = tmp_path / "rep.csv"
+    rep.write_text("method,backbone,task,split,metric,value,source,protocol,source_class,circo_text\n"
+                   "Own,L,lb,test,R@1,50,Own paper,official,primary,\n"
+                   "Quoted,L,lb,test,R@1,40,Other paper's table,official,cited,\n"
+                   "Hearsay,L,lb,test,R@1,30,a blog,official,secondary,\n"
+                   "Para,G,circo,test,mAP@5,39.82,fig,shared-concept,primary,shared-concept\n")
+    build_leaderboard([built.results / "perfect"], tmp_path / "out", reported=rep, n_resamples=100)
+    md = (tmp_path / "out" / "lb-test.md").read_text()
+    assert "| Own (L) | *reported* [1] | *50.00* |" in md
+    assert "| Quoted (L) | *cited* [2] | *40.00* |" in md
+    assert "| Hearsay (L) | *secondary, unchecked* [3] | *30.00* |" in md
+    assert "Para (G): CIRCO query text: shared-concept" in (tmp_path / "out" / "circo-test.md").read_text()
+    frame = pd.read_csv(tmp_path / "out" / "leaderboard.csv")
+    reported = frame[frame.row_kind == "reported"]
+    assert dict(zip(reported.row, reported.source_class)) == {
+        "Own (L)": "primary", "Quoted (L)": "cited", "Hearsay (L)": "secondary", "Para (G)": "primary"}
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert '<tr class="reported cited">' in page and '<tr class="reported secondary">' in page
+    assert '<span class="pflags">CIRCO query text: shared-concept</span>' in page
+    index = (tmp_path / "out" / "README.md").read_text()
+    assert "| circo / test | shared-concept ⚠ | protocol shared-concept; reported numbers only |" in index
 
 
 def test_reported_label() -> None:

@@ -23,8 +23,26 @@ from cirbench.result import Result
 from cirbench.types import DatasetError
 
 REPORTED_REQUIRED = ("method", "backbone", "task", "split", "metric", "value", "source")
-REPORTED_OPTIONAL = ("protocol", "note")
+REPORTED_OPTIONAL = ("protocol", "note", "source_class", "circo_text", "fashioniq_gallery", "cirr_reference")
 BREAKDOWN_ORDER = ("category", "subcategory", "aspect")
+
+SOURCE_CLASSES = {
+    "primary": "reported",
+    "cited": "cited",
+    "secondary": "secondary, unchecked",
+}
+"""How a published number is known -> its badge. primary: the method's own paper, code or figure; cited: as
+printed in another paper's own table (a transcription by that paper's authors); secondary: a third party's
+transcription (AI notes, aggregators), not checked against the paper. Each class is shown apart."""
+
+UNSTATED = "unstated"
+PROTOCOL_FLAGS = {
+    "circo_text": ("circo", 0, "CIRCO query text"),
+    "fashioniq_gallery": ("fashioniq", 0, "FashionIQ gallery"),
+    "cirr_reference": ("cirr", 0, "CIRR reference"),
+}
+"""Flag column -> (task, axis of that task's protocol variants, label). The value is the axis choice the
+paper used (a cirbench protocol token, e.g. shared-concept) or "unstated"; it must agree with `protocol`."""
 
 
 @dataclass(frozen=True)
@@ -41,10 +59,19 @@ class Reported:
     source: str
     protocol: str = "official"
     note: str = ""
+    source_class: str = "primary"
+    """A key of SOURCE_CLASSES."""
+    flags: tuple[tuple[str, str], ...] = ()
+    """(flag column, value) for the protocol flags of PROTOCOL_FLAGS that apply to this row's task."""
 
     @property
     def label(self) -> str:
         return f"{self.method} ({self.backbone})" if self.backbone else self.method
+
+    @property
+    def flags_text(self) -> str:
+        """e.g. "CIRCO query text: shared-concept" (empty for tasks without protocol flags)."""
+        return "; ".join(f"{PROTOCOL_FLAGS[k][2]}: {v}" for k, v in self.flags)
 
 
 @dataclass
@@ -93,6 +120,22 @@ class Board:
     def breakdowns(self) -> list[str]:
         kinds = {k for r in self.results for k, groups in r.scores.items() if k != "overall" and groups}
         return [k for k in BREAKDOWN_ORDER if k in kinds] + sorted(kinds - set(BREAKDOWN_ORDER))
+
+    @property
+    def separates(self) -> str:
+        """What sets this board apart from the benchmark's other boards, in a few words (for the index)."""
+        parts = [f"protocol {self.protocol_name}"]
+        limit = self.task_info.get("limit")
+        if limit is not None:
+            parts.append(f"smoke run: first {limit} queries only")
+        if self.protocol is None:
+            parts.append("reported numbers only")
+        prefix = "not comparable with variant 1: "
+        for f in self.flags:
+            if f.startswith(prefix) and not f.startswith(prefix + "task limit") \
+                    and not f.startswith(prefix + "protocol name"):
+                parts.append(f.removeprefix(prefix))
+        return "; ".join(parts)
 
     def groups(self, kind: str) -> list[str]:
         seen: dict[str, None] = {}
@@ -186,12 +229,49 @@ def load_reported(path: str | os.PathLike[str]) -> list[Reported]:
                                field="value") from e
         if not math.isfinite(value):
             raise DatasetError("value must be finite", file=path, record=where, field="value")
+        source_class = row.get("source_class") or "primary"
+        if source_class not in SOURCE_CLASSES:
+            raise DatasetError(f"unknown source class {source_class!r}; one of {sorted(SOURCE_CLASSES)}",
+                               file=path, record=where, field="source_class")
+        protocol = row.get("protocol") or "official"
+        flags = _protocol_flags(row, protocol, file=path, record=where)
         out.append(Reported(method=row["method"], backbone=row.get("backbone", ""), task=row["task"],
                             split=row["split"], metric=metric,
                             value=value if lower_is_better(metric) else value / 100.0,
-                            source=row["source"], protocol=row.get("protocol") or "official",
-                            note=row.get("note", "")))
+                            source=row["source"], protocol=protocol,
+                            note=row.get("note", ""), source_class=source_class, flags=flags))
     return out
+
+
+def _protocol_flags(row: dict[str, str], protocol: str, *, file: Path, record: str
+                    ) -> tuple[tuple[str, str], ...]:
+    """The row's protocol flags: "unstated" when empty; a stated choice must be the one `protocol` makes."""
+    from cirbench.tasks import circo, cirr, fashioniq
+    from cirbench.tasks._files import parse_variant
+
+    axes = {"circo": circo.AXES, "cirr": cirr.AXES, "fashioniq": fashioniq.AXES}
+    out = []
+    for col, (task, axis, _label) in PROTOCOL_FLAGS.items():
+        value = row.get(col, "")
+        if row["task"] != task:
+            if value:
+                raise DatasetError(f"this flag applies to {task} rows only", file=file, record=record,
+                                   field=col)
+            continue
+        value = value or UNSTATED
+        choices = axes[task][axis]
+        if value != UNSTATED and value not in choices:
+            raise DatasetError(f"unknown value {value!r}; one of {[*choices, UNSTATED]}", file=file,
+                               record=record, field=col)
+        try:
+            chosen = parse_variant(protocol, axes[task])[axis]
+        except ValueError as e:
+            raise DatasetError(str(e), file=file, record=record, field="protocol") from e
+        if value not in (UNSTATED, chosen):
+            raise DatasetError(f"{value!r} disagrees with protocol {protocol!r}, which uses {chosen!r}",
+                               file=file, record=record, field=col)
+        out.append((col, value))
+    return tuple(out)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from cirbench.leaderboard.collect import Board, lower_is_better
+from cirbench.leaderboard.collect import SOURCE_CLASSES, Board, lower_is_better
 from cirbench.leaderboard.ties import PairedTester
 
 ALPHA = 0.05
@@ -53,6 +53,10 @@ class Cell:
     source: str = ""
     note: str = ""
     result_path: str = ""
+    source_class: str = ""
+    """For reported rows: primary, cited or secondary (collect.SOURCE_CLASSES)."""
+    flags: str = ""
+    """For reported rows: the paper's protocol flags (CIRCO text, FashionIQ gallery, CIRR reference)."""
 
 
 def board_cells(board: Board, tester: PairedTester, *, alpha: float = ALPHA,
@@ -76,7 +80,8 @@ def board_cells(board: Board, tester: PairedTester, *, alpha: float = ALPHA,
     for rep in board.reported:
         cells.append(Cell(**base, row=rep.label, row_kind="reported", model=rep.method, model_id=rep.backbone,
                           breakdown="overall", group="overall", metric=rep.metric, value=rep.value,
-                          source=rep.source, note=rep.note, test_note="reported: not tested"))
+                          source=rep.source, note=rep.note, test_note="reported: not tested",
+                          source_class=rep.source_class, flags=rep.flags_text))
     _mark(board, cells, tester, alpha)
     return cells
 
@@ -188,10 +193,14 @@ LEGEND = (f"Values in %, MedR in ranks. Brackets: 95% percentile-bootstrap inter
           f"{UNTESTED_MARK}: untested (a run.parquet is missing or the metric cannot be paired). "
           "Rows marked *reported* are copied from the papers (see the sources), not computed by cirbench: "
           "they carry no interval and are never tested.")
-REPORTED_POLICY = ("Reported rows come from `leaderboards/reported.csv`. Only numbers taken from the papers "
-                   "themselves are listed there; numbers known only from secondary sources (AI-written paper "
-                   "notes, review sites, aggregators: the [2nd] rows of the research notes) and unverified "
-                   "ones are left out until someone checks them in the PDFs.")
+REPORTED_POLICY = (
+    "Reported rows come from `leaderboards/reported.csv`. Rows marked *reported* are taken from the "
+    "method's own paper, code or figures; rows marked *cited* are a method's numbers as printed in another "
+    "paper's own table (a transcription by that paper's authors), shown apart. Numbers known only from "
+    "secondary sources (AI-written paper notes, review sites, aggregators: the [2nd] rows of the research "
+    "notes) and unverified ones are left out until someone checks them in the PDFs; a file that lists such "
+    "rows marks them *secondary, unchecked*. Each row states the protocol the paper ran where it matters "
+    "(CIRCO query text, FashionIQ gallery, CIRR reference exclusion), or *unstated*.")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -248,6 +257,10 @@ def board_markdown(board: Board, cells: Sequence[Cell]) -> str:
         if notes:
             lines += ["", "Notes on reported rows:", ""]
             lines += [f"- {md_escape(r.label)}, {md_escape(r.metric)}: {md_escape(r.note)}" for r in notes]
+        flagged = {r.label: r.flags_text for r in board.reported if r.flags_text}
+        if flagged:
+            lines += ["", "Protocol flags of reported rows (as the papers ran them):", ""]
+            lines += [f"- {md_escape(label)}: {md_escape(text)}" for label, text in flagged.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -270,9 +283,9 @@ def _short(v: object, limit: int = 160) -> str:
 def _md_row(board: Board, label: str, kind: str, metrics: Sequence[str], lookup: Lookup,
             sources: dict[str, int]) -> list[str]:
     if kind == "reported":
-        refs = sorted({sources.setdefault(r.source, len(sources) + 1) for r in board.reported
-                       if r.label == label})
-        tag = "*reported* " + " ".join(f"[{i}]" for i in refs)
+        mine = [r for r in board.reported if r.label == label]
+        refs = sorted({sources.setdefault(r.source, len(sources) + 1) for r in mine})
+        tag = f"*{SOURCE_CLASSES[mine[0].source_class]}* " + " ".join(f"[{i}]" for i in refs)
     else:
         tag = "computed"
     return [md_escape(label), tag,
@@ -298,12 +311,13 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, n_left: i
 
 
 def index_markdown(boards: Sequence[Board], skipped: Sequence[tuple[str, str]]) -> str:
-    lines = ["# cirbench leaderboard", "", "| benchmark | protocol | computed rows | reported rows | table |",
-             "|---|---|---:|---:|---|"]
+    lines = ["# cirbench leaderboard", "",
+             "| benchmark | protocol | what separates it | computed rows | reported rows | table |",
+             "|---|---|---|---:|---:|---|"]
     for b in boards:
         lines.append(f"| {md_escape(b.task)} / {md_escape(b.split)} | {md_escape(b.protocol_name)}"
-                     f"{' ⚠' if b.flags else ''} | {len(b.results)} | {len(b.reported)} | "
-                     f"[{b.slug}.md]({b.slug}.md) |")
+                     f"{' ⚠' if b.flags else ''} | {md_escape(b.separates)} | {len(b.results)} | "
+                     f"{len(b.reported)} | [{b.slug}.md]({b.slug}.md) |")
     lines += ["", "The page `index.html` shows the same tables (sortable), per-group charts, each model's "
               "metadata and each table's protocol; `leaderboard.csv` / `leaderboard.parquet` hold every "
               "number.",
