@@ -67,7 +67,8 @@ def test_page_loads_sorts_and_renders(built: Built, browser: DevTools, tmp_path:
     boxes = browser.js("Array.from(document.querySelectorAll('div.scroll')).map(d => "
                        "[d.scrollWidth > d.clientWidth, getComputedStyle(d).overflowX])")
     assert boxes and all(overflow == "auto" for _, overflow in boxes) and any(wide for wide, _ in boxes)
-    browser.call("Emulation.clearDeviceMetricsOverride")
+    browser.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1,
+                 mobile=False)  # a fixed desktop width again (clearing the override can lag a frame)
 
     click(2)  # back to the main metric, best first, for the picture; open every metadata block
     values = [float(v) for v in browser.js(ROWS.format(t=table, c=2))]
