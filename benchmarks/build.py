@@ -56,12 +56,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from cirbench.build.edir import run_edir
-    from cirbench.build.edir.common import prepare
-    from cirbench.build.edir.editors import DiffusersEditor
-    from cirbench.build.edir.instructions import plan_subcategories
-    from cirbench.build.edir.sources import open_pool
-    from cirbench.build.llm.templates import SUBCATEGORIES
+    from cirbench.builders.edir import run_edir
+    from cirbench.builders.edir.common import prepare
+    from cirbench.builders.edir.editors import DiffusersEditor
+    from cirbench.builders.edir.instructions import plan_subcategories
+    from cirbench.builders.edir.sources import open_pool
+    from cirbench.llm.templates import SUBCATEGORIES
     from cirbench.testing.edit_pipelines import build_tiny_ip2p, write_image_folder
 
     tmp = Path(tempfile.mkdtemp(prefix="cirbench-bench-build-"))
@@ -81,7 +81,7 @@ def main() -> None:
             "negatives": {"partial_edits": False},
         }
         # the bare side gets exactly the pipeline's inputs: same resized images, template prompts and seeds
-        from cirbench.build.edir.instructions import make_instructions
+        from cirbench.builders.edir.instructions import make_instructions
 
         pool = open_pool(str(folder))
         images, prompts, seeds = [], [], []

@@ -12,7 +12,8 @@ For each model, in the same process and on the same inputs:
   and replayed;
 - encode: `encoder.encode` on pre-decoded, preprocessed batches (the adapter's own overhead: prompts,
   tokenisation, batching, normalisation);
-- e2e pil: `cirbench.encode.encode_items` from the JPEG files (thread-pool PIL decode + preprocess, no cache);
+- e2e pil: `cirbench.retrieval.encode.encode_items` from the JPEG files (thread-pool PIL decode +
+  preprocess, no cache);
 - e2e tv: the same with the two-tower adapters' decode=torchvision (hf-clip, open_clip): the threads read
   bytes, the batch is decoded with torchvision.io.decode_jpeg on the model's device (nvjpeg on CUDA) and
   resized/normalised there.
@@ -128,8 +129,8 @@ def tv_decode_rate(paths: Sequence[Path], device: str, batch: int, side: int = 2
     normalise there, as for a 224 px CLIP), in batches; file reads are not timed (worker threads do them)."""
     import torch
 
+    from cirbench.core.types import Item
     from cirbench.models import _images as I
-    from cirbench.types import Item
 
     spec = I.PixelSpec(resize="shortest", size=(side, side), crop=(side, side), crop_round=False,
                        interpolation="bicubic", mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -298,10 +299,10 @@ def best_rates(fns: Sequence[Callable[[], Any]], n_items: int, reps: int) -> tup
 
 def bench_model(label: str, name: str, opts: dict[str, Any], size: str, dtype: str, paths: list[Path],
                 batch: int, workers: int, device: str, reps: int) -> Row:
-    from cirbench.encode import encode_items
+    from cirbench.core.types import Item
     from cirbench.models import get_model
     from cirbench.models.base import Batch
-    from cirbench.types import Item
+    from cirbench.retrieval.encode import encode_items
 
     enc: Any = get_model(name, device=device, dtype=dtype, **opts)
     inst = enc.spec.default_instructions.get("document")

@@ -27,10 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from cirbench.run import Run
+from cirbench.core.run import Run
+from cirbench.core.types import Task, query_exclusions
 from cirbench.submission import validate_submission
 from cirbench.tasks import circo, cirr, fashioniq
-from cirbench.types import Task, query_exclusions
 
 RNG = np.random.default_rng(0)
 

@@ -1,4 +1,4 @@
-"""Benchmark cirbench.search.exact_search (top-k over random unit vectors) against a naive baseline.
+"""Benchmark cirbench.retrieval.search.exact_search (top-k over random unit vectors) against a naive baseline.
 
 Each (method, config) runs in a fresh subprocess so that its peak memory is measured on its own: the
 worker builds the data, resets the kernel's peak-RSS counter (``/proc/self/clear_refs``), runs once and
@@ -69,7 +69,7 @@ def _worker(method: str, cfg: Config, seed: int) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from cirbench.search import exact_search
+    from cirbench.retrieval.search import exact_search
 
     rng = np.random.default_rng(seed)
     gallery = _unit_vectors(rng, cfg.ng, cfg.dim)

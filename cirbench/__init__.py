@@ -31,8 +31,8 @@ __all__ = [
 _LAZY = {
     "evaluate": "cirbench.evaluation",
     "EvalOptions": "cirbench.evaluation",
-    "Result": "cirbench.result",
-    "Task": "cirbench.types",
+    "Result": "cirbench.core.result",
+    "Task": "cirbench.core.types",
     "get_task": "cirbench.tasks.registry",
     "list_tasks": "cirbench.tasks.registry",
     "get_model": "cirbench.models.registry",
@@ -41,12 +41,12 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from cirbench.core.result import Result
+    from cirbench.core.types import Task
     from cirbench.evaluation import EvalOptions, evaluate
     from cirbench.models.registry import get_model, list_models
-    from cirbench.result import Result
     from cirbench.results import load_results
     from cirbench.tasks.registry import get_task, list_tasks
-    from cirbench.types import Task
 
 
 def __getattr__(name: str) -> Any:

@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
-from cirbench.io import atomic_write
+from cirbench.core.io import atomic_write
+from cirbench.core.types import DatasetError, Task
 from cirbench.tasks.registry import TaskSpec, get_task, get_task_spec, list_tasks
-from cirbench.types import DatasetError, Task
 
 NOTES_START = "<!-- cirbench:notes:start (hand-written; kept when the card is regenerated) -->"
 NOTES_END = "<!-- cirbench:notes:end -->"

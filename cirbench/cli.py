@@ -82,7 +82,7 @@ def _print_json(obj: Any) -> None:
     """Machine-readable output for scripts: JSON on stdout, nothing else."""
     import json
 
-    from cirbench.result import _finite  # JSON has no NaN: null instead
+    from cirbench.core.result import _finite  # JSON has no NaN: null instead
 
     typer.echo(json.dumps(_finite(obj), indent=2, ensure_ascii=False, default=str, allow_nan=False))
 
@@ -114,7 +114,7 @@ def _one(values: list[str] | None, default: str, flag: str) -> str:
 
 
 def _choice(value: str | None, choices: tuple[str, ...], flag: str) -> None:
-    from cirbench.options import did_you_mean
+    from cirbench.core.options import did_you_mean
 
     if value is not None and value not in choices:
         hint = did_you_mean(value, choices)
@@ -123,7 +123,7 @@ def _choice(value: str | None, choices: tuple[str, ...], flag: str) -> None:
 
 def _check_device(device: str) -> None:
     """A device that cannot be used is refused before any task is read or any item encoded."""
-    from cirbench.distributed import check_device
+    from cirbench.retrieval.distributed import check_device
 
     try:
         check_device(device)
@@ -207,8 +207,8 @@ def eval_cmd(
     """Score a model on a task: prints the table and writes result.json, run.parquet (+ submission)."""
     from cirbench.display import result_table
     from cirbench.evaluation import EvalOptions, evaluate
-    from cirbench.rerank.soft import MODES as RERANK_MODES
-    from cirbench.search import SEARCH_BACKENDS, SEARCH_DTYPES
+    from cirbench.retrieval.rerank.soft import MODES as RERANK_MODES
+    from cirbench.retrieval.search import SEARCH_BACKENDS, SEARCH_DTYPES
 
     model_name = _one(model, DEFAULT_MODEL, "--model")
     task_name = _one(task, DEFAULT_TASK, "--task")
@@ -258,7 +258,7 @@ def eval_cmd(
         model_options=mopts,
         task_options=topts,
     )
-    from cirbench.distributed import world
+    from cirbench.retrieval.distributed import world
 
     if world()[0] != 0:  # under torchrun, rank 0 reports
         return
@@ -409,7 +409,7 @@ def compare_cmd(
     from rich.table import Table
 
     from cirbench.compare import compare_results
-    from cirbench.result import Result
+    from cirbench.core.result import Result
 
     _choice(method, ("bootstrap", "permutation"), "--method")
     ra, rb = Result.read(a), Result.read(b)
@@ -526,8 +526,8 @@ def inspect_cmd(
     force: Annotated[bool, typer.Option(help="--vs even if tasks or protocols differ")] = False,
 ) -> None:
     """Per-query error analysis: an HTML page (filters, thumbnails) and a PNG sheet of the worst cases."""
+    from cirbench.core.result import Result
     from cirbench.inspection import Filters, inspect_results
-    from cirbench.result import Result
 
     ra = Result.read(result)
     rb = Result.read(vs) if vs is not None else None
@@ -573,7 +573,7 @@ def build_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Build a benchmark from a pipeline config into the native dataset format (resumable)."""
-    from cirbench.build import check_config, read_pipeline
+    from cirbench.builders import check_config, read_pipeline
 
     where, config = read_pipeline(pipeline)
     kind = config["pipeline"]
@@ -587,15 +587,15 @@ def build_cmd(
     if merge is not None and shard_t is not None:
         raise typer.BadParameter("--merge and --shard are separate steps: build each shard, then merge")
     check_config(where, config, preset=preset, seed=seed, limit=limit)  # typos fail now, naming the file
-    from cirbench.dataset import check_replaceable
+    from cirbench.core.dataset import check_replaceable
 
     check_replaceable(out)  # never build for minutes and then find that `out` is the user's folder
     if kind == "synthetic":
-        from cirbench.build.synthetic import build_synthetic
+        from cirbench.builders.synthetic import build_synthetic
 
         path = build_synthetic(config, out, preset=preset, seed=seed, limit=limit, progress=not quiet)
     elif kind == "edir":
-        from cirbench.build.edir import merge_shards, run_edir
+        from cirbench.builders.edir import merge_shards, run_edir
 
         path = (
             merge_shards(out, merge)
@@ -603,7 +603,7 @@ def build_cmd(
             else run_edir(config, out, sources=sources, shard=shard_t, limit=limit, progress=not quiet)
         )
     else:
-        from cirbench.build.soft_refine import merge_soft_shards, run_soft_refine
+        from cirbench.builders.soft_refine import merge_soft_shards, run_soft_refine
 
         path = (
             merge_soft_shards(out, merge)

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from cirbench.metrics import parse_metric
-from cirbench.result import Result
-from cirbench.scoring import breakdowns, per_query_values, query_strata
-from cirbench.stats import PairedTest, paired_bootstrap, paired_permutation
+from cirbench.core.metrics import parse_metric
+from cirbench.core.result import Result
+from cirbench.core.scoring import breakdowns, per_query_values, query_strata
+from cirbench.core.stats import PairedTest, paired_bootstrap, paired_permutation
 
 PROTOCOL_FIELDS = (
     "name",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cirbench.result import Result
+from cirbench.core.result import Result
 
 DEMO_MODELS = ("cirbench-fusion", "image-only", "text-only", "random")
 

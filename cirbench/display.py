@@ -8,7 +8,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from cirbench.result import Result, Score
+from cirbench.core.result import Result, Score
 
 
 def fmt(score: Score | None, metric: str, *, ci: bool = True) -> str:

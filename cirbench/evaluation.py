@@ -15,18 +15,18 @@ from typing import Any
 import numpy as np
 
 import cirbench
-from cirbench.cache import EmbeddingCache, default_cache_dir
-from cirbench.distributed import init_from_env, world
-from cirbench.encode import encode_items
-from cirbench.metrics import parse_metric
+from cirbench.core.cache import EmbeddingCache, default_cache_dir
+from cirbench.core.metrics import parse_metric
+from cirbench.core.run import Run
+from cirbench.core.scoring import breakdowns, grouped_scores, per_query_values, query_strata
+from cirbench.core.types import Item, Role, Task
+from cirbench.core.video import expand_corpus
 from cirbench.models.base import Encoder, bind_task, check_modalities
 from cirbench.models.registry import get_model
-from cirbench.run import Run
-from cirbench.scoring import breakdowns, grouped_scores, per_query_values, query_strata
-from cirbench.search import exact_search, subset_search
+from cirbench.retrieval.distributed import init_from_env, world
+from cirbench.retrieval.encode import encode_items
+from cirbench.retrieval.search import exact_search, subset_search
 from cirbench.tasks.registry import get_task, get_task_spec
-from cirbench.types import Item, Role, Task
-from cirbench.video import expand_corpus
 
 
 @dataclass
@@ -128,7 +128,7 @@ def _mean_vectors(
 
 def search_task(task: Task, qv: np.ndarray, cv: np.ndarray, k: int, opts: EvalOptions) -> Run:
     """Exact top-k per query within its gallery, reference/exclusions removed per the protocol."""
-    from cirbench.types import query_exclusions
+    from cirbench.core.types import query_exclusions
 
     pos = task.corpus_positions
     excl = query_exclusions(task)
@@ -259,8 +259,8 @@ def identity(result: cirbench.Result) -> dict[str, Any]:
 
 def _existing(out: Path, planned: cirbench.Result, overwrite: bool) -> cirbench.Result | None:
     """The stored result when it is the same eval (skip); None when there is none or it may be replaced."""
-    from cirbench.result import Result
-    from cirbench.types import DatasetError
+    from cirbench.core.result import Result
+    from cirbench.core.types import DatasetError
 
     path = out / "result.json"
     if overwrite or not path.exists():
@@ -313,8 +313,8 @@ def evaluate(
     and cirbench version) is returned as it is (`Result.skipped`); a different one is replaced only with
     `options.overwrite`.
     """
+    from cirbench.core.result import Result
     from cirbench.models._torch import canonical_dtype
-    from cirbench.result import Result
 
     opts = options or EvalOptions()
     device = resolve_eval_device(init_from_env(opts.device))
@@ -457,7 +457,7 @@ def write_result(result: cirbench.Result, table: Any, out: Path, write_submissio
     """
     import hashlib
 
-    from cirbench.run import write_run_table
+    from cirbench.core.run import write_run_table
 
     out.mkdir(parents=True, exist_ok=True)
     _remove_old_result(out)
@@ -490,7 +490,7 @@ def _remove_old_result(out: Path) -> None:
 
 def _rerank_record(opts: EvalOptions, depth: int) -> dict[str, Any]:
     """What the protocol records about the re-ranker (known before the run exists)."""
-    from cirbench.rerank.soft import soft_protocol
+    from cirbench.retrieval.rerank.soft import soft_protocol
 
     if opts.rerank != "soft":
         raise ValueError(f"unknown reranker {opts.rerank!r}; available: soft")
@@ -502,7 +502,7 @@ def _rerank_record(opts: EvalOptions, depth: int) -> dict[str, Any]:
 
 def _rerank(run: Run, task: Task, encoder: Encoder, cv: np.ndarray, opts: EvalOptions) -> Run:
     """The run re-ranked by SoFT soft filtering (the protocol record comes from `_rerank_record`)."""
-    from cirbench.rerank.soft import constraint_scores, load_constraints, rerank_run
+    from cirbench.retrieval.rerank.soft import constraint_scores, load_constraints, rerank_run
 
     assert opts.constraints is not None
     constraints = load_constraints(opts.constraints)

@@ -1,8 +1,9 @@
 """Built datasets on the Hugging Face Hub: the data card as a checked `DatasetCard`, and `cirbench push`.
 
 A built dataset is already what the Hub wants: parquet tables whose `image` column is the `datasets` Image()
-feature (see `cirbench.dataset`), so the viewer shows pictures. What the Hub also needs is the README's YAML
-metadata: a licence id it knows, task categories, a size category and one config per table with its splits.
+feature (see `cirbench.core.dataset`), so the viewer shows pictures. What the Hub also needs is the README's
+YAML metadata: a licence id it knows, task categories, a size category and one config per table with its
+splits.
 `dataset_card` derives those from the dataset itself (the builder's prose is kept) and checks them before
 anything is written or uploaded; `push` uploads the folder as one commit (all or nothing on the Hub's side).
 """
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cirbench.types import DatasetError
+from cirbench.core.types import DatasetError
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitOperationAdd, DatasetCard, DatasetCardData
@@ -45,7 +46,7 @@ def card_data(root: str | os.PathLike[str], front: Mapping[str, Any] | None = No
     from huggingface_hub import DatasetCardData
 
     from cirbench.cards import hub_license, size_category
-    from cirbench.dataset import read_manifest
+    from cirbench.core.dataset import read_manifest
 
     root = Path(root)
     manifest = read_manifest(root)
@@ -93,7 +94,7 @@ def check_card_data(data: DatasetCardData, root: str | os.PathLike[str]) -> None
             if not SPLIT_NAME.match(str(f.get("split"))):
                 raise DatasetError(f"split name {f.get('split')!r} is not allowed on the Hub", file=where,
                                    record=config["config_name"], field="configs")
-            from cirbench.dataset import safe_path
+            from cirbench.core.dataset import safe_path
 
             path = safe_path(root, str(f.get("path")), file=where, record=config["config_name"],
                              field_name="configs")
@@ -107,7 +108,7 @@ def dataset_card(root: str | os.PathLike[str], text: str | None = None) -> Datas
     metadata; the prose is kept as it is."""
     from huggingface_hub import DatasetCard
 
-    from cirbench.dataset import read_manifest
+    from cirbench.core.dataset import read_manifest
 
     root = Path(root)
     if text is None:
@@ -145,7 +146,7 @@ def prepare_push(root: str | os.PathLike[str], repo_id: str) -> PushPlan:
     import pyarrow.parquet as pq
     from huggingface_hub import CommitOperationAdd
 
-    from cirbench.dataset import load_native, read_manifest
+    from cirbench.core.dataset import load_native, read_manifest
 
     root = Path(root)
     manifest = read_manifest(root)
@@ -189,7 +190,7 @@ def push(root: str | os.PathLike[str], repo_id: str, *, token: str | None = None
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    from cirbench.dataset import read_manifest
+    from cirbench.core.dataset import read_manifest
 
     plan = prepare_push(root, repo_id)
     if dry_run:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cirbench.colours import model_colours
-from cirbench.io import atomic_write
+from cirbench.core.io import atomic_write
+from cirbench.core.result import Result
 from cirbench.leaderboard.collect import lower_is_better
-from cirbench.result import Result
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cirbench.result import Result
+from cirbench.core.result import Result
 
 COLUMNS = (
     "task",

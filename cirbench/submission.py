@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cirbench.core.types import DatasetError
 from cirbench.tasks import circo, cirr
 from cirbench.tasks.registry import data_root
-from cirbench.types import DatasetError
 
 SHOW = 5
 _EXTENSION = re.compile(r"\.(png|jpe?g|gif|bmp|webp)$", re.IGNORECASE)
@@ -222,7 +222,7 @@ def validate_submission(path: str | os.PathLike[str], task_name: str,
     """
     name = task_name.lower()
     if name not in ("cirr", "circo"):
-        from cirbench.options import did_you_mean
+        from cirbench.core.options import did_you_mean
 
         raise ValueError(f"task {task_name!r} has no test-server submission format"
                          f"{did_you_mean(task_name, ('cirr', 'circo'))}; known: cirr, circo")

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cirbench.dataset import load_native
-from cirbench.io import file_mode, write_json
+from cirbench.core.dataset import load_native
+from cirbench.core.io import file_mode, write_json
+from cirbench.core.types import DatasetError, Item, Task, query_exclusions
 from cirbench.models import embedded as E
-from cirbench.types import DatasetError, Item, Task, query_exclusions
 
 if TYPE_CHECKING:
     import torch

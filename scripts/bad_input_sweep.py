@@ -118,7 +118,7 @@ def fixture(w: Path, name: str) -> Path:
 
 
 def _write_native(root: Path) -> None:
-    from cirbench.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
+    from cirbench.core.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
     from tests.conftest import png
 
     colors = {"a": (255, 0, 0), "b": (0, 255, 0), "c": (0, 0, 255), "d": (255, 255, 0), "e": (0, 255, 255)}
@@ -208,7 +208,7 @@ def jsave(p: Path, data: object) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------
-# Native format (cirbench/dataset.py)
+# Native format (cirbench/core/dataset.py)
 # ------------------------------------------------------------------------------------------------------
 
 
@@ -1828,7 +1828,7 @@ def c_cli_leaderboard_reported_missing(w: Path) -> Spec:
 
 
 # ------------------------------------------------------------------------------------------------------
-# Build configs (pipelines/*.yaml, cirbench/build/)
+# Build configs (pipelines/*.yaml, cirbench/builders/)
 # ------------------------------------------------------------------------------------------------------
 
 

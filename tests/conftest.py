@@ -30,8 +30,8 @@ def png(color: tuple[int, int, int], size: int = 8) -> bytes:
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     """A 5-image, 3-query native dataset with categories, a multi-target query and a candidate subset."""
-    from cirbench.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
-    from cirbench.types import Protocol
+    from cirbench.core.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
+    from cirbench.core.types import Protocol
 
     colors = {"a": (255, 0, 0), "b": (0, 255, 0), "c": (0, 0, 255), "d": (255, 255, 0), "e": (0, 255, 255)}
     corpus = [ImageRecord(id=k, image=png(v), caption=f"a {k} square") for k, v in colors.items()]

@@ -37,8 +37,8 @@ class Runs:
 
 
 def make_dataset(root: Path) -> Path:
-    from cirbench.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
-    from cirbench.types import Protocol
+    from cirbench.core.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
+    from cirbench.core.types import Protocol
 
     colours = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
                (70, 240, 240), (240, 50, 230)]

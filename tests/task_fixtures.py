@@ -59,7 +59,7 @@ def _webvid(root: Path) -> Path:
 
 def _synthetic(preset: str) -> Writer:
     def write(root: Path) -> Path:
-        from cirbench.build.synthetic import build_synthetic
+        from cirbench.builders.synthetic import build_synthetic
         from tests.test_synthetic import _config
 
         return build_synthetic(_config(), root, preset=preset, seed=0, limit=12, progress=False)

@@ -15,13 +15,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cirbench.build.edir import BuildIncomplete, run_edir
-from cirbench.build.edir.config import resolve
-from cirbench.build.edir.editors import DiffusersEditor, family_of
-from cirbench.build.edir.instructions import PlannedEdit
-from cirbench.build.edir.sources import dhash, near_duplicates, open_pool, scan_pool
-from cirbench.build.edir.verify import EmbeddingVerifier
-from cirbench.dataset import load_native, read_manifest
+from cirbench.builders.edir import BuildIncomplete, run_edir
+from cirbench.builders.edir.config import resolve
+from cirbench.builders.edir.editors import DiffusersEditor, family_of
+from cirbench.builders.edir.instructions import PlannedEdit
+from cirbench.builders.edir.sources import dhash, near_duplicates, open_pool, scan_pool
+from cirbench.builders.edir.verify import EmbeddingVerifier
+from cirbench.core.dataset import load_native, read_manifest
 from cirbench.models.base import Batch, ModelSpec
 from cirbench.testing.edit_pipelines import (
     TINY_CALL_KWARGS,
@@ -415,7 +415,7 @@ def test_editor_families_load_by_directory(family: str, tmp_path: Path) -> None:
 
 def test_importing_the_build_loads_no_torch() -> None:
     code = (
-        "import sys, cirbench.build.edir, cirbench.build.soft_refine, cirbench.build.llm; "
+        "import sys, cirbench.builders.edir, cirbench.builders.soft_refine, cirbench.llm; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'transformers')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from cirbench.build.edir import merge_shards, run_edir
-from cirbench.build.edir.editors import DiffusersEditor
-from cirbench.dataset import load_native
+from cirbench.builders.edir import merge_shards, run_edir
+from cirbench.builders.edir.editors import DiffusersEditor
+from cirbench.core.dataset import load_native
 from cirbench.testing.edit_pipelines import TINY_CALL_KWARGS, build_tiny_ip2p, write_image_folder
 
 N_SOURCES = 6
@@ -32,7 +32,7 @@ OUTPUT_FILES = (
 
 RUN = """
 import json, sys
-from cirbench.build.edir import run_edir
+from cirbench.builders.edir import run_edir
 cfg, out, src = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
 run_edir(cfg, out, sources=src, progress=False)
 """

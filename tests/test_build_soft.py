@@ -13,11 +13,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cirbench.build.soft_refine import merge_soft_shards, run_soft_refine
-from cirbench.build.soft_refine.mining import topk
-from cirbench.dataset import ImageRecord, QueryRecord, SplitData, load_native, read_manifest, write_dataset
+from cirbench.builders.soft_refine import merge_soft_shards, run_soft_refine
+from cirbench.builders.soft_refine.mining import topk
+from cirbench.core.dataset import (
+    ImageRecord,
+    QueryRecord,
+    SplitData,
+    load_native,
+    read_manifest,
+    write_dataset,
+)
+from cirbench.core.types import Protocol
 from cirbench.testing.edit_pipelines import FakeChatServer, canned_answer, request_images, request_text
-from cirbench.types import Protocol
 
 N_IMAGES = 12
 
@@ -216,7 +223,7 @@ def test_topk_is_deterministic_with_ties() -> None:
 
 
 def test_config_is_checked() -> None:
-    from cirbench.build.soft_refine.config import resolve
+    from cirbench.builders.soft_refine.config import resolve
 
     with pytest.raises(ValueError, match="unknown"):
         resolve(config(mining={"query_types": ["caption", "by_tg_img"]}))

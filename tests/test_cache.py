@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cirbench.cache import EmbeddingCache
-from cirbench.encode import encode_items
+from cirbench.core.cache import EmbeddingCache
+from cirbench.core.types import Item
 from cirbench.models.base import Batch, ModelSpec
 from cirbench.models.baselines import RandomEncoder
-from cirbench.types import Item
+from cirbench.retrieval.encode import encode_items
 from tests.conftest import png
 
 SPEC = ModelSpec(name="random", id="cirbench/random")

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
 from cirbench.cli import app
-from cirbench.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
-from cirbench.run import read_run_table
-from cirbench.types import Protocol
+from cirbench.core.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
+from cirbench.core.run import read_run_table
+from cirbench.core.types import Protocol
 
 from .conftest import png
 
@@ -181,10 +181,10 @@ def test_sigterm_flushes_what_is_encoded(tmp_path: Path) -> None:
 
 SIGINT_IN_FLUSH = textwrap.dedent('''
     import os, signal, sys
-    from cirbench import cache as C
-    from cirbench.encode import encode_items
+    from cirbench.core import cache as C
+    from cirbench.retrieval.encode import encode_items
     from cirbench.models.baselines import RANDOM, RandomEncoder
-    from cirbench.types import Item
+    from cirbench.core.types import Item
 
     write_part = C.EmbeddingCache.put
     def put(self, keys, vectors):

@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 from cirbench.cards import NOTES_END, NOTES_START, write_card
 from cirbench.cli import app
-from cirbench.dataset import load_native
+from cirbench.core.dataset import load_native
+from cirbench.core.types import TaskMetadata
 from cirbench.tasks.registry import TaskSpec, register_task
-from cirbench.types import TaskMetadata
 
 
 def test_card_from_task_keeps_notes(tiny_dataset: Path, tmp_path: Path) -> None:

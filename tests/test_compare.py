@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from cirbench.cli import app
 from cirbench.compare import compare_results
-from cirbench.result import Result
+from cirbench.core.result import Result
 
 runner = CliRunner()
 

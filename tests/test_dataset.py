@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from cirbench.dataset import ImageRecord, QueryRecord, SplitData, load_native, write_dataset
-from cirbench.types import DatasetError
+from cirbench.core.dataset import ImageRecord, QueryRecord, SplitData, load_native, write_dataset
+from cirbench.core.types import DatasetError
 from tests.conftest import png
 
 

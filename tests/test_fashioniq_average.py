@@ -126,7 +126,7 @@ def test_compare_averages_the_category_differences(tmp_path: Path) -> None:
                                   str(root), "-o", str(tmp_path / name), "-q", "--bootstrap", "0"])
         assert res.exit_code == 0, res.output
     from cirbench.compare import compare_results
-    from cirbench.result import Result
+    from cirbench.core.result import Result
 
     tests, _ = compare_results(Result.read(tmp_path / "a"), Result.read(tmp_path / "b"), n_resamples=200)
     r10 = next(t for t in tests if t.metric == "R@10")

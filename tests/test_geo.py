@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cirbench.geo import (
+from cirbench.core.geo import (
     EARTH_RADIUS_KM,
     GEO_THRESHOLDS_KM,
     check_latlon,
@@ -17,11 +17,11 @@ from cirbench.geo import (
     geo_per_query,
     haversine_km,
 )
-from cirbench.types import DatasetError, Item, Query, Task, TaskMetadata
+from cirbench.core.types import DatasetError, Item, Query, Task, TaskMetadata
 
 
 def ref_haversine(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    """The textbook formula with asin, written independently of cirbench.geo."""
+    """The textbook formula with asin, written independently of cirbench.core.geo."""
     p1, p2 = math.radians(lat1), math.radians(lat2)
     dp, dl = p2 - p1, math.radians(lon2 - lon1)
     h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2

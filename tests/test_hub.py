@@ -16,9 +16,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cirbench.cli import app
-from cirbench.dataset import ImageRecord, QueryRecord, SplitData, load_native, write_dataset
+from cirbench.core.dataset import ImageRecord, QueryRecord, SplitData, load_native, write_dataset
+from cirbench.core.types import DatasetError
 from cirbench.hub import dataset_card, prepare_push
-from cirbench.types import DatasetError
 
 from .conftest import png
 from .fake_hub import fake_hub

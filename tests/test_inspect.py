@@ -12,8 +12,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cirbench.cli import app
+from cirbench.core.result import Result
 from cirbench.inspection import Filters, inspect_results
-from cirbench.result import Result
 
 from .inspect_fixture import HOSTILE, MIXED_RANKS, N_QUERIES, Runs, make_runs
 

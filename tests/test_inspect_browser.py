@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cirbench.core.result import Result
 from cirbench.inspection import Filters, inspect_results
-from cirbench.result import Result
 
 from .browser import DevTools, browser, needs_chromium, open_page, problems, screenshot  # noqa: F401
 from .inspect_fixture import HOSTILE

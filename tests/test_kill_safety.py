@@ -99,7 +99,7 @@ def test_rerun_removes_what_a_killed_write_left(tmp_path: Path) -> None:
     """Killed while the dataset is written into `.out.tmp-*`; the rerun cleans it and writes `out` whole."""
     flag = tmp_path / "writing"
     code = f"""
-        import cirbench.dataset as D, pathlib, time
+        import cirbench.core.dataset as D, pathlib, time
         def hold(*a, **k):
             pathlib.Path({str(flag)!r}).touch()
             time.sleep(600)

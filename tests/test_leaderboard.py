@@ -16,13 +16,13 @@ import pytest
 
 import cirbench
 from cirbench.compare import compare_results
+from cirbench.core.result import Result
+from cirbench.core.types import DatasetError
 from cirbench.evaluation import EvalOptions
 from cirbench.leaderboard import build_leaderboard, find_result_files, group_boards, load_reported
 from cirbench.leaderboard.collect import Reported
 from cirbench.models.base import ModelSpec
 from cirbench.models.baselines import RandomEncoder
-from cirbench.result import Result
-from cirbench.types import DatasetError
 
 from .conftest import png
 
@@ -44,8 +44,8 @@ class Built:
 
 def make_dataset(root: Path) -> Path:
     """12 queries over 8 images, two categories; query i asks for image (i+1) % 8 from image i % 8."""
-    from cirbench.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
-    from cirbench.types import Protocol
+    from cirbench.core.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
+    from cirbench.core.types import Protocol
 
     corpus = [ImageRecord(id=f"c{i}", image=png((30 * i, 255 - 30 * i, 7 * i))) for i in range(N_IMAGES)]
     queries = [QueryRecord(id=f"q{i}", reference_id=f"c{i % N_IMAGES}", text=f"change {i}",
@@ -166,7 +166,7 @@ def test_incompatible_protocols_from_results(built: Built) -> None:
 
 
 def test_reranked_runs_are_labelled(built: Built) -> None:
-    from cirbench.rerank import soft_protocol
+    from cirbench.retrieval.rerank import soft_protocol
 
     plain = Result.read(built.results / "perfect")
     d = plain.to_dict()

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from cirbench.build.llm import LMMError, LMMRequest, ask_json, extract_json, make_lmm
-from cirbench.build.llm.openai_client import OpenAIChatLMM
+from cirbench.llm import LMMError, LMMRequest, ask_json, extract_json, make_lmm
+from cirbench.llm.openai_client import OpenAIChatLMM
 from cirbench.testing.edit_pipelines import FakeChatServer, Reply
 
 

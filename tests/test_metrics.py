@@ -1,4 +1,4 @@
-"""Tests for cirbench.metrics: hand-computed cases, brute-force references, and reference-code parity."""
+"""Tests for cirbench.core.metrics: hand-computed cases, brute-force references, and reference-code parity."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cirbench.metrics import (
+from cirbench.core.metrics import (
     AP_NORMALISERS,
     MetricSpec,
     aggregate,

@@ -20,11 +20,11 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from cirbench.encode import encode_items  # noqa: E402
+from cirbench.core.types import Item  # noqa: E402
 from cirbench.models import get_model  # noqa: E402
 from cirbench.models.base import Batch  # noqa: E402
 from cirbench.models.registry import get_model_spec  # noqa: E402
-from cirbench.types import Item  # noqa: E402
+from cirbench.retrieval.encode import encode_items  # noqa: E402
 
 
 def _png(img: Any) -> bytes:

@@ -22,11 +22,11 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from cirbench.encode import encode_items  # noqa: E402
+from cirbench.core.types import Item, Task  # noqa: E402
 from cirbench.models import get_model  # noqa: E402
 from cirbench.models.base import Batch  # noqa: E402
 from cirbench.models.registry import get_model_spec  # noqa: E402
-from cirbench.types import Item, Task  # noqa: E402
+from cirbench.retrieval.encode import encode_items  # noqa: E402
 
 TINY = {"min_image_tokens": 4, "max_image_tokens": 4}
 

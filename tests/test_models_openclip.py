@@ -20,11 +20,11 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from cirbench.encode import encode_items  # noqa: E402
+from cirbench.core.types import Item  # noqa: E402
 from cirbench.models import get_model  # noqa: E402
 from cirbench.models.base import Batch, check_modalities  # noqa: E402
 from cirbench.models.registry import get_model_spec  # noqa: E402
-from cirbench.types import Item  # noqa: E402
+from cirbench.retrieval.encode import encode_items  # noqa: E402
 
 pytest.importorskip("open_clip")
 
@@ -186,9 +186,9 @@ def test_torchvision_decode_close_to_open_clip_preprocess(oc_dir: Path, tmp_path
     """
     import torch
 
+    from cirbench.core.types import DatasetError
     from cirbench.models import _images
     from cirbench.testing import image_files
-    from cirbench.types import DatasetError
 
     files = image_files(tmp_path / "files")
     target = f"open_clip:local-dir:{oc_dir}"

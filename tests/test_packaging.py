@@ -63,7 +63,7 @@ def test_installed_package_finds_its_configs(wheel: Path, tmp_path: Path) -> Non
         "from cirbench.tasks.synthetic import pipeline_config\n"
         "cfg = pipeline_config()\n"
         "assert cfg['pipeline'] == 'synthetic' and 'mini' in cfg['presets']\n"
-        "from cirbench.build import read_pipeline\n"
+        "from cirbench.builders import read_pipeline\n"
         "where, cfg = read_pipeline('pipelines/synthetic.yaml')\n"  # the README's command, from a wheel
         "assert where == 'cirbench/pipelines/synthetic.yaml' and cfg['pipeline'] == 'synthetic'\n"
         "assert read_pipeline('edir')[1]['pipeline'] == 'edir'\n"

@@ -1,4 +1,4 @@
-"""No path may escape a dataset root: the shared check (cirbench.paths) and a traversal test per loader.
+"""No path may escape a dataset root: the shared check (cirbench.core.paths) and a traversal test per loader.
 
 Each loader test writes a real release in its format (the writers of the loader's own tests), points one
 record at a real file outside the root (`../`, an absolute path, a symlink), and checks that loading is
@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cirbench.core.types import DatasetError
 from cirbench.tasks import get_task
-from cirbench.types import DatasetError
 
 from .conftest import png
 
@@ -37,7 +37,7 @@ def secret(tmp_path: Path) -> Path:
 
 
 def test_root_refuses_dotdot_absolute_and_symlinks(tmp_path: Path, secret: Path) -> None:
-    from cirbench.paths import Root
+    from cirbench.core.paths import Root
 
     root = tmp_path / "data"
     (root / "img").mkdir(parents=True)
@@ -62,7 +62,7 @@ def test_root_refuses_dotdot_absolute_and_symlinks(tmp_path: Path, secret: Path)
 
 def test_a_symlinked_root_is_its_own_location(tmp_path: Path) -> None:
     """A dataset kept on another disk and linked in is normal: the root is resolved once."""
-    from cirbench.paths import contained
+    from cirbench.core.paths import contained
 
     real = tmp_path / "disk" / "cirr"
     (real / "dev").mkdir(parents=True)
@@ -75,7 +75,7 @@ def test_a_symlinked_root_is_its_own_location(tmp_path: Path) -> None:
 
 
 def test_name_is_one_path_component() -> None:
-    from cirbench.paths import Root
+    from cirbench.core.paths import Root
 
     for bad in ("..", ".", "a/b", "..//etc/passwd", "", "a\\b"):
         with pytest.raises(DatasetError, match="one path component"):

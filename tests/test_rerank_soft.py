@@ -9,8 +9,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cirbench.core.run import Run
+from cirbench.core.types import DatasetError
 from cirbench.models.base import Batch, ModelSpec
-from cirbench.rerank import (
+from cirbench.retrieval.rerank import (
     Constraint,
     constraint_scores,
     load_constraints,
@@ -19,8 +21,6 @@ from cirbench.rerank import (
     soft_protocol,
     soft_scores,
 )
-from cirbench.run import Run
-from cirbench.types import DatasetError
 
 # One query, candidates 3, 1, 4 (best first by s) and a pad.
 IDX = np.array([[3, 1, 4, -1]])

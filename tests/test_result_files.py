@@ -43,7 +43,7 @@ KILL_BEFORE_RESULT = textwrap.dedent('''
     import os, signal, sys
     import cirbench
     from cirbench.evaluation import EvalOptions
-    from cirbench.result import Result
+    from cirbench.core.result import Result
 
     def killed(self, path):  # the process dies after run.parquet is written, before result.json
         os.kill(os.getpid(), signal.SIGKILL)
@@ -77,8 +77,8 @@ def test_readers_refuse_a_run_file_from_another_eval(tiny_dataset: Path, tmp_pat
     res = runner.invoke(app, ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--resamples", "50"])
     out = " ".join(res.output.split())
     assert res.exit_code == 2 and "does not belong to its result.json" in out and "run.parquet" in out
+    from cirbench.core.result import Result
     from cirbench.leaderboard.ties import PairedTester
-    from cirbench.result import Result
 
     tie = PairedTester(n_resamples=50).test(Result.read(tmp_path / "a"), Result.read(tmp_path / "b"), "R@1",
                                             kind="category", group="Attribute")
@@ -172,7 +172,7 @@ def _mode(p: Path) -> int:
 
 
 def test_files_and_folders_follow_the_umask(umask_022: None, tiny_dataset: Path, tmp_path: Path) -> None:
-    from cirbench.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
+    from cirbench.core.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
 
     from .conftest import png
 

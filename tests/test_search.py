@@ -15,7 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cirbench.search import SearchResult, exact_search, subset_search
+from cirbench.retrieval.search import SearchResult, exact_search, subset_search
 
 try:
     import faiss  # noqa: F401
@@ -312,7 +312,7 @@ def test_errors() -> None:
 
 def test_vectorised_tie_count_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """The GPU code path for ties before a relevant item, exercised on CPU."""
-    import cirbench.search as search
+    import cirbench.retrieval.search as search
 
     monkeypatch.setattr(search, "_PER_ROW_TIES_ON_CPU", False)
     q, c = int_data(20, 23, 150, 3)

@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 import cirbench
-from cirbench.build import ConfigError, check_config, shipped_pipeline_text
+from cirbench.builders import ConfigError, check_config, shipped_pipeline_text
 from cirbench.cli import app
 
 runner = CliRunner(env={"COLUMNS": "400", "CIRBENCH_DATA": None})

@@ -1,4 +1,4 @@
-"""Tests for cirbench.stats: bootstrap intervals and paired significance tests."""
+"""Tests for cirbench.core.stats: bootstrap intervals and paired significance tests."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from cirbench import stats
-from cirbench.stats import PairedTest, bootstrap_ci, paired_bootstrap, paired_permutation
+from cirbench.core import stats
+from cirbench.core.stats import PairedTest, bootstrap_ci, paired_bootstrap, paired_permutation
 
 # ------------------------------------------------------------------------------------------------------------
 # bootstrap_ci

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from cirbench.run import Run
+from cirbench.core.run import Run
+from cirbench.core.types import Task, query_exclusions
 from cirbench.submission import validate_submission
 from cirbench.tasks import circo, cirr
-from cirbench.types import Task, query_exclusions
 
 
 @pytest.fixture(autouse=True)

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from cirbench.build.synthetic import build_synthetic
-from cirbench.dataset import load_native
+from cirbench.builders.synthetic import build_synthetic
+from cirbench.core.dataset import load_native
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBCATEGORIES = {
@@ -232,7 +232,7 @@ def test_single_variants_refine_their_parents(built: tuple[Path, Path, Path]) ->
 
 
 def test_presets_and_checker_self_test() -> None:
-    from cirbench.build.synthetic.build import resolve
+    from cirbench.builders.synthetic.build import resolve
 
     cfg = _config()
     _, seed, mini = resolve(cfg, "mini", None, None)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cirbench.core.types import DatasetError, Task, query_exclusions
 from cirbench.tasks import circo
-from cirbench.types import DatasetError, Task, query_exclusions
 
 
 def _jpg() -> bytes:

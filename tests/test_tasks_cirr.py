@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cirbench.core.types import DatasetError, Task, query_exclusions
 from cirbench.tasks import cirr
 from cirbench.tasks.registry import get_task
-from cirbench.types import DatasetError, Task, query_exclusions
 
 
 def _png() -> bytes:

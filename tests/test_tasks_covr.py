@@ -16,9 +16,9 @@ import pytest
 av = pytest.importorskip("av")
 
 from cirbench import video  # noqa: E402
-from cirbench.metrics import per_query_metrics  # noqa: E402
+from cirbench.core.metrics import per_query_metrics  # noqa: E402
+from cirbench.core.types import DatasetError, query_exclusions  # noqa: E402
 from cirbench.tasks import get_task  # noqa: E402
-from cirbench.types import DatasetError, query_exclusions  # noqa: E402
 
 FOLDER = "000001_000050"
 # (pth1, pth2): row 1's reference is row 0's target, row 3's reference is row 1's target; not sorted by pth2

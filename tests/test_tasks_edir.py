@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cirbench.run import Run
-from cirbench.scoring import breakdowns, grouped_scores, per_query_values
+from cirbench.core.run import Run
+from cirbench.core.scoring import breakdowns, grouped_scores, per_query_values
+from cirbench.core.types import DatasetError
 from cirbench.tasks import get_task
 from cirbench.tasks.edir import HUB_ID, HUB_REVISION, PAPER_CORPUS_SIZE, canonical_subcategory
-from cirbench.types import DatasetError
 
 from .conftest import png
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cirbench.core.types import DatasetError, Item, Task, query_exclusions
 from cirbench.tasks import fashioniq
-from cirbench.types import DatasetError, Item, Task, query_exclusions
 
 CATS = ("dress", "shirt", "toptee")
 LETTER = {"dress": "D", "shirt": "S", "toptee": "T"}

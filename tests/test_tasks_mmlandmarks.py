@@ -15,8 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cirbench.geo import geo_per_query
-from cirbench.metrics import per_query_metrics
+from cirbench.core.geo import geo_per_query
+from cirbench.core.metrics import per_query_metrics
+from cirbench.core.types import DatasetError, query_exclusions
 from cirbench.tasks import get_task
 from cirbench.tasks.mmlandmarks import (
     JUNK_PREFIX,
@@ -26,7 +27,6 @@ from cirbench.tasks.mmlandmarks import (
     per_query_values,
     shard_path,
 )
-from cirbench.types import DatasetError, query_exclusions
 
 from .conftest import png
 
@@ -365,8 +365,8 @@ def test_market1501_map_needs_depth() -> None:
 def test_geolocalisation_through_the_eval_flow(release: Path, tmp_path: Path) -> None:
     """Acc@<x>km in result.json comes from the run's GPS columns and equals geo_per_query on its top-1."""
     import cirbench
+    from cirbench.core.run import read_run_table
     from cirbench.evaluation import EvalOptions
-    from cirbench.run import read_run_table
 
     task = get_task("mmlandmarks-g2c", data_dir=release)
     result = cirbench.evaluate("random", task, output=tmp_path / "o",

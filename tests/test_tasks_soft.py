@@ -1,7 +1,7 @@
 """SoFT's multi-/single-target CIRR-val and FashionIQ-val: selection files, base galleries, both mAPs.
 
 Metric references transcribe jjungyujin/SoFT `src/compute_results.py` (`compute_map_at_k`,
-`get_fiq_metrics`) and CIRCO's min(K, |G|) AP, independently of cirbench.metrics.
+`get_fiq_metrics`) and CIRCO's min(K, |G|) AP, independently of cirbench.core.metrics.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cirbench.run import Run
-from cirbench.scoring import per_query_values
+from cirbench.core.run import Run
+from cirbench.core.scoring import per_query_values
+from cirbench.core.types import DatasetError, Task, query_exclusions
 from cirbench.tasks import get_task
-from cirbench.types import DatasetError, Task, query_exclusions
 
 from .conftest import png
 

@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from cirbench.cli import app
-from cirbench.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
-from cirbench.result import Result
-from cirbench.types import Protocol
+from cirbench.core.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
+from cirbench.core.result import Result
+from cirbench.core.types import Protocol
 
 from .conftest import png
 from .test_tasks_edir import write_edir

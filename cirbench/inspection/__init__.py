@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cirbench.core.io import atomic_write
+from cirbench.core.result import Result
+from cirbench.core.types import DatasetError, Item, Task
 from cirbench.inspection.cases import (
     Answer,
     Case,
@@ -33,9 +36,6 @@ from cirbench.inspection.cases import (
 from cirbench.inspection.page import PageInfo, render_page
 from cirbench.inspection.sheet import write_sheet
 from cirbench.inspection.thumbs import Thumbs, make_thumbs, plan
-from cirbench.io import atomic_write
-from cirbench.result import Result
-from cirbench.types import DatasetError, Item, Task
 
 __all__ = ["Answer", "Case", "Filters", "Hit", "Inspection", "inspect_results", "load_task_of"]
 
@@ -55,7 +55,7 @@ class Inspection:
 def load_task_of(result: Result, data_dir: str | os.PathLike[str] | None = None) -> Task:
     """The task a result was computed on, for its images and labels: --data-dir (a native dataset folder
     or the benchmark's data root), else the dataset folder the result records, else the registry name."""
-    from cirbench.dataset import MANIFEST
+    from cirbench.core.dataset import MANIFEST
     from cirbench.tasks.registry import get_task
 
     info, split = result.task, str(result.task.get("split"))

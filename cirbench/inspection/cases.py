@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cirbench.result import Result
-from cirbench.run import read_run_table
-from cirbench.types import DatasetError, Task
+from cirbench.core.result import Result
+from cirbench.core.run import read_run_table
+from cirbench.core.types import DatasetError, Task
 
 
 @dataclass(frozen=True)

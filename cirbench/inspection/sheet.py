@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from cirbench.colours import model_colours
+from cirbench.core.types import Item
 from cirbench.inspection.cases import Case
 from cirbench.inspection.thumbs import thumbnail
-from cirbench.types import Item
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from cirbench.core.types import Item
 from cirbench.templating import data_uri
-from cirbench.types import Item
 
 SETTINGS = ((128, 80), (112, 75), (96, 70), (80, 65), (64, 60), (48, 50))
 """(longest side in px, JPEG quality), best first."""

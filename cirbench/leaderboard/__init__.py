@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cirbench.io import atomic_write
+from cirbench.core.io import atomic_write
 from cirbench.leaderboard.collect import (
     Board,
     Reported,

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from cirbench.compare import incompatibilities
-from cirbench.metrics import parse_metric
-from cirbench.result import Result
-from cirbench.types import DatasetError
+from cirbench.core.metrics import parse_metric
+from cirbench.core.result import Result
+from cirbench.core.types import DatasetError
 
 REPORTED_REQUIRED = ("method", "backbone", "task", "split", "metric", "value", "source")
 REPORTED_OPTIONAL = ("protocol", "note", "source_class", "circo_text", "fashioniq_gallery", "cirr_reference")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cirbench
+from cirbench.core.result import Result
 from cirbench.leaderboard.collect import SOURCE_CLASSES, Board, lower_is_better
 from cirbench.leaderboard.tables import (
     LEGEND,
@@ -27,7 +28,6 @@ from cirbench.leaderboard.tables import (
     protocol_fields,
     row_order,
 )
-from cirbench.result import Result
 from cirbench.templating import asset, content_security_policy, data_uri, environment
 
 PACKAGE = "cirbench.leaderboard"

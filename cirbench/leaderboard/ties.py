@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from cirbench.compare import compare_results
-from cirbench.result import Result
-from cirbench.scoring import breakdowns, per_query_values
-from cirbench.stats import PairedTest, paired_bootstrap, paired_permutation
-from cirbench.types import DatasetError
+from cirbench.core.result import Result
+from cirbench.core.scoring import breakdowns, per_query_values
+from cirbench.core.stats import PairedTest, paired_bootstrap, paired_permutation
+from cirbench.core.types import DatasetError
 
 
 @dataclass(frozen=True)

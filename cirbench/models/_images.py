@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cirbench.types import DatasetError, Item
+from cirbench.core.types import DatasetError, Item
 
 if TYPE_CHECKING:
     import torch

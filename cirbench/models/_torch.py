@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from cirbench.core.types import Item
     from cirbench.models.base import ModelSpec
-    from cirbench.types import Item
 
 DTYPE_ALIASES = {
     "float32": "float32", "fp32": "float32", "float": "float32", "f32": "float32",
@@ -81,9 +81,9 @@ def opt_str(value: Any) -> str | None:
 def check_options(adapter: str, given: Mapping[str, Any], accepted: Iterable[str]) -> None:
     """A misspelt option must fail loudly: a silently ignored `fusion=imgae` would mislabel a result.
 
-    The shared check (`cirbench.options`): an UnknownOptionError, a ValueError and a TypeError, whose
+    The shared check (`cirbench.core.options`): an UnknownOptionError, a ValueError and a TypeError, whose
     message suggests the closest accepted name and lists them all."""
-    from cirbench.options import check_options as check
+    from cirbench.core.options import check_options as check
 
     check(f"the {adapter}", given, accepted)
 
@@ -406,7 +406,7 @@ def to_numpy_f32(x: torch.Tensor) -> Any:
 
 def check_item(item: Item, image: Any) -> None:
     """An item must have something to embed, and an image item its decoded image (errors name the item)."""
-    from cirbench.types import DatasetError
+    from cirbench.core.types import DatasetError
 
     if item.image is None and item.text is None:
         raise DatasetError("item has neither image nor text", record=item.id)

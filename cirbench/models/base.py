@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from cirbench.types import Item, Role, Task
+from cirbench.core.types import Item, Role, Task
 
 
 @dataclass(frozen=True)

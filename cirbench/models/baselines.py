@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from cirbench.core.options import check_options
+from cirbench.core.types import DatasetError, Role
 from cirbench.models.base import Batch, ModelSpec, l2_normalise
 from cirbench.models.registry import register_family, register_model
-from cirbench.options import check_options
-from cirbench.types import DatasetError, Role
 
 
 class RandomEncoder:

@@ -54,10 +54,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cirbench.core.types import Role
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
 from cirbench.models.registry import register_family, register_model
-from cirbench.types import Role
 
 if TYPE_CHECKING:
     import torch

@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cirbench.core.types import DatasetError, Item, Role
 from cirbench.models import _images as I
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
 from cirbench.models.registry import register_family, register_model
-from cirbench.types import DatasetError, Item, Role
 
 if TYPE_CHECKING:
     import torch

@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cirbench.core.options import check_options
+from cirbench.core.types import DatasetError, Item, Role
 from cirbench.models.base import Batch, ModelSpec, l2_normalise
 from cirbench.models.registry import register_model
-from cirbench.options import check_options
-from cirbench.types import DatasetError, Item, Role
 
 if TYPE_CHECKING:
     import torch

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
+from cirbench.core.options import did_you_mean
 from cirbench.models.base import Encoder, ModelSpec
-from cirbench.options import did_you_mean
 
 Factory = Callable[..., Encoder]
 

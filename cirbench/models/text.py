@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from cirbench.core.types import DatasetError, Item, Role
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
 from cirbench.models.registry import register_family, register_model
-from cirbench.types import DatasetError, Item, Role
 
 ADAPTER_VERSION = "1"
 ST_OPTIONS = ("revision", "device", "dtype", "use_captions", "use_instructions", "trust_remote_code",

@@ -43,11 +43,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cirbench.core.types import Item, Role
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
 from cirbench.models.gme import DEFAULT_INSTRUCTION, IMAGE_PAD, GMEEncoder, load_image_processor, pixel_budget
 from cirbench.models.registry import register_family, register_model
-from cirbench.types import Item, Role
 
 if TYPE_CHECKING:
     import torch

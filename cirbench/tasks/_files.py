@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cirbench.types import DatasetError
+from cirbench.core.types import DatasetError
 
 SHOW_MISSING = 5
 """How many missing names an error message lists."""
@@ -64,7 +64,7 @@ def parse_int(value: Any, name: str, *, low: int | None = None) -> int:
 
 def parse_choice(value: Any, name: str, choices: Sequence[str]) -> str:
     """An option that takes one of a few words."""
-    from cirbench.options import did_you_mean
+    from cirbench.core.options import did_you_mean
 
     s = str(value)
     if s not in choices:
@@ -75,7 +75,7 @@ def parse_choice(value: Any, name: str, choices: Sequence[str]) -> str:
 
 def check_options(options: Mapping[str, Any], known: Iterable[str], task: str) -> None:
     """Refuse a misspelt option instead of silently ignoring it (with a suggestion and the known ones)."""
-    from cirbench.options import check_options as check
+    from cirbench.core.options import check_options as check
 
     check(f"task {task!r}", options, known, flag="--task-option")
 

@@ -13,8 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cirbench.io import atomic_write
-from cirbench.paths import Root
+from cirbench.core.io import atomic_write
+from cirbench.core.paths import Root
+from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 from cirbench.tasks._files import (
     DirIndex,
     JsonFile,
@@ -33,7 +34,6 @@ from cirbench.tasks._files import (
     variant_names,
 )
 from cirbench.tasks.registry import TaskSpec, register_task
-from cirbench.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 
 NAME = "cirr"
 VERSION = "rc2"

@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cirbench.paths import Root
+from cirbench.core.paths import Root
+from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 from cirbench.tasks._files import (
     DirIndex,
     check_images,
@@ -33,7 +34,6 @@ from cirbench.tasks._files import (
     require_data_dir,
 )
 from cirbench.tasks.registry import TaskSpec, register_task
-from cirbench.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 
 NAME = "edir"
 SPLITS = ("test",)
@@ -310,7 +310,7 @@ def load(data_dir: Path | None, split: str, protocol: str = "official", **option
     probe = next(iter(corpus_files.values()))
     cache = None
     if hub_rev is not None:
-        from cirbench.cache import default_cache_dir
+        from cirbench.core.cache import default_cache_dir
 
         cache = default_cache_dir() / "datasets" / f"edir-{hub_rev[:12]}" / IMAGE_DIRS[0]
     image_dir = _image_dir(root, options.get("image_dir"), probe, extract, required, cache)

@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from cirbench.paths import Root
+from cirbench.core.paths import Root
+from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 from cirbench.tasks._files import (
     DirIndex,
     JsonFile,
@@ -29,7 +30,6 @@ from cirbench.tasks._files import (
     variant_names,
 )
 from cirbench.tasks.registry import TaskSpec, register_task
-from cirbench.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 
 NAME = "fashioniq"
 SPLITS = ("val", "train", "test")

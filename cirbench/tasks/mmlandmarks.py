@@ -6,7 +6,7 @@ Seven tasks over the released layout (Oshkr/mmlandmarks, read by Oshkr/mml-codeb
   gallery is the index set (distractors) plus the query split's items of the target modality; positives are
   the items of the query's landmark. R@1/5/10, Market-1501 mAP over the top 1,000, median rank.
 * geolocalisation `mmlandmarks-{g2c,s2c,t2c}`: the prediction is the GPS of the top-1 gallery item; accuracy
-  within 1/25/200/750/2,500 km (`cirbench.geo`).
+  within 1/25/200/750/2,500 km (`cirbench.core.geo`).
 
 Protocols of the retrieval tasks. `paper-code` reproduces `mml-codebase/mmlandmarks/metrics.py`: every index
 item is *junk*; R@K ranks after junk is removed, mAP@1k cuts the full ranking at 1,000 and then drops junk,
@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from cirbench.geo import GEO_THRESHOLDS_KM, check_latlon, geo_metric_name
-from cirbench.metrics import hit_matrix, parse_metric, per_query_metrics
-from cirbench.paths import Root
+from cirbench.core.geo import GEO_THRESHOLDS_KM, check_latlon, geo_metric_name
+from cirbench.core.metrics import hit_matrix, parse_metric, per_query_metrics
+from cirbench.core.paths import Root
+from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 from cirbench.tasks._files import (
     DirIndex,
     check_images,
@@ -41,7 +42,6 @@ from cirbench.tasks._files import (
     require_data_dir,
 )
 from cirbench.tasks.registry import TaskSpec, register_task
-from cirbench.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 
 FAMILY = "mmlandmarks"
 SPLITS = ("query",)
@@ -521,7 +521,7 @@ def _geo_protocol(name: str, qmod: str, n_index: int, n_tiles: int, tiles_csv: s
     geo_names = ",".join(geo_metric_name(t) for t in GEO_THRESHOLDS_KM)
     notes = {
         "source": "Oshkr/mml-codebase evaluate_geolocalization.py, evaluate_text.py (T2C), geoutils.py",
-        "geo_scorer": "cirbench.geo:geo_hits on the run's pred_lat/pred_lon (GPS of the top-1 item) and "
+        "geo_scorer": "cirbench.core.geo:geo_hits on the run's pred_lat/pred_lon (GPS of the top-1 item) and "
                       "lat/lon (the query's)",
         "geo_metrics": geo_names,
         "prediction": "the GPS of the top-1 gallery item; haversine distance, R = 6,371 km, "
@@ -615,7 +615,7 @@ def junk_free_recall(ranked: np.ndarray, relevant: Sequence[np.ndarray], junk: n
 
 def per_query_values(table: Any, protocol: Any, metrics: Sequence[str] | None = None
                      ) -> dict[str, np.ndarray]:
-    """Per-query values of an MMLandmarks retrieval protocol from a run table (cirbench.run columns).
+    """Per-query values of an MMLandmarks retrieval protocol from a run table (cirbench.core.run columns).
 
     R@K / R_s@K / MedR as the generic scorer computes them (R_s@K on `subset_ranked_ids` = the paper's
     junk-free R@K); mAP@K by `market1501_map`, with junk = ids starting with notes['junk_prefix'] when the

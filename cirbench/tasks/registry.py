@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cirbench.options import check_options, did_you_mean
-from cirbench.types import Task, TaskMetadata
+from cirbench.core.options import check_options, did_you_mean
+from cirbench.core.types import Task, TaskMetadata
 
 Loader = Callable[..., Task]
 SubmissionWriter = Callable[[Task, Any, Path], list[Path]]
@@ -97,7 +97,7 @@ def get_task(
     **options: Any,
 ) -> Task:
     """Load a registered task (or a native dataset directory) with its protocol, ready to evaluate."""
-    from cirbench.dataset import MANIFEST, load_native
+    from cirbench.core.dataset import MANIFEST, load_native
 
     path = Path(name)
     if (path / MANIFEST).is_file() or (not _is_registered(name) and _looks_like_path(name)):

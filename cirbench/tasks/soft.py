@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 from cirbench.tasks import cirr, fashioniq
 from cirbench.tasks._files import (
     JsonFile,
@@ -31,7 +32,6 @@ from cirbench.tasks._files import (
     typed_list,
 )
 from cirbench.tasks.registry import TaskSpec, register_task
-from cirbench.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 
 FAMILY = "soft"
 SPLITS = ("val",)

@@ -12,15 +12,15 @@ from typing import Any
 
 import yaml
 
-from cirbench.cache import default_cache_dir
-from cirbench.dataset import MANIFEST, load_native, read_manifest
+from cirbench.core.cache import default_cache_dir
+from cirbench.core.dataset import MANIFEST, load_native, read_manifest
+from cirbench.core.types import Task, TaskMetadata
 from cirbench.tasks._files import check_options, parse_bool, parse_int
 from cirbench.tasks.registry import TaskSpec, register_task
-from cirbench.types import Task, TaskMetadata
 
 SPLITS = ("test", "test_single", "train")
 METRICS = ("R@1", "R@5", "R@10", "R@50", "mAP@5", "mAP@10", "mAP@50")
-"""The protocol a synthetic build writes (cirbench.build.synthetic.build.PROTOCOL uses these)."""
+"""The protocol a synthetic build writes (cirbench.builders.synthetic.build.PROTOCOL uses these)."""
 OPTIONS = {
     "seed": "build seed (default: the preset's)",
     "progress": "true (default) or false: show the progress of the first build",
@@ -30,7 +30,7 @@ OPTIONS = {
 def pipeline_config() -> dict[str, Any]:
     """The synthetic pipeline config shipped inside the package (cirbench/pipelines/synthetic.yaml; the
     repo's pipelines/synthetic.yaml points at it), so an installed wheel finds it too."""
-    from cirbench.build import shipped_pipeline_text
+    from cirbench.builders import shipped_pipeline_text
 
     return yaml.safe_load(shipped_pipeline_text("synthetic"))
 
@@ -39,7 +39,7 @@ def ensure_built(
     preset: str, data_dir: Path | None = None, *, seed: int | None = None, progress: bool = True
 ) -> Path:
     """The dataset directory of a preset, building it if it is not there yet."""
-    from cirbench.build.synthetic import build_synthetic
+    from cirbench.builders.synthetic import build_synthetic
 
     config = pipeline_config()
     seed = seed if seed is not None else int(config["presets"][preset]["seed"])

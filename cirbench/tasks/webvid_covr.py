@@ -5,9 +5,9 @@ the reference video's middle frame plus the edit text; the gallery is the set of
 a target is pooled from 15 frames; the query's own reference video is never returned. R@1/5/10/50, meanR3 =
 mean(R@1, R@5, R@10), meanR4 = mean of all four.
 
-Frames are extracted once to image files (`cirbench.video.extract_frames`); each target is one corpus Item
-(its middle sampled frame) plus all its frame Items in `Task.extra["corpus_frames"]` for corpus-side
-averaging (`cirbench.video.expand_corpus`).
+Frames are extracted once to image files (`cirbench.core.video.extract_frames`); each target is one corpus
+Item (its middle sampled frame) plus all its frame Items in `Task.extra["corpus_frames"]` for corpus-side
+averaging (`cirbench.core.video.expand_corpus`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from cirbench.paths import Root
+from cirbench.core.paths import Root
+from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 from cirbench.tasks._files import check_options, parse_choice, parse_int, require_data_dir
 from cirbench.tasks.mmlandmarks import CsvFile, read_csv
 from cirbench.tasks.registry import TaskSpec, register_task
-from cirbench.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 
 NAME = "webvid-covr"
 SPLITS = ("test", "val")
@@ -38,7 +38,7 @@ SCORE_TEMPERATURE = 0.1
 """`emb_pool: query` weights a target's frames by softmax(scores / 0.1) (src/data/webvid_covr.py)."""
 METRICS = ("R@1", "R@5", "R@10", "R@50", "meanR3", "meanR4")
 """CoVR's eval_recall: R@1/5/10/50, meanR3 = mean(R@1, R@5, R@10), meanR4 = mean of all four (in every
-result: cirbench.metrics computes meanR3/4 per query from the same hits)."""
+result: cirbench.core.metrics computes meanR3/4 per query from the same hits)."""
 OPTIONS = {
     "video_dir": "folder holding <pth>.mp4 (default: <data-dir>/WebVid/8M/train, else <data-dir>/videos)",
     "frames_dir": "where extracted frames are cached (default $CIRBENCH_CACHE/frames/webvid-covr/...)",
@@ -106,7 +106,7 @@ def _video_dir(root: Path, option: str | None) -> Path:
 def _frames_dir(option: str | None, video_dir: Path) -> Path:
     if option is not None:
         return Path(option)
-    from cirbench.cache import default_cache_dir
+    from cirbench.core.cache import default_cache_dir
 
     key = hashlib.sha1(os.fspath(video_dir.resolve()).encode()).hexdigest()[:12]
     return default_cache_dir() / "frames" / NAME / key
@@ -134,7 +134,7 @@ def _softmax(xs: list[float], temperature: float) -> list[float]:
 
 def load(data_dir: Path | None, split: str, protocol: str = "official", **options: Any) -> Task:
     """Read the annotation CSV, decode the needed frames once (cached), and build the Task."""
-    from cirbench.video import extract_frames
+    from cirbench.core.video import extract_frames
 
     check_options(options, OPTIONS, NAME)
     if split not in SPLITS:

@@ -80,7 +80,7 @@ def image_files(root: str | os.PathLike[str], seed: int = 0) -> list[Any]:
     import numpy as np
     from PIL import Image
 
-    from cirbench.types import Item
+    from cirbench.core.types import Item
 
     out = Path(root)
     out.mkdir(parents=True, exist_ok=True)

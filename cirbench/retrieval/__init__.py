@@ -1,0 +1,1 @@
+"""From a Task to a Run: encoders' vectors, exact search, rerankers."""
