@@ -51,7 +51,7 @@ def snapshot(dest: Path, demo: bool) -> None:
     from cirbench.testing.tiny import build_tiny_clip
     from tests.task_fixtures import WRITERS, fixture_name
 
-    Options = getattr(sys.modules[cirbench.evaluate.__module__], "EvalOptions")
+    Options = sys.modules[cirbench.evaluate.__module__].EvalOptions
     quiet = dict(progress=False, n_bootstrap=20)
     cases: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
