@@ -84,7 +84,7 @@ def snapshot(dest: Path, demo: bool, fixtures: Path) -> None:
                     print(name, json.dumps(cases[name]["scores"]["overall"])[:100], flush=True)
                 if spec.name.startswith("soft-") and protocol == spec.protocols[0]:
                     task = cirbench.get_task(spec.name, data_dir=data)
-                    cons = tmp / f"{spec.name}-constraints.json"
+                    cons = fixtures / f"{spec.name}-constraints.json"  # its path is in the protocol
                     cons.write_text(json.dumps({q.id: {"prescriptive": "a red object",
                                                        "proscriptive": "a blue object"}
                                                 for q in task.queries}))
@@ -108,6 +108,15 @@ def snapshot(dest: Path, demo: bool, fixtures: Path) -> None:
     print(f"{len(cases)} results -> {dest}")
 
 
+def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
 def compare(before: Path, after: Path) -> int:
     a, b = json.loads(before.read_text()), json.loads(after.read_text())
     same = [k for k in a if k in b and a[k] == b[k]]
@@ -115,6 +124,11 @@ def compare(before: Path, after: Path) -> int:
     for k in differ:
         parts = [f for f in ("scores", "protocol", "main_metric", "run") if a[k][f] != b[k][f]]
         print(f"DIFFERS {k}: {', '.join(parts)}")
+        if "protocol" in parts:
+            pa, pb = _leaves(a[k]["protocol"]), _leaves(b[k]["protocol"])
+            for leaf in sorted(set(pa) | set(pb)):
+                if pa.get(leaf) != pb.get(leaf):
+                    print(f"    protocol.{leaf}: {str(pa.get(leaf))[:90]!r} -> {str(pb.get(leaf))[:90]!r}")
     for k in sorted(set(a) ^ set(b)):
         print(f"ONLY IN {'before' if k in a else 'after'}: {k}")
     print(f"{len(same)} identical, {len(differ)} differ, {len(set(a) ^ set(b))} unmatched")
