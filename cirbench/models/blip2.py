@@ -165,6 +165,36 @@ class Blip2Encoder:
                 out[texts] = self._text([self.clean(str(batch.items[i].text)) for i in texts]).float().cpu()
         return T.to_numpy_f32(out)
 
+    def encode_tokens(self, batch: Batch, *, role: Role, instruction: str | None = None) -> np.ndarray:
+        """(n, num_query_tokens, dim): every query token's output, normalised, before the mean.
+
+        The optional token-set hook for late-interaction search (`cirbench.retrieval.late_interaction`):
+        CoVR's CIRR scorers compare these sets by their best pair. Composed queries take the ITM pass and
+        `text_projection`, images the image pass and `vision_projection`; a text alone has one [CLS]
+        vector, not a token set, and is refused.
+        """
+        import torch
+        from PIL import Image
+
+        for it, img in zip(batch.items, batch.images, strict=True):
+            T.check_item(it, img)
+            if it.image is None:
+                raise ValueError(f"item {it.id!r} is text only: BLIP-2 token sets need an image")
+        pixels: list[Any] = [self.preprocess(img) if isinstance(img, Image.Image) else img
+                             for img in batch.images]
+        fused = [i for i, it in enumerate(batch.items) if it.text is not None]
+        images = [i for i, it in enumerate(batch.items) if it.text is None]
+        out = torch.zeros(len(batch.items), self.n_query, self.spec.dim or 0, dtype=torch.float32)
+        with torch.inference_mode():
+            if fused:
+                txt = [self.clean(str(batch.items[i].text)) for i in fused]
+                h = self._fused_hidden(self._vision([pixels[i] for i in fused]), txt)
+                out[fused] = self._query_tokens(h, self.model.text_projection).cpu()
+            if images:
+                h = self._image_hidden(self._vision([pixels[i] for i in images]))
+                out[images] = self._query_tokens(h, self.model.vision_projection).cpu()
+        return out.numpy().astype(np.float32, copy=False)
+
     # ------------------------------------------------------------------ the three passes
     def _vision(self, pixels: Sequence[torch.Tensor]) -> torch.Tensor:
         import torch
@@ -177,22 +207,27 @@ class Blip2Encoder:
                              return_tensors="pt")
         return tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
 
-    def _query_mean(self, hidden: torch.Tensor, proj: Any) -> torch.Tensor:
+    def _query_tokens(self, hidden: torch.Tensor, proj: Any) -> torch.Tensor:
         import torch
 
         h = hidden[:, : self.n_query].to(proj.weight.dtype)
-        return torch.nn.functional.normalize(proj(h).float(), dim=-1).mean(dim=1)
+        return torch.nn.functional.normalize(proj(h).float(), dim=-1)
 
-    def _image(self, image_embeds: torch.Tensor) -> torch.Tensor:
+    def _query_mean(self, hidden: torch.Tensor, proj: Any) -> torch.Tensor:
+        return self._query_tokens(hidden, proj).mean(dim=1)
+
+    def _image_hidden(self, image_embeds: torch.Tensor) -> torch.Tensor:
         import torch
 
         q = self.model.query_tokens.expand(image_embeds.shape[0], -1, -1)
         att = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
-        h = self.model.qformer(query_embeds=q, encoder_hidden_states=image_embeds,
-                               encoder_attention_mask=att).last_hidden_state
-        return self._query_mean(h, self.model.vision_projection)
+        return self.model.qformer(query_embeds=q, encoder_hidden_states=image_embeds,
+                                  encoder_attention_mask=att).last_hidden_state
 
-    def _fused(self, image_embeds: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+    def _image(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        return self._query_mean(self._image_hidden(image_embeds), self.model.vision_projection)
+
+    def _fused_hidden(self, image_embeds: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
         import torch
 
         ids, mask = self._tokens(texts)
@@ -200,10 +235,12 @@ class Blip2Encoder:
         emb = self.model.embeddings(input_ids=ids, query_embeds=q)
         mask = torch.cat([torch.ones(q.shape[:-1], dtype=mask.dtype, device=mask.device), mask], dim=1)
         att = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
-        h = self.model.qformer(query_embeds=emb, query_length=self.n_query, attention_mask=mask,
-                               encoder_hidden_states=image_embeds,
-                               encoder_attention_mask=att).last_hidden_state
-        return self._query_mean(h, self.model.text_projection)
+        return self.model.qformer(query_embeds=emb, query_length=self.n_query, attention_mask=mask,
+                                  encoder_hidden_states=image_embeds,
+                                  encoder_attention_mask=att).last_hidden_state
+
+    def _fused(self, image_embeds: torch.Tensor, texts: Sequence[str]) -> torch.Tensor:
+        return self._query_mean(self._fused_hidden(image_embeds, texts), self.model.text_projection)
 
     def _text(self, texts: Sequence[str]) -> torch.Tensor:
         import torch
