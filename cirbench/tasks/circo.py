@@ -15,6 +15,7 @@ from typing import Any
 
 from cirbench.core.io import atomic_write
 from cirbench.core.paths import Root
+from cirbench.core.protocol import DEFAULT_BREAKDOWNS
 from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 from cirbench.tasks._files import (
     DirIndex,
@@ -118,7 +119,7 @@ def load(data_dir: Path | None, split: str, protocol: str = "official", **option
         metadata=METADATA, split=split, queries=queries, corpus=corpus,
         protocol=_protocol(protocol, len(corpus), shared=text_choice == "shared-concept",
                            exclude_ref=ref_choice == "reference-excluded"),
-        revision=revision([ann_f, info_f]), has_labels=split == "val",
+        revision=revision([ann_f, info_f]), has_labels=split == "val", run_columns=run_columns,
         extra={"image_dir": base, "image_info": os.fspath(info_path)},
     )
 
@@ -187,8 +188,7 @@ def _protocol(name: str, n_images: int, *, shared: bool, exclude_ref: bool) -> P
     notes = {
         "source": "miccunifi/CIRCO src/evaluation.py::compute_metrics (the server's code)",
         "map": "over all gt_img_ids; AP@K = sum of P@k at GT ranks k <= K, divided by min(K, |G|); top 50",
-        "recall_on": "target_id",
-        "recall": "R@K uses meta['target_id'] (target_img_id) only, not every ground truth",
+        "recall": "R@K uses meta['target_id'] (target_img_id) only, not every ground truth (recall_on)",
         "per_aspect": "mAP@10 per entry of meta['semantic_aspects'] (server, since May 2024); a query "
                       "counts once in each of its aspects",
         "reference": ("removed from the ranking (CoVR's convention; the reference is never a GT, so scores "
@@ -207,8 +207,19 @@ def _protocol(name: str, n_images: int, *, shared: bool, exclude_ref: bool) -> P
         main_metric="mAP@5", top_k=50, ap_normaliser="min(K,|G|)", exclude_reference=exclude_ref,
         gallery=f"all {n_images} images of COCO 2017 unlabeled (image_info_unlabeled2017.json)",
         text_template="{text}", pseudo_token_template=None if shared else SEARLE_TEMPLATE,
-        caption_join="shared-concept" if shared else None, notes=notes,
+        caption_join="shared-concept" if shared else None, recall_on="target_id",
+        breakdowns={**DEFAULT_BREAKDOWNS, "aspect": "aspects"}, notes=notes,
     )
+
+
+def run_columns(task: Task, indices: Any) -> dict[str, list[Any]]:
+    """CIRCO's run columns: the annotated target (what R@K counts; labelled splits only) and each query's
+    semantic aspects (the server's per-aspect mAP)."""
+    cols: dict[str, list[Any]] = {}
+    if any("target_id" in q.meta for q in task.queries):
+        cols["target_id"] = [q.meta.get("target_id") for q in task.queries]
+    cols["aspects"] = [list(q.meta.get("semantic_aspects") or []) for q in task.queries]
+    return cols
 
 
 # ----------------------------------------------------------------------------------------------------
