@@ -19,6 +19,8 @@ from cirbench.core.types import Task, TaskMetadata
 Loader = Callable[..., Task]
 SubmissionWriter = Callable[[Task, Any, Path], list[Path]]
 """(task, run, out_dir) -> files written: the file a benchmark's test server accepts."""
+SubmissionChecker = Callable[[Any, int, "Path | None"], list[str]]
+"""(parsed file, its size in bytes, the data directory or None) -> every problem the server would reject."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class TaskSpec:
     size: str = ""
     """Human-readable size (queries / gallery per split) for `cirbench tasks`."""
     submission: SubmissionWriter | None = None
+    check_submission: SubmissionChecker | None = None
+    """Checks a test-server file before upload (`cirbench validate-submission`)."""
     options: dict[str, str] = field(default_factory=dict)
     """Task-specific options (name -> help) accepted as `--task-option name=value`."""
     family: str | None = None
