@@ -224,9 +224,9 @@ def write_dataset(
         manifest["revision"] = _tree_hash(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if card is not None:  # the builder's card, its Hub metadata completed and checked
-            from cirbench.hub import dataset_card
+            from cirbench.core.datacard import hub_card
 
-            (tmp / "README.md").write_text(str(dataset_card(tmp, card)))
+            (tmp / "README.md").write_text(str(hub_card(tmp, manifest, card)))
         for split in splits:  # refuse to publish what we could not read back
             load_native(tmp, split)
         _replace_dir(tmp, root)
