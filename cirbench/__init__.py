@@ -28,18 +28,6 @@ __all__ = [
     "load_results",
 ]
 
-_LAZY = {
-    "evaluate": "cirbench.evaluation",
-    "EvalOptions": "cirbench.evaluation",
-    "Result": "cirbench.core.result",
-    "Task": "cirbench.core.types",
-    "get_task": "cirbench.tasks.registry",
-    "list_tasks": "cirbench.tasks.registry",
-    "get_model": "cirbench.models.registry",
-    "list_models": "cirbench.models.registry",
-    "load_results": "cirbench.results",
-}
-
 if TYPE_CHECKING:
     from cirbench.core.result import Result
     from cirbench.core.types import Task
@@ -50,8 +38,29 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+    """The public names, imported on first use (plain imports, no import paths as strings)."""
+    if name in ("evaluate", "EvalOptions"):
+        from cirbench import evaluation
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(evaluation, name)
+    if name == "Result":
+        from cirbench.core.result import Result
+
+        return Result
+    if name == "Task":
+        from cirbench.core.types import Task
+
+        return Task
+    if name in ("get_task", "list_tasks"):
+        from cirbench.tasks import registry
+
+        return getattr(registry, name)
+    if name in ("get_model", "list_models"):
+        from cirbench.models import registry as models
+
+        return getattr(models, name)
+    if name == "load_results":
+        from cirbench.results import load_results
+
+        return load_results
     raise AttributeError(f"module 'cirbench' has no attribute {name!r}")

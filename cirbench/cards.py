@@ -16,46 +16,13 @@ from typing import Any
 
 import yaml
 
+from cirbench.core.datacard import hub_license, size_category
 from cirbench.core.io import atomic_write
 from cirbench.core.types import DatasetError, Task
 from cirbench.tasks.registry import TaskSpec, get_task, get_task_spec, list_tasks
 
 NOTES_START = "<!-- cirbench:notes:start (hand-written; kept when the card is regenerated) -->"
 NOTES_END = "<!-- cirbench:notes:end -->"
-
-_HUB_LICENSES = {
-    "mit": "mit",
-    "apache-2.0": "apache-2.0",
-    "apache 2.0": "apache-2.0",
-    "cc by-nc 4.0": "cc-by-nc-4.0",
-    "cc-by-nc-4.0": "cc-by-nc-4.0",
-    "cc by 4.0": "cc-by-4.0",
-    "cc-by-4.0": "cc-by-4.0",
-    "cc by-sa 4.0": "cc-by-sa-4.0",
-    "cdla": "cdla-permissive-1.0",
-}
-
-
-def hub_license(text: str) -> str:
-    """The hub's licence id for a free-text licence (its first clause), else "other"."""
-    low = text.lower().strip()
-    for key, hub_id in _HUB_LICENSES.items():
-        if low.startswith(key):
-            return hub_id
-    return "other"
-
-
-def size_category(n: int) -> str:
-    for bound, label in (
-        (1_000, "n<1K"),
-        (10_000, "1K<n<10K"),
-        (100_000, "10K<n<100K"),
-        (1_000_000, "100K<n<1M"),
-    ):
-        if n < bound:
-            return label
-    return "1M<n<10M"
-
 
 def _load_splits(spec: TaskSpec, data_dir: Path | None) -> dict[str, Task]:
     """Every split that can be loaded here; the others are simply absent from the card's size table."""

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+import cirbench.tasks  # noqa: F401  (registers the benchmarks' own scorers, named in their results)
 from cirbench.core.metrics import parse_metric
 from cirbench.core.result import Result
 from cirbench.core.scoring import breakdowns, per_query_values, query_strata
@@ -29,6 +30,8 @@ PROTOCOL_FIELDS = (
     "text_template",
     "caption_join",
     "aggregate",
+    "recall_on",
+    "scorer",
     "notes",
 )
 """Protocol fields that must agree; instructions and search settings belong to the model run."""
@@ -80,7 +83,7 @@ def compare_results(
     sel_a = np.array([ia[q] for q in common])
     sel_b = np.array([ib[q] for q in common])
     test = paired_bootstrap if method == "bootstrap" else paired_permutation
-    strata = query_strata(a.protocol, breakdowns(ta), len(qa))
+    strata = query_strata(a.protocol, breakdowns(ta, a.protocol), len(qa))
     out = []
     for m in metric_names:
         x, y = va[m][sel_a], vb[m][sel_b]

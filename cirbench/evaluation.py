@@ -417,7 +417,7 @@ def evaluate(
     if task.has_labels:
         protocol_d = task.protocol.to_dict()
         values = per_query_values(table, protocol_d)
-        groups = breakdowns(table)
+        groups = breakdowns(table, protocol_d)
         result.scores = grouped_scores(
             values,
             groups,

@@ -242,7 +242,7 @@ def write_result_plots(results: Sequence[Result], out: str | os.PathLike[str], *
     out = Path(out)
     kinds: dict[str, None] = {}
     for r in results:
-        kinds.update(dict.fromkeys(k for k, g in r.scores.items() if k != "overall" and g))
+        kinds.update(dict.fromkeys(r.breakdown_kinds()))
     written = []
     if not kinds or "category" in kinds:
         written.append(per_group_bar_chart(results, out / f"per_category.{fmt}", kind="category",

@@ -61,8 +61,7 @@ def result_rows(result: Result) -> list[dict[str, object]]:
     }
     rows: list[dict[str, object]] = []
     for kind, groups in result.scores.items():
-        items = [("overall", groups)] if kind == "overall" else list(groups.items())
-        for group, scores in items:
+        for group, scores in groups.items():
             for metric, s in scores.items():
                 rows.append({**base, "group_kind": kind, "group": group, "metric": metric, "value": s.value,
                              "ci_low": s.ci_low, "ci_high": s.ci_high, "n": s.n})

@@ -117,8 +117,19 @@ def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: obj}
 
 
+def _regular(scores: dict[str, Any]) -> dict[str, Any]:
+    """Result schema 1.x kept the overall scores as {metric: Score}; 2.x as {"overall": {metric: Score}}."""
+    overall = scores.get("overall") or {}
+    if any(isinstance(v, dict) and "value" in v for v in overall.values()):
+        return {**scores, "overall": {"overall": overall}}
+    return scores
+
+
 def compare(before: Path, after: Path) -> int:
     a, b = json.loads(before.read_text()), json.loads(after.read_text())
+    for snap in (a, b):
+        for case in snap.values():
+            case["scores"] = _regular(case["scores"])
     same = [k for k in a if k in b and a[k] == b[k]]
     differ = [k for k in a if k in b and a[k] != b[k]]
     for k in differ:

@@ -52,4 +52,4 @@ def test_torchrun_two_ranks_equals_single_process(tiny_dataset: Path, tmp_path: 
     assert pq.read_table(tmp_path / "ddp" / "run.parquet").equals(
         pq.read_table(tmp_path / "single" / "run.parquet")
     )
-    assert ddp["scores"]["overall"]["R@1"]["value"] == single.overall["R@1"].value
+    assert ddp["scores"]["overall"]["overall"]["R@1"]["value"] == single.overall["R@1"].value

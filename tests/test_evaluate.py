@@ -69,7 +69,7 @@ def test_hand_computed_scores(tiny_dataset: Path, tmp_path: Path) -> None:
     assert float(np.mean(again["mAP@2"])) == pytest.approx(o["mAP@2"].value)
 
     on_disk = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert on_disk["schema_version"] == "1.1"
+    assert on_disk["schema_version"] == "2.0"
     assert on_disk["protocol"]["exclude_reference"] is True
     assert on_disk["task"]["revision"] and on_disk["cirbench_version"] == cirbench.__version__
     assert on_disk["model"]["revision"] and on_disk["provenance"]["wall_time_s"] >= 0

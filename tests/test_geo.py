@@ -101,7 +101,7 @@ def _geo_task() -> Task:
     gps = np.array([[55.0, 12.0], [40.0, -74.0], [55.001, 12.001]])
     queries = [Query(id=f"q{i}", item=Item(id=f"q{i}", text="x"), meta={"lat": lat, "lon": lon})
                for i, (lat, lon) in enumerate([(55.0, 12.0), (40.1, -74.1), (0.0, 0.0)])]
-    return Task(TaskMetadata(name="geo-toy"), "test", queries, corpus, extra={"gps": gps})
+    return Task(TaskMetadata(name="geo-toy"), "test", queries, corpus, gps=gps)
 
 
 def test_geo_per_query_uses_top1_gps() -> None:
@@ -111,8 +111,7 @@ def test_geo_per_query_uses_top1_gps() -> None:
     np.testing.assert_array_equal(out["Acc@1km"], [1, 0, 0])
     np.testing.assert_array_equal(out["Acc@25km"], [1, 1, 0])
     np.testing.assert_array_equal(out["Acc@2500km"], [1, 1, 0])
-    task.extra["geo_thresholds_km"] = (10,)
-    assert list(geo_per_query(np.array([0, 0, 0]), task)) == ["Acc@10km"]
+    assert list(geo_per_query(np.array([0, 0, 0]), task, thresholds=(10,))) == ["Acc@10km"]
     with pytest.raises(ValueError, match="outside the corpus"):
         geo_per_query(np.array([5, 0, 0]), task)
     with pytest.raises(ValueError, match="not a geo task"):

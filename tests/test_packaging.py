@@ -44,7 +44,7 @@ def test_wheel_ships_the_pipeline_configs(wheel: Path) -> None:
     for cfg in sorted((ROOT / "cirbench" / "pipelines").glob("*.yaml")):
         assert f"cirbench/pipelines/{cfg.name}" in names
     assert {"cirbench/weights/fusion_head.safetensors", "cirbench/weights/fusion_head.json",
-            "cirbench/py.typed"} <= names
+            "cirbench/py.typed", "cirbench/schemas/result.schema.json"} <= names
     # the top-level pipelines/ folder points at the packaged files instead of copying them
     for link in (ROOT / "pipelines").glob("*.yaml"):
         assert link.resolve() == (ROOT / "cirbench" / "pipelines" / link.name).resolve()

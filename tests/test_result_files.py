@@ -207,3 +207,93 @@ def test_dtype_is_asked_once_and_recorded_once(tiny_dataset: Path, tmp_path: Pat
     _ok("-m", "random", "--dtype", "fp32", "-t", str(tiny_dataset), "-o", str(tmp_path / "c"))
     model = json.loads((tmp_path / "c" / "result.json").read_text())["model"]
     assert model["dtype"] == "float32" and "dtype" not in model["options"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The schema: what the eval flow writes passes it; older files are read or refused, naming their version
+# ------------------------------------------------------------------------------------------------------------
+
+OLD = ROOT / "tests" / "data" / "results-1.1"
+"""result.json + run.parquet written by cirbench 0.1.0 before the protocol became typed (schema 1.1, commit
+eda105c; the random baseline on the CIRCO and MMLandmarks fixtures; task.dataset_dir blanked). CIRCO's kept
+its recall rule in notes.recall_on, MMLandmarks paper-code its scorer as an import path in notes.scorer."""
+
+
+def _schema() -> dict[str, object]:
+    from importlib import resources
+
+    text = resources.files("cirbench").joinpath("schemas/result.schema.json").read_text(encoding="utf-8")
+    return dict(json.loads(text))
+
+
+def test_results_of_the_eval_flow_match_the_shipped_schema(tiny_dataset: Path, tmp_path: Path) -> None:
+    import jsonschema
+
+    from .test_tasks_circo import write_circo
+
+    _ok("-m", "random", "-t", str(tiny_dataset), "-o", str(tmp_path / "tiny"))
+    _ok("-m", "random", "-t", "circo", "--data-dir", str(write_circo(tmp_path / "circo")),
+        "-o", str(tmp_path / "circo-out"))
+    schema = _schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for out in ("tiny", "circo-out"):
+        d = json.loads((tmp_path / out / "result.json").read_text())
+        jsonschema.validate(d, schema)
+        assert d["schema_version"] == "2.0" and list(d["scores"]["overall"]) == ["overall"]
+    circo = json.loads((tmp_path / "circo-out" / "result.json").read_text())
+    assert circo["protocol"]["recall_on"] == "target_id" and "recall_on" not in circo["protocol"]["notes"]
+    assert circo["protocol"]["breakdowns"]["aspect"] == "aspects" and circo["scores"]["aspect"]
+    bad = {**circo, "scores": {**circo["scores"], "overall": circo["scores"]["overall"]["overall"]}}
+    with pytest.raises(jsonschema.ValidationError):  # the 1.x shape is not a 2.0 file
+        jsonschema.validate(bad, schema)
+
+
+def test_a_result_that_breaks_the_schema_is_refused_naming_the_field(tiny_dataset: Path,
+                                                                     tmp_path: Path) -> None:
+    _ok("-m", "random", "-t", str(tiny_dataset), "-o", str(tmp_path / "r"))
+    path = tmp_path / "r" / "result.json"
+    d = json.loads(path.read_text())
+    score = d["scores"]["category"]["Attribute"]["R@1"]
+    score["valeu"] = score.pop("value")
+    path.write_text(json.dumps(d))
+    res = runner.invoke(app, ["results", str(tmp_path / "r")])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "not a valid cirbench result" in out and "result.json" in out
+    assert "scores.category.Attribute.R@1" in out
+
+
+def test_a_result_of_an_unknown_schema_version_is_refused_naming_it(tmp_path: Path) -> None:
+    shutil.copytree(OLD / "circo", tmp_path / "r")
+    d = json.loads((tmp_path / "r" / "result.json").read_text())
+    d["schema_version"] = "3.0"
+    (tmp_path / "r" / "result.json").write_text(json.dumps(d))
+    res = runner.invoke(app, ["results", str(tmp_path / "r")])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "schema_version '3.0'" in out and "1.x, 2.x" in out, out
+
+
+def test_results_written_by_older_cirbench_are_still_read_and_rescored(tmp_path: Path) -> None:
+    import cirbench
+    from cirbench.compare import compare_results
+    from cirbench.core.result import Result
+
+    frame = cirbench.load_results([OLD])
+    for task in ("circo", "mmlandmarks-g2s"):
+        old = json.loads((OLD / task / "result.json").read_text())
+        r = Result.read(OLD / task)
+        assert r.schema_version == "1.1" and set(r.overall) == set(old["scores"]["overall"])
+        for metric, s in old["scores"]["overall"].items():
+            row = frame[(frame.task == task) & (frame.group_kind == "overall") & (frame.metric == metric)]
+            assert list(row.group) == ["overall"] and row.value.iloc[0] == s["value"]
+        # every number is recomputed from run.parquet under the upgraded protocol: the same as recorded
+        tests, _ = compare_results(r, r, n_resamples=10)
+        for t in tests:
+            assert t.mean_a == pytest.approx(old["scores"]["overall"][t.metric]["value"]), (task, t.metric)
+    circo = Result.read(OLD / "circo")
+    assert circo.protocol["recall_on"] == "target_id" and "aspect" in circo.breakdown_kinds()
+    mml = Result.read(OLD / "mmlandmarks-g2s").protocol["scorer"]
+    assert mml == {"name": "mmlandmarks-market1501", "params": {"junk_prefix": "index/"}}
+    res = runner.invoke(app, ["leaderboard", str(OLD), "--out", str(tmp_path / "board"), "--resamples", "10"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "board" / "leaderboard.csv").is_file()

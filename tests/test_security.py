@@ -106,7 +106,7 @@ def test_markdown_leaderboard_escapes_user_text(tiny_dataset: Path, tmp_path: Pa
     evil = "<img src=x onerror=alert(1)>|[click](javascript:alert(1))`x`"
     d["model"]["name"] = evil
     d["protocol"]["name"] = "off`icial <b>"
-    d["scores"]["category"] = {evil: d["scores"]["overall"]}
+    d["scores"]["category"] = {evil: d["scores"]["overall"]["overall"]}
     path.write_text(json.dumps(d))
     res = runner.invoke(app, ["leaderboard", str(tmp_path / "r"), "-o", str(tmp_path / "lb"),
                               "--resamples", "10"])

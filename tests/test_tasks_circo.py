@@ -121,7 +121,7 @@ def task_metrics(task: Task, ranks: tuple[int, ...] = (5, 10, 25, 50)
     aps: dict[int, list[float]] = defaultdict(list)
     recalls: dict[int, list[float]] = defaultdict(list)
     aspect_aps: dict[str, list[float]] = defaultdict(list)
-    assert task.protocol.notes["recall_on"] == "target_id"
+    assert task.protocol.recall_on == "target_id"
     for q, ex in zip(task.queries, query_exclusions(task), strict=True):
         drop = {task.corpus[i].id for i in ex}
         ids = [it.id for it in task.corpus if it.id not in drop]
@@ -166,7 +166,7 @@ def test_official_protocol_is_recorded(root: Path) -> None:
     p = circo.load(root, "val", "official").protocol
     assert p.metrics == ("mAP@5", "mAP@10", "mAP@25", "mAP@50", "R@5", "R@10", "R@25", "R@50")
     assert p.ap_normaliser == "min(K,|G|)" and p.top_k == 50
-    assert not p.exclude_reference and p.notes["recall_on"] == "target_id"
+    assert not p.exclude_reference and p.recall_on == "target_id"
     assert "semantic_aspects" in p.notes["per_aspect"]
     assert p.pseudo_token_template == "a photo of $ that {text}" and p.text_template == "{text}"
     assert p.caption_join is None

@@ -138,7 +138,7 @@ def test_load_official(covr_dir: Path, tmp_path: Path, monkeypatch: pytest.Monke
     assert q.item.text == "make it 12" and q.relevant_ids == (f"{FOLDER}/12",)
     assert grey(q.item.load_image()) == level("30", N_VIDEO_FRAMES // 2)  # middle frame of the reference
     assert q.meta["txt1"] == "video 30"
-    frames = task.extra["corpus_frames"][f"{FOLDER}/40"]
+    frames = task.corpus_frames[f"{FOLDER}/40"]
     assert [grey(f.load_image()) for f in frames] == [level("40", k) for k in ref_sample_frames(9, 3)]
     assert task.corpus[3].image == frames[1].image  # the middle sampled frame stands for the target
     assert task.corpus[3].caption == "video 40"
@@ -211,7 +211,7 @@ def test_csv_scores_pooling_and_expand_corpus(tmp_path: Path) -> None:
     root = write_dataset(tmp_path / "c", scores=["[0.1, 0.5, 0.2]", "[]", "", "[0.3, 0.3]"])
     task = get_task("webvid-covr", data_dir=root, n_frames=3, target_pool="csv-scores",
                     frames_dir=str(tmp_path / "f"))
-    weights = task.extra["corpus_frame_weights"]
+    weights = task.corpus_frame_weights
     e = [math.exp(x / 0.1) for x in (0.1, 0.5, 0.2)]
     assert weights[f"{FOLDER}/30"] == pytest.approx([x / sum(e) for x in e])
     assert set(weights) == {f"{FOLDER}/30"}  # empty scores and a length mismatch fall back to the mean

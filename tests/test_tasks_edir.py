@@ -206,7 +206,7 @@ def test_scores_per_subcategory_and_main_category(edir_dir: Path) -> None:
     np.testing.assert_array_equal(values["R@1"], [1, 0, 1, 0, 0, 1])
     np.testing.assert_allclose(values["mAP@10"], [1, 1 / 3, 1, 0, 1 / 2, 1])
     scores = grouped_scores(values, breakdowns(table), n_resamples=0)
-    assert scores["overall"]["R@1"].value == pytest.approx(3 / 6)
+    assert scores["overall"]["overall"]["R@1"].value == pytest.approx(3 / 6)
     assert scores["category"]["Attribute"]["R@1"].value == pytest.approx(1 / 2)
     assert scores["category"]["Attribute"]["mAP@10"].value == pytest.approx((1 + 1 / 3) / 2)
     assert scores["category"]["Object"]["R@1"].value == 1.0

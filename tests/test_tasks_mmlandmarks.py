@@ -117,7 +117,8 @@ def test_g2s_paper_code(release: Path) -> None:
     assert q.meta["landmark_id"] == "101" and q.meta["lat"] == 40.0
     p = task.protocol
     assert p.metrics == ("R_s@1", "R_s@5", "R_s@10", "mAP@1000", "MedR") and p.top_k == 1000
-    assert p.notes["junk_prefix"] == JUNK_PREFIX
+    assert p.scorer is not None and p.scorer.params == {"junk_prefix": JUNK_PREFIX}
+    assert p.to_dict()["scorer"] == {"name": "mmlandmarks-market1501", "params": {"junk_prefix": JUNK_PREFIX}}
     assert task.extra["n_index"] == 4
     assert task.metadata.query_modality == "image"
 
@@ -129,7 +130,7 @@ def test_s2g_full_gallery(release: Path) -> None:
     assert task.queries[2].relevant_ids == tuple(f"query/ground/{i}" for i in Q_GROUND["103"])
     assert all(q.candidate_ids is None for q in task.queries)
     assert task.protocol.metrics == ("R@1", "R@5", "R@10", "mAP@1000", "MedR")
-    assert task.extra["junk_prefix"] is None
+    assert task.protocol.scorer is not None and task.protocol.scorer.params == {}  # nothing is junk
 
 
 def ref_sentence(mode: str) -> list[str]:
@@ -175,7 +176,7 @@ def test_geolocalisation_tasks(release: Path) -> None:
     assert ids[:4] == [f"index/satellite/{i}" for i in IDX_SAT]
     assert ids[4:] == ["query/satellite/sat101x", "query/satellite/sat101old", "query/satellite/sat102x",
                        "query/satellite/sat102old", "query/satellite/sat103x"]
-    gps = g2c.extra["gps"]
+    gps = g2c.gps
     assert gps.shape == (9, 2)
     np.testing.assert_allclose(gps[:4], list(IDX_SAT.values()))
     np.testing.assert_allclose(gps[4], LANDMARKS["101"])
@@ -335,8 +336,8 @@ def test_per_query_values_from_run_table() -> None:
     table = pa.table({"ranked_ids": [list(names[row]) for row in order],
                       "relevant_ids": [list(names[r]) for r in relevant],
                       "subset_ranked_ids": subset, "first_relevant_rank": first})
-    protocol = {"metrics": ["R_s@1", "R_s@5", "mAP@30", "MedR"], "notes": {"junk_prefix": JUNK_PREFIX}}
-    vals = per_query_values(table, protocol)
+    protocol = {"metrics": ["R_s@1", "R_s@5", "mAP@30", "MedR"]}
+    vals = per_query_values(table, protocol, junk_prefix=JUNK_PREFIX)
     ok = np.array([r.size > 0 for r in relevant])
     junk_idx = np.flatnonzero(junk)
     np.testing.assert_allclose(vals["mAP@30"][ok],
@@ -345,7 +346,7 @@ def test_per_query_values_from_run_table() -> None:
     np.testing.assert_array_equal(vals["R_s@5"][ok], want_r5)
     np.testing.assert_array_equal(vals["MedR"][ok], np.asarray(first)[ok])
     # without a subset column the junk-free recall comes from the full run (exact here: depth = gallery)
-    vals2 = per_query_values(table.drop(["subset_ranked_ids"]), protocol)
+    vals2 = per_query_values(table.drop(["subset_ranked_ids"]), protocol, junk_prefix=JUNK_PREFIX)
     np.testing.assert_array_equal(vals2["R_s@5"][ok], vals["R_s@5"][ok])
     # full-gallery protocol: no junk
     full = per_query_values(table, {"metrics": ["mAP@30"], "notes": {}})
@@ -390,7 +391,7 @@ def test_s2c_gallery_holds_every_query_landmarks_gps_point(release: Path, tmp_pa
     from cirbench.evaluation import EvalOptions
 
     task = get_task("mmlandmarks-s2c", data_dir=release)
-    gps = task.extra["gps"]
+    gps = task.gps
     for q, excluded in zip(task.queries, query_exclusions(task), strict=True):
         eligible = [i for i in range(len(task.corpus)) if i not in set(excluded)]
         assert any(tuple(gps[i]) == (q.meta["lat"], q.meta["lon"]) for i in eligible), q.id

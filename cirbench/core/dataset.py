@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from cirbench.core.io import make_temp_dir
 from cirbench.core.paths import Root
+from cirbench.core.protocol import scorer_from_record
 from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 from cirbench.core.workers import pid_alive
 
@@ -223,9 +224,9 @@ def write_dataset(
         manifest["revision"] = _tree_hash(tmp)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if card is not None:  # the builder's card, its Hub metadata completed and checked
-            from cirbench.hub import dataset_card
+            from cirbench.core.datacard import hub_card
 
-            (tmp / "README.md").write_text(str(dataset_card(tmp, card)))
+            (tmp / "README.md").write_text(str(hub_card(tmp, manifest, card)))
         for split in splits:  # refuse to publish what we could not read back
             load_native(tmp, split)
         _replace_dir(tmp, root)
@@ -460,7 +461,11 @@ def load_native(root: str | os.PathLike[str], split: str = "test") -> Task:
     p = manifest.get("protocol", {})
     known = set(Protocol.__dataclass_fields__)
     fields: dict[str, Any] = {k: (tuple(v) if k == "metrics" else v) for k, v in p.items() if k in known}
-    protocol = Protocol(**fields)
+    try:  # a scorer is named, never imported: only one a loaded task registered can be used
+        fields["scorer"] = scorer_from_record(fields.get("scorer"))
+        protocol = Protocol(**fields)
+    except (TypeError, ValueError) as e:
+        raise DatasetError(f"bad protocol: {e}", file=root / MANIFEST, field="protocol") from e
     metadata = TaskMetadata(
         name=manifest["name"],
         description=manifest.get("description", ""),

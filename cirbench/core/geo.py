@@ -28,6 +28,7 @@ __all__ = [
     "geo_hits",
     "geo_metric_name",
     "geo_per_query",
+    "gps_columns",
     "haversine_km",
 ]
 
@@ -104,21 +105,35 @@ def geo_accuracy(pred_latlon: Any, true_latlon: Any, thresholds: Sequence[float]
     return out
 
 
-def geo_per_query(run_indices_top1: Any, task: Task, thresholds: Sequence[float] | None = None
+def _corpus_gps(task: Task) -> np.ndarray:
+    if task.gps is None:
+        raise ValueError(f"task {task.name!r} has no corpus GPS (Task.gps): not a geo task")
+    gps = _latlon_array(task.gps, "Task.gps")
+    if gps.shape[0] != len(task.corpus):
+        raise ValueError(f"Task.gps has {gps.shape[0]} rows but the corpus has {len(task.corpus)}")
+    return gps
+
+
+def gps_columns(task: Task, indices: np.ndarray) -> dict[str, list[Any]]:
+    """A geo task's run columns (`Task.run_columns`): the prediction, i.e. the GPS of each query's top-1
+    item (NaN when the run is empty), and the truth, the query's own `meta["lat"]`, `meta["lon"]`."""
+    gps = _corpus_gps(task)
+    top1 = indices[:, 0] if indices.shape[1] else np.full(indices.shape[0], -1)
+    pred = np.where((top1 >= 0)[:, None], gps[np.maximum(top1, 0)], np.nan)
+    return {"pred_lat": pred[:, 0].tolist(), "pred_lon": pred[:, 1].tolist(),
+            "lat": [q.meta.get("lat") for q in task.queries],
+            "lon": [q.meta.get("lon") for q in task.queries]}
+
+
+def geo_per_query(run_indices_top1: Any, task: Task, thresholds: Sequence[float] = GEO_THRESHOLDS_KM
                   ) -> dict[str, np.ndarray]:
     """Per-query 0/1 for "Acc@1km" etc.: the prediction is the GPS of the top-1 corpus item.
 
     `run_indices_top1` holds each query's top-1 corpus position (`run.indices[:, 0]`; -1 when the run is
-    empty: a miss). The corpus GPS is `task.extra["gps"]`, an (N, 2) array aligned with the corpus; the
-    truth is `query.meta["lat"]`, `query.meta["lon"]`; thresholds default to
-    `task.extra["geo_thresholds_km"]`, else GEO_THRESHOLDS_KM.
+    empty: a miss). The corpus GPS is `Task.gps`, an (N, 2) array aligned with the corpus; the truth is
+    `query.meta["lat"]`, `query.meta["lon"]`.
     """
-    gps = task.extra.get("gps")
-    if gps is None:
-        raise ValueError(f"task {task.name!r} has no corpus GPS (task.extra['gps']): not a geo task")
-    gps = _latlon_array(gps, "task.extra['gps']")
-    if gps.shape[0] != len(task.corpus):
-        raise ValueError(f"task.extra['gps'] has {gps.shape[0]} rows but the corpus has {len(task.corpus)}")
+    gps = _corpus_gps(task)
     top1 = np.asarray(run_indices_top1, dtype=np.int64).ravel()
     if top1.shape[0] != len(task.queries):
         raise ValueError(f"{top1.shape[0]} top-1 indices for {len(task.queries)} queries")
@@ -129,5 +144,4 @@ def geo_per_query(run_indices_top1: Any, task: Task, thresholds: Sequence[float]
     pred[ok] = gps[top1[ok]]
     true = np.array([[q.meta.get("lat", np.nan), q.meta.get("lon", np.nan)] for q in task.queries],
                     dtype=np.float64).reshape(-1, 2)
-    th = thresholds if thresholds is not None else task.extra.get("geo_thresholds_km", GEO_THRESHOLDS_KM)
-    return geo_hits(pred, true, th)
+    return geo_hits(pred, true, thresholds)

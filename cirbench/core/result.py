@@ -1,27 +1,33 @@
-"""The Result: scores overall and per category, the protocol, and the provenance needed to compare honestly.
+"""The Result: scores per breakdown, the protocol, and the provenance needed to compare honestly.
 
-`result.json` schema (version 1.0; values are fractions in [0, 1], except MedR which is a rank):
+`result.json` (schema 2.0; values are fractions in [0, 1], except MedR which is a rank) is described by the
+JSON Schema shipped as `cirbench/schemas/result.schema.json` (`result_schema()`), and every result read is
+validated against it:
 
-    schema_version   "1.0"
+    schema_version   "2.0"
     cirbench_version the package version that computed it
-    task             {name, split, revision, num_queries, num_corpus, limit, has_labels, dataset_dir}
-    model            {name, id, revision, dim, dtype, modalities, license, fingerprint, options}
-    protocol         the task's Protocol (gallery, exclusions, K values, AP normaliser, text templating,
-                     caption joining, notes), plus the instructions used per role and the search settings
+    task             {name, split, revision, num_queries, num_corpus, limit, has_labels, dataset_dir, version}
+    model            {name, id, revision, dim, dtype, modalities, license, fingerprint, options, ...}
+    protocol         the task's Protocol record (metrics, K, gallery, exclusions, AP normaliser, text
+                     templating, caption joining, aggregate, recall_on, breakdowns, scorer, notes), plus
+                     the instructions used per role and the search settings
     main_metric      e.g. "R@1"
-    scores           {"overall": {metric: Score}, "category": {name: {metric: Score}},
-                      "subcategory": {...}, <other breakdowns, e.g. "aspect">: {...}}
+    scores           {kind: {group: {metric: Score}}}: kind "overall" holds the one group "overall", then
+                     one kind per breakdown of the protocol ("category", "subcategory", CIRCO's "aspect")
                      Score = {"value", "ci_low", "ci_high", "n"}: mean over the n queries with a
-                     percentile-bootstrap 95% interval (seeded; see "bootstrap")
-    bootstrap        {n_resamples, confidence, seed}
+                     percentile-bootstrap 95% interval (seeded; see "bootstrap"); null where undefined
+    bootstrap        {n_resamples, confidence, seed, method}
     encoding         per role: items, from_cache, encoded, seconds, items_per_s
-    provenance       {started_at (UTC), wall_time_s, python, torch, platform, cpu, gpu, device, hostname-free}
+    provenance       {started_at (UTC), wall_time_s, python, torch, platform, cpu, gpu, device}
     files            {"run": "run.parquet", "run_sha256": the run file's SHA-256, "submission": [...]}
                      relative to the result file; "submission_skipped" says why no server file was written
                      (a --limit run). Readers refuse a run file whose SHA-256 differs (`Result.read_run`):
                      result.json and run.parquet are one unit.
 
-Schema 1.1 adds files.run_sha256 and protocol.aggregate; a 1.0 result is read, its run file unchecked.
+Older files are read and brought up to date in memory: 1.0 (no run_sha256: its run file is unchecked),
+1.1 (adds files.run_sha256 and protocol.aggregate). In 1.x the overall scores were {metric: Score} and the
+protocol kept its scorer and CIRCO's recall rule in `notes` (see `cirbench.core.protocol.upgrade_record`).
+Any other major version is refused, naming it.
 """
 
 from __future__ import annotations
@@ -29,13 +35,23 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from cirbench.core.io import write_json
+from cirbench.core.protocol import upgrade_record
 from cirbench.core.types import DatasetError
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "2.0"
+READS = ("1", "2")
+"""Major schema versions this cirbench reads (1.x is brought up to date on reading)."""
+OVERALL = "overall"
+"""The kind, and its one group, of the headline scores."""
+
+Scores = dict[str, dict[str, dict[str, "Score"]]]
+"""{kind: {group: {metric: Score}}}."""
 
 
 @dataclass
@@ -52,7 +68,7 @@ class Result:
     model: dict[str, Any]
     protocol: dict[str, Any]
     main_metric: str
-    scores: dict[str, dict[str, Any]]
+    scores: Scores
     bootstrap: dict[str, Any] = field(default_factory=dict)
     encoding: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -65,7 +81,12 @@ class Result:
 
     @property
     def overall(self) -> dict[str, Score]:
-        return self.scores["overall"]
+        """The headline scores, {metric: Score} (empty for a split scored by a server)."""
+        return self.scores.get(OVERALL, {}).get(OVERALL, {})
+
+    def breakdown_kinds(self) -> list[str]:
+        """The kinds of the breakdowns this result has scores for, in their order ("overall" left out)."""
+        return [k for k, groups in self.scores.items() if k != OVERALL and groups]
 
     def main_score(self) -> float:
         return self.overall[self.main_metric].value
@@ -91,28 +112,33 @@ class Result:
 
     def write(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path)
-        write_json(path, _finite(self.to_dict()))
+        d = _finite(self.to_dict())
+        validate(d, path)  # never write what no reader would accept
+        write_json(path, d)
         self.path = path
         return path
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], path: Path | None = None) -> Result:
         where = path or "<dict>"
+        if not isinstance(d, dict):
+            raise DatasetError("not a cirbench result: the file holds no JSON object", file=where)
         for key in ("schema_version", "task", "model", "protocol", "main_metric", "scores"):
             if key not in d:
                 raise DatasetError("not a cirbench result: field is missing", file=where, field=key)
         major = str(d["schema_version"]).split(".")[0]
-        if major != SCHEMA_VERSION.split(".")[0]:
+        if major not in READS:
             raise DatasetError(
-                f"unsupported schema_version {d['schema_version']!r}", file=where, field="schema_version"
-            )
-        scores = {
-            kind: {
-                g: ({m: Score(**s) for m, s in v.items()} if kind != "overall" else Score(**v))
-                for g, v in groups.items()
-            }
-            for kind, groups in d["scores"].items()
-        }
+                f"result schema_version {d['schema_version']!r} is not one this cirbench reads "
+                f"({', '.join(m + '.x' for m in READS)}); read it with the cirbench that wrote it "
+                f"({d.get('cirbench_version') or 'unknown version'}) or evaluate again",
+                file=where, field="schema_version")
+        if major == "1":
+            d = upgrade(d, where)
+        validate(d, where)
+        scores = {kind: {g: {m: Score(**s) for m, s in per_metric.items()}
+                         for g, per_metric in groups.items()}
+                  for kind, groups in d["scores"].items()}
         return cls(
             task=d["task"],
             model=d["model"],
@@ -155,6 +181,39 @@ class Result:
             raise DatasetError("the result names no run file (files.run)", file=self.path or "<result>",
                                field="files.run")
         return read_run_table(path, sha256=self.files.get("run_sha256"))
+
+
+def upgrade(d: dict[str, Any], where: Path | str = "<dict>") -> dict[str, Any]:
+    """A schema 1.x result as schema 2.0 (in memory; the file is left as it is; its schema_version is kept
+    so that a reader can tell)."""
+    scores = d.get("scores")
+    if not isinstance(scores, dict) or not isinstance(scores.get(OVERALL, {}), dict):
+        raise DatasetError("scores must be an object of breakdowns", file=where, field="scores")
+    try:
+        protocol = upgrade_record(d["protocol"]) if isinstance(d["protocol"], dict) else d["protocol"]
+    except ValueError as e:
+        raise DatasetError(str(e), file=where, field="protocol.notes.scorer") from None
+    return {**d, "protocol": protocol, "scores": {**scores, OVERALL: {OVERALL: scores.get(OVERALL, {})}}}
+
+
+@cache
+def result_schema() -> dict[str, Any]:
+    """The JSON Schema of result.json (draft 2020-12), shipped in the package."""
+    text = resources.files("cirbench").joinpath("schemas/result.schema.json").read_text(encoding="utf-8")
+    return dict(json.loads(text))
+
+
+def validate(d: Any, where: Path | str = "<dict>") -> None:
+    """Refuse a result that does not match the schema, naming the file and the first offending field."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(result_schema())
+    errors = sorted(validator.iter_errors(d), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
+    if errors:
+        e = errors[0]
+        at = ".".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise DatasetError(f"not a valid cirbench result (schema {SCHEMA_VERSION}): {e.message}", file=where,
+                           field=at)
 
 
 def _finite(obj: Any) -> Any:

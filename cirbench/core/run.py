@@ -2,7 +2,7 @@
 
 `run.parquet` stores, per query, everything needed to recompute every metric offline: the ranked ids and
 scores, the subset ranking (CIRR's Recall_subset), the rank of the first relevant item in the full ranking,
-the relevant ids, the category and subcategory.
+the relevant ids, the category and subcategory, and the task's own columns (`Task.run_columns`).
 """
 
 from __future__ import annotations
@@ -60,18 +60,12 @@ class Run:
             cols["subset_scores"] = scores(self.subset_indices, self.subset_scores)
         if self.first_relevant_rank is not None:
             cols["first_relevant_rank"] = self.first_relevant_rank.astype(np.int64).tolist()
-        if any("target_id" in q.meta for q in task.queries):  # CIRCO: Recall@K on the annotated target
-            cols["target_id"] = [q.meta.get("target_id") for q in task.queries]
-        gps = task.extra.get("gps")
-        if gps is not None:  # geolocalisation: prediction = GPS of the top-1 item; truth from the query
-            gps = np.asarray(gps, dtype=np.float64)
-            top1 = self.indices[:, 0] if self.indices.shape[1] else np.full(len(self.query_ids), -1)
-            pred = np.where((top1 >= 0)[:, None], gps[np.maximum(top1, 0)], np.nan)
-            cols["pred_lat"], cols["pred_lon"] = pred[:, 0].tolist(), pred[:, 1].tolist()
-            cols["lat"] = [q.meta.get("lat") for q in task.queries]
-            cols["lon"] = [q.meta.get("lon") for q in task.queries]
-        if any("semantic_aspects" in q.meta for q in task.queries):  # CIRCO: mAP per semantic aspect
-            cols["aspects"] = [list(q.meta.get("semantic_aspects") or []) for q in task.queries]
+        if task.run_columns is not None:  # the task's own (CIRCO's target and aspects, a geo task's GPS)
+            own = task.run_columns(task, self.indices)
+            clash = sorted(set(own) & set(cols))
+            if clash:
+                raise ValueError(f"task {task.name!r}: its run columns {clash} are ones cirbench writes")
+            cols.update({k: list(v) for k, v in own.items()})
         return pa.table(cols)
 
     def write(self, path: str | os.PathLike[str], task: Task) -> None:

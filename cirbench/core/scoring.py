@@ -6,7 +6,6 @@ number in a result can be recomputed from its `run.parquet` alone.
 
 from __future__ import annotations
 
-import importlib
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from cirbench.core.metrics import aggregate, parse_metric, per_query_metrics
+from cirbench.core.protocol import LEGACY_BREAKDOWNS, Protocol, scorer_from_record
 from cirbench.core.result import Score
 from cirbench.core.stats import bootstrap_ci, stratified_mean
 
@@ -28,19 +28,21 @@ def _id_matrix(lists: Sequence[Sequence[str]], ids: dict[str, int], depth: int) 
 
 
 def per_query_values(
-    table: pa.Table, protocol: Mapping[str, Any], metrics: Sequence[str] | None = None
+    table: pa.Table, protocol: Protocol | Mapping[str, Any], metrics: Sequence[str] | None = None
 ) -> dict[str, np.ndarray]:
     """Per-query values of the protocol's metrics, computed from a run table (see cirbench.core.run).
 
-    A benchmark whose released evaluator differs from the generic one names its own scorer in
-    `protocol.notes["scorer"]` ("cirbench.<module>:<function>", same signature); geolocalisation metrics
-    (Acc@<x>km) come from the GPS columns of the run table.
+    `protocol` is a Protocol or its record in a result. A benchmark whose released evaluator differs from
+    the generic one has its own `scorer` (a registered function, named in the record); `recall_on`
+    "target_id" counts only the annotated target for Recall@K; geolocalisation metrics (Acc@<x>km) come
+    from the GPS columns of the run table (cirbench.core.geo.gps_columns).
     """
+    if isinstance(protocol, Protocol):
+        protocol = protocol.to_dict()
     names = list(metrics or protocol["metrics"])
-    notes = protocol.get("notes") or {}
-    scorer = notes.get("scorer")
-    if scorer:
-        return _custom_scorer(scorer)(table, protocol, names)
+    scorer = scorer_from_record(protocol.get("scorer"))
+    if scorer is not None:
+        return scorer(table, protocol, names)
     geo_names = [n for n in names if parse_metric(n).kind == "geo"]
     names = [n for n in names if n not in geo_names]
     ranked_l = table.column("ranked_ids").to_pylist()
@@ -72,7 +74,7 @@ def per_query_values(
         if names
         else {}
     )
-    if notes.get("recall_on") == "target_id" and "target_id" in table.column_names:
+    if protocol.get("recall_on") == "target_id" and "target_id" in table.column_names:
         # CIRCO: Recall@K counts the annotated target image only, mAP uses all ground truths.
         targets = [
             np.array([ids.setdefault(t, len(ids))] if t else [], dtype=np.int64)
@@ -84,14 +86,6 @@ def per_query_values(
     if geo_names:
         values.update(_geo_values(table, geo_names))
     return {parse_metric(n).name: values[parse_metric(n).name] for n in [*names, *geo_names]}
-
-
-def _custom_scorer(ref: str) -> Any:
-    """A benchmark's own scorer; only cirbench's modules can be named (a result file is not code)."""
-    module, _, func = ref.partition(":")
-    if not module.startswith("cirbench.") or not func:
-        raise ValueError(f"protocol notes.scorer {ref!r} must name a function in a cirbench module")
-    return getattr(importlib.import_module(module), func)
 
 
 def _geo_values(table: pa.Table, names: Sequence[str]) -> dict[str, np.ndarray]:
@@ -108,10 +102,18 @@ def _geo_values(table: pa.Table, names: Sequence[str]) -> dict[str, np.ndarray]:
     return geo_hits(pred, true, thresholds)
 
 
-def breakdowns(table: pa.Table) -> dict[str, list[list[str]]]:
-    """Per query, the groups it belongs to for each breakdown kind (a query may be in several aspects)."""
+def breakdowns(
+    table: pa.Table, protocol: Protocol | Mapping[str, Any] | None = None
+) -> dict[str, list[list[str]]]:
+    """Per query, the groups it belongs to for each breakdown kind the protocol declares (kind -> run
+    column; a query may be in several groups, e.g. CIRCO's semantic aspects). Without a protocol: the
+    kinds every result of schema 1.x was broken down by."""
+    if isinstance(protocol, Protocol):
+        declared: Mapping[str, str] = protocol.breakdowns
+    else:
+        declared = (protocol or {}).get("breakdowns") or LEGACY_BREAKDOWNS
     out: dict[str, list[list[str]]] = {}
-    for kind, col in (("category", "category"), ("subcategory", "subcategory"), ("aspect", "aspects")):
+    for kind, col in declared.items():
         if col in table.column_names:
             vals = table.column(col).to_pylist()
             groups = [[v] if isinstance(v, str) else list(v or []) for v in vals]
@@ -184,12 +186,14 @@ def grouped_scores(
     seed: int = 0,
     strata: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """{"overall": {metric: Score}, kind: {group: {metric: Score}}} with groups in a stable order.
+    """{kind: {group: {metric: Score}}}: kind "overall" has the one group "overall", then each breakdown
+    kind its groups in a stable order.
 
     `strata` (see `query_strata`) makes each overall score the mean of its strata's scores.
     """
     kw: dict[str, Any] = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
-    out: dict[str, Any] = {"overall": {m: score(v, m, strata=strata, **kw) for m, v in values.items()}}
+    out: dict[str, Any] = {
+        "overall": {"overall": {m: score(v, m, strata=strata, **kw) for m, v in values.items()}}}
     for kind, per_query in groups.items():
         members: dict[str, list[int]] = defaultdict(list)
         for q, gs in enumerate(per_query):

@@ -9,22 +9,27 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from PIL import Image
+
+from cirbench.core.protocol import AGGREGATES, Aggregate, Protocol
+
+__all__ = ["AGGREGATES", "MODALITIES", "Aggregate", "DatasetError", "ImageRef", "Item", "Protocol", "Query",
+           "Role", "RunColumns", "Task", "TaskMetadata", "positions", "query_exclusions"]
 
 Role = Literal["query", "document"]
 """Which side of retrieval an Item is encoded for; part of every cache key."""
 
 MODALITIES = ("image", "text", "image+text")
 
-Aggregate = Literal["queries", "categories"]
-"""How a headline score is formed from per-query values: the mean over all queries, or the mean of the
-per-category scores (FashionIQ averages dress, shirt and toptee, whatever their sizes)."""
-AGGREGATES: tuple[str, ...] = ("queries", "categories")
+RunColumns = Callable[["Task", np.ndarray], Mapping[str, list[Any]]]
+"""(task, the run's (Q, K) corpus positions, best first, -1 pads) -> the task's own run.parquet columns,
+one value per query (CIRCO's annotated target and semantic aspects, a geo task's predicted GPS)."""
 
 
 class DatasetError(ValueError):
@@ -148,40 +153,6 @@ class Query:
 
 
 @dataclass(frozen=True)
-class Protocol:
-    """How a benchmark is scored. Official choices are the defaults; every field lands in the Result."""
-
-    name: str = "official"
-    metrics: tuple[str, ...] = ("R@1", "R@5", "R@10", "R@50", "mAP@10")
-    main_metric: str = "R@1"
-    top_k: int = 50
-    """Depth of the stored run; every metric is computed from the top-k list (CIRCO: mAP on the top 50)."""
-    ap_normaliser: str = "min(K,|G|)"
-    exclude_reference: bool = True
-    gallery: str = "corpus of the split"
-    text_template: str = "{text}"
-    """Applied to every query text before any model sees it (e.g. MagicLens-style joined texts)."""
-    pseudo_token_template: str | None = None
-    """The benchmark's zero-shot prompt for textual-inversion models ('$' / '*' mark the image token,
-    e.g. SEARLE's "a photo of $ that {text}"); only pseudo-token adapters apply it."""
-    caption_join: str | None = None
-    aggregate: Aggregate = "queries"
-    """"categories": every headline score is the mean of the per-category (Query.category) scores, and its
-    interval resamples queries within each category; "queries": the mean over all queries."""
-    notes: Mapping[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.aggregate not in AGGREGATES:
-            raise ValueError(f"protocol aggregate must be one of {list(AGGREGATES)}, not {self.aggregate!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["metrics"] = list(self.metrics)
-        d["notes"] = dict(self.notes)
-        return d
-
-
-@dataclass(frozen=True)
 class TaskMetadata:
     """Facts about a benchmark that are data, not code (as in mteb's TaskMetadata)."""
 
@@ -215,7 +186,18 @@ class Task:
     galleries: dict[str, list[str]] | None = None
     """Named sub-galleries (corpus ids). A query with `gallery` set is ranked only within that one;
     None means every query searches the whole corpus."""
+    corpus_frames: Mapping[str, Sequence[Item]] | None = None
+    """Video targets: corpus id -> its frame Items, whose vectors are averaged into the item's vector
+    (`cirbench.core.video.expand_corpus`); a corpus item without frames stands for itself."""
+    corpus_frame_weights: Mapping[str, Sequence[float]] | None = None
+    """Weights of each corpus item's frames in that average (default: equal)."""
+    gps: np.ndarray | None = None
+    """Geolocalisation: (N, 2) latitude, longitude of each corpus item, aligned with `corpus`."""
+    run_columns: RunColumns | None = None
+    """The task's own run.parquet columns (see RunColumns), beside the generic ones of cirbench.core.run."""
     extra: dict[str, Any] = field(default_factory=dict)
+    """Facts about the loaded files for people and provenance (dataset_dir and version are recorded in
+    the result; `limit` is set by `limit()`); nothing scores from them."""
 
     @property
     def name(self) -> str:
@@ -237,17 +219,8 @@ class Task:
             raise ValueError(f"--limit must be a whole number of queries, at least 1 (got {n!r})")
         if n is None or n >= len(self.queries):
             return self
-        return Task(
-            self.metadata,
-            self.split,
-            self.queries[:n],
-            self.corpus,
-            self.protocol,
-            self.revision,
-            self.has_labels,
-            self.galleries,
-            {**self.extra, "limit": n, "queries_before_limit": len(self.queries)},
-        )
+        return replace(self, queries=self.queries[:n],
+                       extra={**self.extra, "limit": n, "queries_before_limit": len(self.queries)})
 
     def validate(self) -> None:
         """Check ids before any encoding: a bad id must fail in seconds, not after an hour of GPU time."""

@@ -228,13 +228,13 @@ def extract_frames(video: str | os.PathLike[str], out_dir: str | os.PathLike[str
 def expand_corpus(task: Task) -> tuple[list[Item], list[list[int]], list[list[float]] | None]:
     """(items to encode, rows per corpus item, weights per corpus item or None) for frame averaging.
 
-    A task whose targets are videos lists each target's frame Items in `task.extra["corpus_frames"]`
-    ({corpus id: [Item, ...]}) and optional weights in `task.extra["corpus_frame_weights"]`. A corpus item
+    A task whose targets are videos lists each target's frame Items in `Task.corpus_frames`
+    ({corpus id: [Item, ...]}) and optional weights in `Task.corpus_frame_weights`. A corpus item
     with no frames stands for itself. The evaluator encodes the returned items, then sets each corpus
     vector to the (weighted) mean of its rows, re-normalised, as it already does for a query's alt_items.
     """
-    frames: dict[str, list[Item]] = task.extra.get("corpus_frames") or {}
-    weights: dict[str, list[float]] = task.extra.get("corpus_frame_weights") or {}
+    frames = task.corpus_frames or {}
+    weights = task.corpus_frame_weights or {}
     items: list[Item] = []
     rows: list[list[int]] = []
     row_w: list[list[float]] = []

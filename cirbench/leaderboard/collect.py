@@ -118,7 +118,7 @@ class Board:
 
     @property
     def breakdowns(self) -> list[str]:
-        kinds = {k for r in self.results for k, groups in r.scores.items() if k != "overall" and groups}
+        kinds = {k for r in self.results for k in r.breakdown_kinds()}
         return [k for k in BREAKDOWN_ORDER if k in kinds] + sorted(kinds - set(BREAKDOWN_ORDER))
 
     @property
@@ -188,7 +188,7 @@ def load_results(files: Sequence[Path]) -> tuple[list[Result], list[tuple[Path, 
             msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
             skipped.append((f, f"unreadable result file: {type(e).__name__}: {msg}"))
             continue
-        if not r.scores.get("overall"):
+        if not r.overall:
             skipped.append((f, "no scores (unlabelled split: scored by the benchmark's server)"))
             continue
         results.append(r)

@@ -71,8 +71,7 @@ def board_cells(board: Board, tester: PairedTester, *, alpha: float = ALPHA,
                                   "model": str(r.model.get("name", "")),
                                   "model_id": str(r.model.get("id", "")), "result_path": where}
         for kind, groups in r.scores.items():
-            items = [("overall", groups)] if kind == "overall" else list(groups.items())
-            for group, scores in items:
+            for group, scores in groups.items():
                 for metric, s in scores.items():
                     cells.append(Cell(**common, breakdown=kind, group=group, metric=metric,
                                       value=_num(s.value), ci_low=_opt(s.ci_low), ci_high=_opt(s.ci_high),
@@ -268,7 +267,9 @@ def protocol_fields(board: Board) -> list[tuple[str, object]]:
     from cirbench.compare import PROTOCOL_FIELDS
 
     p = board.protocol or {}
-    out: list[tuple[str, object]] = [(k, p.get(k)) for k in PROTOCOL_FIELDS if k not in ("notes",)]
+    out: list[tuple[str, object]] = [(k, p.get(k)) for k in PROTOCOL_FIELDS if k not in ("notes", "scorer")]
+    scorer = p.get("scorer") or {}
+    out.append(("scorer", scorer.get("name", "generic") if isinstance(scorer, dict) else scorer))
     out += [("dataset revision", board.task_info.get("revision")),
             ("queries", board.task_info.get("num_queries")),
             ("gallery size", board.task_info.get("num_corpus"))]

@@ -81,7 +81,7 @@ class PairedTester:
                 table = r.read_run()
                 self._runs[id(r)] = _PerQuery(
                     ids={q: i for i, q in enumerate(table.column("query_id").to_pylist())},
-                    values=per_query_values(table, r.protocol), groups=breakdowns(table))
+                    values=per_query_values(table, r.protocol), groups=breakdowns(table, r.protocol))
             except (ValueError, KeyError) as e:
                 self._runs[id(r)] = _reason(e)
         return self._runs[id(r)]

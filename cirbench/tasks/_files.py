@@ -7,11 +7,14 @@ which field is wrong, and what layout was expected. Image checks scan each image
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import itertools
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +256,48 @@ def parse_variant(name: str, axes: Sequence[Sequence[str]]) -> tuple[str, ...]:
         raise ValueError(f"unknown protocol {name!r}; protocols: {list(variant_names(axes))}")
     tokens = set() if name == "official" else set(name.split("+"))
     return tuple(next((c for c in axis[1:] if c in tokens), axis[0]) for axis in axes)
+
+
+# ----------------------------------------------------------------------------------------------------
+# CSV files
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CsvFile:
+    path: Path
+    rows: list[dict[str, str]]
+    line_numbers: list[int]
+    digest: str
+
+    def record(self, n: int) -> str:
+        return f"line {self.line_numbers[n]}"
+
+
+def read_csv(path: Path, required: Sequence[str], layout: str = "") -> CsvFile:
+    """Rows of a CSV with a header; DatasetError naming the file when it or a required column is missing."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as e:
+        hint = f". Expected layout:\n{layout}" if layout else ""
+        raise DatasetError(f"CSV file is missing{hint}", file=path) from e
+    except OSError as e:
+        raise DatasetError(f"CSV file cannot be read: {e}", file=path) from e
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"CSV file is not UTF-8: {e}", file=path) from e
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    header = reader.fieldnames or []
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DatasetError(f"required column(s) {missing} missing; the header has {header}", file=path,
+                           field=missing[0])
+    rows, lines = [], []
+    try:
+        for row in reader:
+            rows.append(row)
+            lines.append(reader.line_num)
+    except csv.Error as e:
+        raise DatasetError(f"malformed CSV: {e}", file=path, record=f"line {reader.line_num}") from e
+    return CsvFile(path, rows, lines, hashlib.sha1(raw).hexdigest())

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cirbench.core.io import atomic_write
 from cirbench.core.paths import Root
+from cirbench.core.protocol import DEFAULT_BREAKDOWNS
 from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 from cirbench.tasks._files import (
     DirIndex,
@@ -33,6 +35,7 @@ from cirbench.tasks._files import (
     typed_list,
     variant_names,
 )
+from cirbench.tasks._server import INT_KEY, Problems, few
 from cirbench.tasks.registry import TaskSpec, register_task
 
 NAME = "circo"
@@ -118,7 +121,7 @@ def load(data_dir: Path | None, split: str, protocol: str = "official", **option
         metadata=METADATA, split=split, queries=queries, corpus=corpus,
         protocol=_protocol(protocol, len(corpus), shared=text_choice == "shared-concept",
                            exclude_ref=ref_choice == "reference-excluded"),
-        revision=revision([ann_f, info_f]), has_labels=split == "val",
+        revision=revision([ann_f, info_f]), has_labels=split == "val", run_columns=run_columns,
         extra={"image_dir": base, "image_info": os.fspath(info_path)},
     )
 
@@ -187,8 +190,7 @@ def _protocol(name: str, n_images: int, *, shared: bool, exclude_ref: bool) -> P
     notes = {
         "source": "miccunifi/CIRCO src/evaluation.py::compute_metrics (the server's code)",
         "map": "over all gt_img_ids; AP@K = sum of P@k at GT ranks k <= K, divided by min(K, |G|); top 50",
-        "recall_on": "target_id",
-        "recall": "R@K uses meta['target_id'] (target_img_id) only, not every ground truth",
+        "recall": "R@K uses meta['target_id'] (target_img_id) only, not every ground truth (recall_on)",
         "per_aspect": "mAP@10 per entry of meta['semantic_aspects'] (server, since May 2024); a query "
                       "counts once in each of its aspects",
         "reference": ("removed from the ranking (CoVR's convention; the reference is never a GT, so scores "
@@ -207,8 +209,19 @@ def _protocol(name: str, n_images: int, *, shared: bool, exclude_ref: bool) -> P
         main_metric="mAP@5", top_k=50, ap_normaliser="min(K,|G|)", exclude_reference=exclude_ref,
         gallery=f"all {n_images} images of COCO 2017 unlabeled (image_info_unlabeled2017.json)",
         text_template="{text}", pseudo_token_template=None if shared else SEARLE_TEMPLATE,
-        caption_join="shared-concept" if shared else None, notes=notes,
+        caption_join="shared-concept" if shared else None, recall_on="target_id",
+        breakdowns={**DEFAULT_BREAKDOWNS, "aspect": "aspects"}, notes=notes,
     )
+
+
+def run_columns(task: Task, indices: Any) -> dict[str, list[Any]]:
+    """CIRCO's run columns: the annotated target (what R@K counts; labelled splits only) and each query's
+    semantic aspects (the server's per-aspect mAP)."""
+    cols: dict[str, list[Any]] = {}
+    if any("target_id" in q.meta for q in task.queries):
+        cols["target_id"] = [q.meta.get("target_id") for q in task.queries]
+    cols["aspects"] = [list(q.meta.get("semantic_aspects") or []) for q in task.queries]
+    return cols
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -236,10 +249,65 @@ def submission_payload(task: Task, run: Any) -> dict[str, list[int]]:
     return out
 
 
+@dataclass
+class CircoSplit:
+    query_ids: set[str]
+    gallery: set[int] | None
+
+
+def _circo_split(data_dir: Path, *, with_gallery: bool = True) -> CircoSplit:
+    task = load(data_dir, "test", check_images="false")
+    return CircoSplit(query_ids={q.id for q in task.queries},
+                      gallery={int(it.id) for it in task.corpus} if with_gallery else None)
+
+
+def check_circo_payload(data: Any, *, split: CircoSplit | None = None) -> list[str]:
+    """Problems of a parsed CIRCO test file; empty when the server should accept it."""
+    p = Problems()
+    if not isinstance(data, dict):
+        p.add(f"top level must be a JSON object, found {type(data).__name__}")
+        return p.result()
+    k = SERVER_TOPK
+    valid_keys: set[str] = set()
+    for key, ids in data.items():
+        if not INT_KEY.match(key):
+            p.group("keys are not query ids (decimal integers)", repr(key))
+            continue
+        valid_keys.add(key)
+        if not isinstance(ids, list):
+            p.group("values are not lists", key)
+            continue
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            p.group("lists hold non-integer image ids (ids must be JSON integers)", key)
+            continue
+        if len(ids) != k:
+            p.group(f"lists do not hold exactly {k} image ids", f"{key} ({len(ids)})")
+        if len(set(ids)) != len(ids):
+            p.group("lists repeat an image id", key)
+        if split is not None and split.gallery is not None:
+            unknown = [i for i in ids if i not in split.gallery]
+            if unknown:
+                p.group("lists hold ids that are not COCO 2017 unlabeled images", f"{key} ({unknown[0]})")
+    expected = split.query_ids if split is not None else {str(i) for i in range(TEST_QUERIES)}
+    missing, extra = expected - valid_keys, valid_keys - expected
+    if missing:
+        p.add(f"{len(missing)} of {len(expected)} test query ids are missing: {few(missing)}")
+    if extra:
+        p.add(f"{len(extra)} keys are not test query ids: {few(extra)}")
+    return p.result()
+
+
+def check_submission(data: Any, n_bytes: int, data_dir: Path | None) -> list[str]:
+    """Problems of a parsed CIRCO test file; with `data_dir`, ids are checked against the released split."""
+    try:
+        split = _circo_split(data_dir) if data_dir is not None else None
+    except DatasetError as e:
+        return [f"ids not checked against the split: {e}"] + check_circo_payload(data)
+    return check_circo_payload(data, split=split)
+
+
 def write_submission(task: Task, run: Any, out_dir: Path) -> list[Path]:
     """Write circo_test.json for the CIRCO evaluation server."""
-    from cirbench.submission import CircoSplit, check_circo_payload
-
     if task.split != "test":
         raise ValueError(f"CIRCO test-server files are for split test, not {task.split!r}")
     payload = submission_payload(task, run)
@@ -256,5 +324,5 @@ SPEC = register_task(TaskSpec(
     metadata=METADATA, load=load, splits=SPLITS, default_split="val", protocols=PROTOCOLS, layout=LAYOUT,
     metrics=METRICS,
     size="val 220 / test 800 queries (server); gallery ~123k COCO 2017 unlabeled images",
-    submission=write_submission, options=OPTIONS,
+    submission=write_submission, check_submission=check_submission, options=OPTIONS,
 ))

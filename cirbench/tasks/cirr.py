@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from cirbench.tasks._files import (
     typed_list,
     variant_names,
 )
+from cirbench.tasks._server import IMAGE_EXTENSION, INT_KEY, Problems, few
 from cirbench.tasks.registry import TaskSpec, register_task
 
 NAME = "cirr"
@@ -246,10 +248,102 @@ def submission_payloads(task: Task, run: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+@dataclass
+class CirrSplit:
+    """What the id checks need from cap.rc2.test1.json and split.rc2.test1.json."""
+
+    references: dict[str, str]
+    members: dict[str, set[str]]
+    images: set[str]
+
+
+def _cirr_split(data_dir: Path) -> CirrSplit:
+    task = load(data_dir, "test1", check_images="false")
+    return CirrSplit(
+        references={q.id: q.reference_id or "" for q in task.queries},
+        members={q.id: set(q.candidate_ids or ()) - {q.reference_id} for q in task.queries},
+        images={it.id for it in task.corpus},
+    )
+
+
+def check_cirr_payload(data: Any, *, n_bytes: int | None = None, split: CirrSplit | None = None) -> list[str]:
+    """Problems of one parsed CIRR file (recall or recall_subset); empty when the server should accept it."""
+    p = Problems()
+    if n_bytes is not None and n_bytes > SERVER_MAX_BYTES:
+        p.add(f"file is {n_bytes:,} bytes; the server accepts at most 5 MB ({SERVER_MAX_BYTES:,} bytes)")
+    if not isinstance(data, dict):
+        p.add(f"top level must be a JSON object, found {type(data).__name__}")
+        return p.result()
+    version = data.get("version")
+    if version is None:
+        p.add(f'missing "version" entry (must be "{VERSION}")')
+    elif version != VERSION:
+        p.add(f'"version" is {version!r}; must be "{VERSION}"')
+    metric = data.get("metric")
+    if metric is None:
+        p.add('missing "metric" entry (must be "recall" or "recall_subset")')
+    elif metric not in SERVER_TOPK:
+        p.add(f'"metric" is {metric!r}; must be "recall" or "recall_subset"')
+    k = SERVER_TOPK.get(metric) if isinstance(metric, str) else None
+    keys = [key for key in data if key not in ("version", "metric")]
+    for key in keys:
+        if not INT_KEY.match(key):
+            p.group("keys are not pair ids", repr(key))
+            continue
+        names = data[key]
+        if not isinstance(names, list):
+            p.group("values are not lists", key)
+            continue
+        if not all(isinstance(n, str) for n in names):
+            p.group("lists hold non-string names", key)
+            continue
+        if k is not None and len(names) != k:
+            p.group(f"lists do not hold exactly {k} names ({metric})", f"{key} ({len(names)})")
+        if len(set(names)) != len(names):
+            p.group("lists repeat a name", key)
+        bad = [n for n in names if IMAGE_EXTENSION.search(n) or "/" in n or "\\" in n]
+        if bad:
+            p.group("lists hold file names or paths instead of image names without extension",
+                    f"{key} ({bad[0]!r})")
+        if split is None:
+            if any(not n.startswith("test1-") for n in names):
+                p.group("lists hold names that are not test1 images", key)
+            continue
+        unknown = [n for n in names if n not in split.images]
+        if unknown:
+            p.group("lists hold names that are not in split.rc2.test1.json", f"{key} ({unknown[0]!r})")
+        if key in split.references and split.references[key] in names:
+            p.group("lists contain the query's own reference (the server expects it removed)", key)
+        if metric == "recall_subset" and key in split.members:
+            outside = [n for n in names if n not in split.members[key]]
+            if outside:
+                p.group("recall_subset lists hold names outside img_set.members minus the reference",
+                        f"{key} ({outside[0]!r})")
+    valid_keys = {key for key in keys if INT_KEY.match(key)}
+    if split is not None:
+        missing = set(split.references) - valid_keys
+        extra = valid_keys - set(split.references)
+        if missing:
+            p.add(f"{len(missing)} of {len(split.references)} test1 pair ids are missing: {few(missing)}")
+        if extra:
+            p.add(f"{len(extra)} pair ids are not in cap.rc2.test1.json: {few(extra)}")
+    elif len(valid_keys) != TEST1_PAIRS:
+        p.add(f"file has {len(valid_keys)} pair ids; CIRR rc2 test1 has {TEST1_PAIRS} "
+              "(pass the data directory to list the missing ones)")
+    return p.result()
+
+
+def check_submission(data: Any, n_bytes: int, data_dir: Path | None) -> list[str]:
+    """Problems of a parsed CIRR test1 file; with `data_dir`, ids are checked against the released split."""
+    try:
+        split = _cirr_split(data_dir) if data_dir is not None else None
+    except DatasetError as e:
+        return [f"ids not checked against the split: {e}"] + check_cirr_payload(data, n_bytes=n_bytes)
+    return check_cirr_payload(data, n_bytes=n_bytes, split=split)
+
+
 def write_submission(task: Task, run: Any, out_dir: Path) -> list[Path]:
     """Write cirr_test1_recall.json and cirr_test1_recall_subset.json for the CIRR test server."""
-    from cirbench.submission import CirrSplit, check_cirr_payload
-
     if task.split != "test1":
         raise ValueError(f"CIRR test-server files are for split test1, not {task.split!r}")
     split = CirrSplit(references={q.id: q.reference_id or "" for q in task.queries},
@@ -272,5 +366,5 @@ SPEC = register_task(TaskSpec(
     metadata=METADATA, load=load, splits=SPLITS, default_split="val", protocols=PROTOCOLS, layout=LAYOUT,
     metrics=METRICS,
     size="val 4,181 queries / 2,297 images; test1 4,148 / 2,315 (server); train 28,225 / 16,939",
-    submission=write_submission, options=OPTIONS,
+    submission=write_submission, check_submission=check_submission, options=OPTIONS,
 ))

@@ -14,6 +14,7 @@ from typing import Any
 
 from cirbench.core.paths import Root
 from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
+from cirbench.tasks._fashioniq_text import CATEGORIES, JOIN_NOTES, JOINS, join_captions
 from cirbench.tasks._files import (
     DirIndex,
     JsonFile,
@@ -33,26 +34,15 @@ from cirbench.tasks.registry import TaskSpec, register_task
 
 NAME = "fashioniq"
 SPLITS = ("val", "train", "test")
-CATEGORIES = ("dress", "shirt", "toptee")
 EXTENSIONS = (".png", ".jpg")
 """Both occur: SEARLE's download has .jpg, the Pic2Word / SoFT / Paracosm copies .png."""
 
 METRICS = ("R@10", "R@50")
 """Per category and, as the headline, their mean over the categories (Protocol.aggregate)."""
 GALLERIES = ("category-val", "union-val", "reference-excluded", "val-pairs")
-JOINS = ("both-orders", "c1-and-c2", "c2-and-c1")
 AXES = (GALLERIES, JOINS)
 PROTOCOLS = variant_names(AXES)
-STRIP = ".?, "
-"""SEARLE and CIReVL strip these characters from both ends of each caption: `caption.strip('.?, ')`."""
 
-JOIN_NOTES = {
-    "both-orders": "SEARLE/LinCIR (src/validate.py::fiq_generate_val_predictions): each caption "
-                   "stripped of '.?, ' at both ends; text 'c1 and c2', alt_items ['c2 and c1']; the two "
-                   "L2-normalised vectors are averaged and re-normalised",
-    "c1-and-c2": "CIReVL (src/utils.py): each caption stripped of '.?, '; text 'c1 and c2', one order",
-    "c2-and-c1": "Pic2Word (src/data.py::FashionIQ): 'c2 and c1', the second caption first, not stripped",
-}
 TEMPLATES = {
     "both-orders": "a photo of $ that {text}",
     "c1-and-c2": "{text}",
@@ -107,18 +97,6 @@ METADATA = TaskMetadata(
         "Test targets are not public: papers report on val.",
     ),
 )
-
-
-def join_captions(c1: str, c2: str, rule: str) -> tuple[str, tuple[str, ...]]:
-    """(main text, alternative texts) for a join rule; alternatives are averaged with the main one."""
-    if rule == "both-orders":
-        a, b = c1.strip(STRIP), c2.strip(STRIP)
-        return f"{a} and {b}", (f"{b} and {a}",)
-    if rule == "c1-and-c2":
-        return f"{c1.strip(STRIP)} and {c2.strip(STRIP)}", ()
-    if rule == "c2-and-c1":
-        return f"{c2} and {c1}", ()
-    raise ValueError(f"unknown caption join {rule!r}; choose one of {JOINS}")
 
 
 def _categories(value: Any) -> tuple[str, ...]:

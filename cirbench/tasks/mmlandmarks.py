@@ -16,29 +16,29 @@ ordinary negatives. Galleries are large (714k ground images): Items hold paths, 
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cirbench.core.geo import GEO_THRESHOLDS_KM, check_latlon, geo_metric_name
+from cirbench.core.geo import GEO_THRESHOLDS_KM, check_latlon, geo_metric_name, gps_columns
 from cirbench.core.metrics import hit_matrix, parse_metric, per_query_metrics
 from cirbench.core.paths import Root
+from cirbench.core.protocol import register_scorer
 from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 from cirbench.tasks._files import (
+    CsvFile,
     DirIndex,
     check_images,
     check_options,
     group_by_dir,
     parse_bool,
+    read_csv,
     require_data_dir,
 )
 from cirbench.tasks.registry import TaskSpec, register_task
@@ -135,46 +135,6 @@ def _metadata(direction: str) -> TaskMetadata:
 # ----------------------------------------------------------------------------------------------------
 # CSV files
 # ----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CsvFile:
-    path: Path
-    rows: list[dict[str, str]]
-    line_numbers: list[int]
-    digest: str
-
-    def record(self, n: int) -> str:
-        return f"line {self.line_numbers[n]}"
-
-
-def read_csv(path: Path, required: Sequence[str], layout: str = "") -> CsvFile:
-    """Rows of a CSV with a header; DatasetError naming the file when it or a required column is missing."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as e:
-        hint = f". Expected layout:\n{layout}" if layout else ""
-        raise DatasetError(f"CSV file is missing{hint}", file=path) from e
-    except OSError as e:
-        raise DatasetError(f"CSV file cannot be read: {e}", file=path) from e
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"CSV file is not UTF-8: {e}", file=path) from e
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = reader.fieldnames or []
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise DatasetError(f"required column(s) {missing} missing; the header has {header}", file=path,
-                           field=missing[0])
-    rows, lines = [], []
-    try:
-        for row in reader:
-            rows.append(row)
-            lines.append(reader.line_num)
-    except csv.Error as e:
-        raise DatasetError(f"malformed CSV: {e}", file=path, record=f"line {reader.line_num}") from e
-    return CsvFile(path, rows, lines, hashlib.sha1(raw).hexdigest())
 
 
 def _cell(f: CsvFile, n: int, col: str) -> str:
@@ -409,7 +369,7 @@ def _retrieval(rel: _Release, direction: str, protocol: str, check: bool, text_s
         protocol=_retrieval_protocol(protocol, qmod, gmod, n_index, len(corpus) - n_index, text_sampling),
         revision=rel.revision(),
         extra={"dataset_dir": os.fspath(rel.root), "direction": direction, "n_index": n_index,
-               "junk_prefix": JUNK_PREFIX if paper else None, "text_sampling": text_sampling
+               "text_sampling": text_sampling
                if qmod == "text" else None,
                "queries_without_positives": sum(1 for q in queries if not q.relevant_ids)},
     )
@@ -420,7 +380,6 @@ def _retrieval_protocol(name: str, qmod: str, gmod: str, n_index: int, n_query_i
     paper = name == "paper-code"
     notes = {
         "source": "Oshkr/mml-codebase mmlandmarks/metrics.py::evaluate_retrieval, _eval_single_query",
-        "scorer": "cirbench.tasks.mmlandmarks:per_query_values",
         "map": f"mAP@{MAP_TOPK}: Market-1501 AP (trapezoidal precision at each hit, divided by all of the "
                "query's positives) on the top 1,000 of the full ranking"
                + (", index items removed after the cut" if paper else "")
@@ -432,8 +391,8 @@ def _retrieval_protocol(name: str, qmod: str, gmod: str, n_index: int, n_query_i
     }
     if paper:
         notes.update({
-            "junk": f"corpus ids starting with {JUNK_PREFIX!r} (all {n_index} index items) are junk",
-            "junk_prefix": JUNK_PREFIX,
+            "junk": f"corpus ids starting with {JUNK_PREFIX!r} (all {n_index} index items) are junk "
+                    "(the scorer's junk_prefix)",
             "recall": "R_s@K is the paper's R@K: recall after junk removal, i.e. ranked among the query "
                       f"split's {n_query_items} {gmod} items (Query.candidate_ids)",
         })
@@ -444,7 +403,8 @@ def _retrieval_protocol(name: str, qmod: str, gmod: str, n_index: int, n_query_i
     return Protocol(
         name=name, metrics=retrieval_metrics(name), main_metric=f"mAP@{MAP_TOPK}",
         top_k=MAP_TOPK, ap_normaliser="|G|", exclude_reference=False,
-        gallery=f"{n_index} index {gmod} items + {n_query_items} query-split {gmod} items", notes=notes,
+        gallery=f"{n_index} index {gmod} items + {n_query_items} query-split {gmod} items",
+        scorer=MARKET1501.with_params(junk_prefix=JUNK_PREFIX) if paper else MARKET1501, notes=notes,
     )
 
 
@@ -508,10 +468,9 @@ def _geo(rel: _Release, direction: str, protocol: str, check: bool, text_samplin
         metadata=_metadata(direction), split="query", queries=queries, corpus=corpus,
         protocol=_geo_protocol(protocol, qmod, n_index, len(corpus) - n_index, tiles_csv, text_sampling,
                                single_tile),
-        revision=rel.revision(),
+        revision=rel.revision(), gps=np.asarray(gps, dtype=np.float64).reshape(-1, 2),
+        run_columns=gps_columns,
         extra={"dataset_dir": os.fspath(rel.root), "direction": direction, "n_index": n_index,
-               "gps": np.asarray(gps, dtype=np.float64).reshape(-1, 2),
-               "geo_thresholds_km": GEO_THRESHOLDS_KM,
                "text_sampling": text_sampling if qmod == "text" else None},
     )
 
@@ -613,20 +572,19 @@ def junk_free_recall(ranked: np.ndarray, relevant: Sequence[np.ndarray], junk: n
     return out
 
 
-def per_query_values(table: Any, protocol: Any, metrics: Sequence[str] | None = None
-                     ) -> dict[str, np.ndarray]:
+def per_query_values(table: Any, protocol: Any, metrics: Sequence[str] | None = None, *,
+                     junk_prefix: str | None = None) -> dict[str, np.ndarray]:
     """Per-query values of an MMLandmarks retrieval protocol from a run table (cirbench.core.run columns).
 
     R@K / R_s@K / MedR as the generic scorer computes them (R_s@K on `subset_ranked_ids` = the paper's
-    junk-free R@K); mAP@K by `market1501_map`, with junk = ids starting with notes['junk_prefix'] when the
-    protocol has one. Falls back to `junk_free_recall` when the run has no subset ranking.
+    junk-free R@K); mAP@K by `market1501_map`, with junk = ids starting with `junk_prefix` (the scorer's
+    parameter under paper-code). Falls back to `junk_free_recall` when the run has no subset ranking.
 
     A ranked list shorter than the protocol's `top_k` (or a subset list shorter than the deepest R_s@K)
     is the whole (sub-)gallery, so it is padded rather than refused as too shallow.
     """
     names = list(metrics or protocol["metrics"])
-    notes = protocol.get("notes", {}) or {}
-    prefix = notes.get("junk_prefix")
+    prefix = junk_prefix
     ranked_l = table.column("ranked_ids").to_pylist()
     relevant_l = table.column("relevant_ids").to_pylist()
     ids: dict[str, int] = {}
@@ -659,6 +617,10 @@ def per_query_values(table: Any, protocol: Any, metrics: Sequence[str] | None = 
     if generic:
         out.update(per_query_metrics(generic, ranked, relevant, subset_ranked=subset, first_rank=first))
     return {parse_metric(n).name: out[parse_metric(n).name] for n in names}
+
+
+MARKET1501 = register_scorer("mmlandmarks-market1501", per_query_values)
+"""mml-codebase's scorer (Market-1501 mAP, junk removal); `junk_prefix` is set under paper-code."""
 
 
 def _encode(lists: list[list[str]], ids: dict[str, int], min_depth: int = 0) -> np.ndarray:

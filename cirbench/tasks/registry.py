@@ -2,7 +2,10 @@
 
 A loader is `load(data_dir: Path | None, split: str, protocol: str, **options) -> Task`. Each benchmark
 module calls `register_task(TaskSpec(...))` at import; `cirbench/tasks/__init__.py` imports them all.
-A path to a native dataset directory is also a task name.
+A path to a native dataset directory is also a task name. `get_task` checks the split, the protocol and
+the option names against the spec before the loader runs, and the loaded protocol's metrics against the
+ones the spec advertises after: the spec is the one statement of a task's metrics (`cirbench tasks`, its
+data card, its results).
 """
 
 from __future__ import annotations
@@ -13,12 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cirbench.core.metrics import parse_metric
 from cirbench.core.options import check_options, did_you_mean
 from cirbench.core.types import Task, TaskMetadata
 
 Loader = Callable[..., Task]
 SubmissionWriter = Callable[[Task, Any, Path], list[Path]]
 """(task, run, out_dir) -> files written: the file a benchmark's test server accepts."""
+SubmissionChecker = Callable[[Any, int, "Path | None"], list[str]]
+"""(parsed file, its size in bytes, the data directory or None) -> every problem the server would reject."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,8 @@ class TaskSpec:
     size: str = ""
     """Human-readable size (queries / gallery per split) for `cirbench tasks`."""
     submission: SubmissionWriter | None = None
+    check_submission: SubmissionChecker | None = None
+    """Checks a test-server file before upload (`cirbench validate-submission`)."""
     options: dict[str, str] = field(default_factory=dict)
     """Task-specific options (name -> help) accepted as `--task-option name=value`."""
     family: str | None = None
@@ -56,10 +64,30 @@ _TASKS: dict[str, TaskSpec] = {}
 
 
 def register_task(spec: TaskSpec) -> TaskSpec:
+    """Add `spec` to the registry, refusing one that contradicts itself (checked once, at import)."""
     if spec.name in _TASKS and _TASKS[spec.name] is not spec:
         raise ValueError(f"task {spec.name!r} is already registered")
+    check_spec(spec)
     _TASKS[spec.name] = spec
     return spec
+
+
+def check_spec(spec: TaskSpec) -> None:
+    """A spec's splits, protocols and metrics must name each other consistently (ValueError otherwise)."""
+    where = f"task {spec.name!r}"
+    if not spec.splits or spec.default_split not in spec.splits:
+        raise ValueError(f"{where}: default split {spec.default_split!r} is not among {list(spec.splits)}")
+    if not spec.protocols or len(set(spec.protocols)) != len(spec.protocols):
+        raise ValueError(f"{where}: protocols must be a non-empty list of distinct names")
+    unknown = sorted(set(spec.protocol_metrics) - set(spec.protocols))
+    if unknown:
+        raise ValueError(f"{where}: protocol_metrics names unknown protocols {unknown}")
+    for protocol in spec.protocols:
+        metrics = spec.metrics_for(protocol)
+        if not metrics:
+            raise ValueError(f"{where}: protocol {protocol!r} advertises no metrics")
+        for m in metrics:
+            parse_metric(m)  # an unknown metric name fails here, naming the valid forms
 
 
 def list_tasks() -> list[TaskSpec]:
@@ -118,6 +146,7 @@ def get_task(
             hint = did_you_mean(protocol, spec.protocols)
             raise ValueError(f"task {name!r} has no protocol {protocol!r}{hint}; protocols: "
                              f"{', '.join(spec.protocols)}")
+        check_options(f"task {name!r}", options, spec.options, flag="--task-option")
         task = spec.load(data_root(data_dir, name), split, protocol, **options)
         if tuple(task.protocol.metrics) != spec.metrics_for(protocol):
             raise ValueError(

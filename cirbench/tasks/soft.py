@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
-from cirbench.tasks import cirr, fashioniq
+from cirbench.tasks._fashioniq_text import CATEGORIES, JOIN_NOTES, JOINS, join_captions
 from cirbench.tasks._files import (
     JsonFile,
     check_options,
@@ -31,7 +31,7 @@ from cirbench.tasks._files import (
     revision,
     typed_list,
 )
-from cirbench.tasks.registry import TaskSpec, register_task
+from cirbench.tasks.registry import TaskSpec, get_task_spec, register_task
 
 FAMILY = "soft"
 SPLITS = ("val",)
@@ -89,7 +89,7 @@ def _metadata(base: str, target_type: str) -> TaskMetadata:
         license="unknown: no licence recorded for the SoFT selection files; images under the base "
                 "benchmark's terms",
         citation=CITATION, pitfalls=PITFALLS,
-        taxonomy={c: c for c in fashioniq.CATEGORIES} if base == "fashioniq" else {},
+        taxonomy={c: c for c in CATEGORIES} if base == "fashioniq" else {},
     )
 
 
@@ -128,7 +128,7 @@ def _captions(value: Any, join: str, f: Path, n: int, field: str) -> tuple[str, 
     if isinstance(value, str):
         return value, ()
     if isinstance(value, list) and len(value) == 2 and all(isinstance(c, str) for c in value):
-        return fashioniq.join_captions(value[0], value[1], join)
+        return join_captions(value[0], value[1], join)
     raise DatasetError(f"expected a caption or a list of 2 captions, found {value!r:.60}", file=f, record=n,
                        field=field)
 
@@ -204,14 +204,19 @@ def _check_common(name: str, target_type: str, split: str, protocol: str, option
         raise ValueError(f"{name} has no protocol {protocol!r}; protocols: {list(allowed)}")
 
 
+def _load_base(name: str, data_dir: Path, protocol: str, **options: Any) -> Task:
+    """The base benchmark's val split, through its registered loader (a task module imports no other)."""
+    return get_task_spec(name).load(data_dir, "val", protocol, **options)
+
+
 def load_cirr(target_type: str, data_dir: Path | None, split: str, protocol: str, **options: Any) -> Task:
     """SoFT's CIRR-val variant: queries from the selection file, the gallery from CIRR's val split."""
     name = f"{FAMILY}-cirr-{target_type}"
     _check_common(name, target_type, split, protocol, options, OPTIONS)
     root = require_data_dir(data_dir, name, LAYOUT)
     check = parse_bool(options.get("check_images", True), "check_images")
-    base = cirr.load(_base_dir(root, "cirr", options.get("base_dir")), "val", "reference-kept",
-                     check_images=check)
+    base_dir = _base_dir(root, "cirr", options.get("base_dir"))
+    base = _load_base("cirr", base_dir, "reference-kept", check_images=check)
     sel = read_json(_selection_file(root, target_type, "cirr"), LAYOUT)
     paths = {it.id: it.image for it in base.corpus}
     queries, below = _queries(sel, target_type, None, set(paths), "CIRR's val image split", paths,
@@ -221,7 +226,7 @@ def load_cirr(target_type: str, data_dir: Path | None, split: str, protocol: str
         protocol=_protocol(protocol, target_type, base.protocol.pseudo_token_template, None,
                            f"all {len(base.corpus)} images of CIRR val (reference kept)", below),
         revision=revision([sel]) + f"+cirr:{base.revision}",
-        extra={"selection_file": os.fspath(sel.path), "base_dir": base.extra.get("annotations"),
+        extra={"selection_file": os.fspath(sel.path), "base_dir": os.fspath(base_dir),
                "targets_below_threshold": below},
     )
 
@@ -235,19 +240,20 @@ def load_fashioniq(target_type: str, data_dir: Path | None, split: str, protocol
     root = require_data_dir(data_dir, name, LAYOUT)
     check = parse_bool(options.get("check_images", True), "check_images")
     join = str(options.get("caption_join", "both-orders"))
-    if join not in fashioniq.JOINS:
-        raise ValueError(f"option caption_join must be one of {list(fashioniq.JOINS)}, not {join!r}")
+    if join not in JOINS:
+        raise ValueError(f"option caption_join must be one of {list(JOINS)}, not {join!r}")
     base_opts: dict[str, Any] = {"check_images": check}
     if options.get("categories") is not None:
         base_opts["categories"] = options["categories"]
-    base = fashioniq.load(_base_dir(root, "fashioniq", options.get("base_dir")), "val",
-                          "official" if join == "both-orders" else join, **base_opts)
+    base = _load_base("fashioniq", _base_dir(root, "fashioniq", options.get("base_dir")),
+                      "official" if join == "both-orders" else join, **base_opts)
     assert base.galleries is not None
     paths = {it.id: it.image for it in base.corpus}
     files: list[JsonFile] = []
     queries: list[Query] = []
     below = 0
-    for cat in base.extra["categories"]:
+    categories = list(base.galleries)  # in the order of the categories option
+    for cat in categories:
         sel = read_json(_selection_file(root, target_type, cat), LAYOUT)
         files.append(sel)
         qs, b = _queries(sel, target_type, cat, set(base.galleries[cat]),
@@ -260,7 +266,7 @@ def load_fashioniq(target_type: str, data_dir: Path | None, split: str, protocol
         protocol=_protocol(protocol, target_type, base.protocol.pseudo_token_template, join,
                            f"per category, the category's val image split ({sizes}); reference kept", below),
         revision=revision(files) + f"+fashioniq:{base.revision}", galleries=base.galleries,
-        extra={"categories": base.extra["categories"], "targets_below_threshold": below,
+        extra={"categories": categories, "targets_below_threshold": below,
                "selection_files": [os.fspath(f.path) for f in files]},
     )
 
@@ -286,7 +292,7 @@ def _protocol(name: str, target_type: str, template: str | None, join: str | Non
         notes["relevance"] = "target_image_name only; comparison_images are hard negatives"
         notes["text"] = "refined_caption"
     if join is not None:  # the FashionIQ variants: scored per category and averaged, as the base benchmark
-        notes["caption_join"] = fashioniq.JOIN_NOTES[join]
+        notes["caption_join"] = JOIN_NOTES[join]
         notes["aggregate"] = ("each metric per category (SoFT's mt_fiq / fiq score one category's queries "
                               "against its gallery at a time); the overall value is the mean of the "
                               "categories' values, as for FashionIQ, and its interval resamples queries "

@@ -17,10 +17,10 @@ from cirbench.core.dataset import MANIFEST, load_native, read_manifest
 from cirbench.core.types import Task, TaskMetadata
 from cirbench.tasks._files import check_options, parse_bool, parse_int
 from cirbench.tasks.registry import TaskSpec, register_task
+from cirbench.tasks.taxonomy import SYNTHETIC_METRICS
 
 SPLITS = ("test", "test_single", "train")
-METRICS = ("R@1", "R@5", "R@10", "R@50", "mAP@5", "mAP@10", "mAP@50")
-"""The protocol a synthetic build writes (cirbench.builders.synthetic.build.PROTOCOL uses these)."""
+METRICS = SYNTHETIC_METRICS
 OPTIONS = {
     "seed": "build seed (default: the preset's)",
     "progress": "true (default) or false: show the progress of the first build",

@@ -1,4 +1,5 @@
-"""EDIR's taxonomy, the one definition every builder and task shares: subcategory -> main category."""
+"""What builders and tasks share, defined once and importing nothing: EDIR's taxonomy (subcategory -> main
+category) and the synthetic benchmark's metrics (its builder writes them, its task advertises them)."""
 
 from __future__ import annotations
 
@@ -22,3 +23,6 @@ TAXONOMY: dict[str, str] = {
 """EDIR's 15 subcategories -> 5 main categories."""
 
 SUBCATEGORIES = tuple(TAXONOMY)
+
+SYNTHETIC_METRICS = ("R@1", "R@5", "R@10", "R@50", "mAP@5", "mAP@10", "mAP@50")
+"""The protocol a synthetic build writes (cirbench.builders.synthetic.build.PROTOCOL) and its task lists."""

@@ -6,7 +6,7 @@ a target is pooled from 15 frames; the query's own reference video is never retu
 mean(R@1, R@5, R@10), meanR4 = mean of all four.
 
 Frames are extracted once to image files (`cirbench.core.video.extract_frames`); each target is one corpus
-Item (its middle sampled frame) plus all its frame Items in `Task.extra["corpus_frames"]` for corpus-side
+Item (its middle sampled frame) plus all its frame Items in `Task.corpus_frames` for corpus-side
 averaging (`cirbench.core.video.expand_corpus`).
 """
 
@@ -22,8 +22,7 @@ from typing import Any
 
 from cirbench.core.paths import Root
 from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
-from cirbench.tasks._files import check_options, parse_choice, parse_int, require_data_dir
-from cirbench.tasks.mmlandmarks import CsvFile, read_csv
+from cirbench.tasks._files import CsvFile, check_options, parse_choice, parse_int, read_csv, require_data_dir
 from cirbench.tasks.registry import TaskSpec, register_task
 
 NAME = "webvid-covr"
@@ -74,7 +73,7 @@ METADATA = TaskMetadata(
     query_modality="image+text",
     corpus_modality="image",
     pitfalls=(
-        "A target is pooled from 15 frames; an evaluator that ignores Task.extra['corpus_frames'] scores "
+        "A target is pooled from 15 frames; an evaluator that ignores Task.corpus_frames scores "
         "one frame per target.",
         "The released evaluator pairs video ids sorted by pth2 with features in file order, so its "
         "self-exclusion is right only for a CSV sorted by pth2 (protocol paper-code reproduces it).",
@@ -220,9 +219,9 @@ def load(data_dir: Path | None, split: str, protocol: str = "official", **option
         metadata=METADATA, split=split, queries=queries, corpus=corpus,
         protocol=_protocol(protocol, len(corpus), n_frames, pool, n_weighted),
         revision=f"sha1:{f.digest[:16]}", has_labels=True,
+        corpus_frames=corpus_frames, corpus_frame_weights=weights if pool == "csv-scores" else None,
         extra={"dataset_dir": os.fspath(root), "video_dir": os.fspath(video_dir),
-               "frames_dir": os.fspath(frames_dir), "corpus_frames": corpus_frames,
-               "corpus_frame_weights": weights if pool == "csv-scores" else {}, "n_frames": n_frames},
+               "frames_dir": os.fspath(frames_dir), "n_frames": n_frames},
     )
 
 
@@ -257,7 +256,7 @@ def _protocol(name: str, n_targets: int, n_frames: int, pool: str, n_weighted: i
                   + ("mean" if pool == "mean" else
                      f"softmax(scores / {SCORE_TEMPERATURE})-weighted mean ({n_weighted} of {n_targets} "
                      "targets had usable CSV scores; the rest use the mean)")
-                  + ", re-normalised (Task.extra['corpus_frames'] / ['corpus_frame_weights'])",
+                  + ", re-normalised (Task.corpus_frames / Task.corpus_frame_weights)",
         "gallery": "every distinct target video (pth2) of the split",
         "exclusion": ("the released quirk: ids sorted by pth2 paired with features in file order "
                       "(Query.exclude_ids); equals the correct exclusion only for a CSV sorted by pth2"

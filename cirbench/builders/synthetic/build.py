@@ -21,7 +21,7 @@ from cirbench.core.dataset import ImageRecord, QueryRecord, SplitData, check_rep
 from cirbench.core.options import did_you_mean
 from cirbench.core.types import Protocol
 from cirbench.core.workers import process_pool
-from cirbench.tasks.synthetic import METRICS
+from cirbench.tasks.taxonomy import SYNTHETIC_METRICS as METRICS
 
 SPLIT_STREAMS = {"test": 0, "train": 1}
 """Each split draws from its own random stream, seeded by (seed, this number): disjoint by construction."""
