@@ -8,6 +8,7 @@ from cirbench.models import (  # noqa: F401  (importing registers them)
     embedded,
     gme,
     openclip,
+    recall,
     text,
     vlm,
 )
