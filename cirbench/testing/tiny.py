@@ -554,7 +554,7 @@ def build_tiny_mml_clip(out_dir: str | os.PathLike[str], clip_dir: str | os.Path
     def rand(*shape: int, scale: float = 0.3) -> Any:
         return torch.randn(*shape, generator=g) * scale
 
-    dim = int(clip.config.projection_dim)
+    dim = int(clip.config.projection_dim or 0)
     for head in ("ground", "satellite", "text"):
         state[f"{head}_projector.0.weight"] = rand(output_dim, dim)
         state[f"{head}_projector.0.bias"] = rand(output_dim, scale=0.1)
