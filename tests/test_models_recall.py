@@ -110,6 +110,21 @@ def test_prompt_pair_and_last_token_pooling(dirs: tuple[Path, Path], items: list
     np.testing.assert_allclose(enc.encode(batch, role="document"), enc.encode(batch, role="query"), atol=1e-6)
 
 
+def test_qwen25vl_backbone(dirs: tuple[Path, Path], items: list[Item], tmp_path: Path) -> None:
+    """ReCALL's main backbone: a Qwen2.5-VL checkpoint loads through the same path, as Qwen2_5_VLModel."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from cirbench.testing.tiny import build_tiny_qwen25vl
+
+    q25 = build_tiny_qwen25vl(tmp_path / "q25", dirs[0])
+    enc: Any = get_model(f"recall:{q25}", **TINY)
+    assert type(enc.model).__name__ == "Qwen2_5_VLModel" and enc.fingerprint()["model_type"] == "qwen2_5_vl"
+    batch = Batch(items, [it.load_image() for it in items])
+    vecs = enc.encode(batch, role="query")
+    stock = Qwen2_5_VLForConditionalGeneration.from_pretrained(q25).eval()
+    np.testing.assert_allclose(vecs, _by_hand(stock, dirs[0], items), atol=2e-5)
+
+
 def test_fingerprint_options_and_refusals(dirs: tuple[Path, Path], tmp_path: Path) -> None:
     base, lora = dirs
     enc: Any = get_model(f"recall:{lora}", **TINY)

@@ -572,3 +572,37 @@ def build_tiny_mml_clip(out_dir: str | os.PathLike[str], clip_dir: str | os.Path
     state["logit_scale"] = torch.tensor(2.6592)
     torch.save(state, out / "weights_best.pth")
     return out
+
+
+def build_tiny_qwen25vl(out_dir: str | os.PathLike[str], qwen2vl_dir: str | os.PathLike[str], *,
+                        seed: int = 0) -> Path:
+    """A random Qwen2_5_VLForConditionalGeneration with the tokenizer and image processor of a tiny Qwen2-VL
+    (build_tiny_gme's): the Qwen2.5-VL backbone ReCALL's paper uses, at the same tiny sizes."""
+    import shutil
+
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    src, out = Path(qwen2vl_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith(("model", "config", "generation")):
+            shutil.copy(f, out / f.name)
+    c = json.loads((src / "config.json").read_text())
+    tc = c["text_config"]
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=tc["vocab_size"], hidden_size=32, intermediate_size=37,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "mrope_section": [2, 1, 1]},
+                         bos_token_id=None, eos_token_id=tc.get("eos_token_id"),
+                         pad_token_id=tc.get("pad_token_id")),
+        vision_config=dict(depth=2, hidden_size=32, out_hidden_size=32, intermediate_size=37, num_heads=4,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           fullatt_block_indexes=[1]),
+        image_token_id=c["image_token_id"], video_token_id=c["video_token_id"],
+        vision_start_token_id=c["vision_start_token_id"], vision_end_token_id=c["vision_end_token_id"])
+    torch.manual_seed(seed)
+    Qwen2_5_VLForConditionalGeneration(cfg).eval().save_pretrained(out)
+    return out
