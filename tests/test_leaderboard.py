@@ -313,7 +313,7 @@ def test_seeded_reported_file() -> None:
     from Paracosm's own table as a separate class, no [2nd] row; each lands on a registered task/protocol."""
     rows = load_reported(REPO / "leaderboards" / "reported.csv")
     got = {(r.method, r.backbone, r.task, r.split, r.metric): r for r in rows}
-    assert len(got) == len(rows) == 110  # no duplicate (method, backbone, task, split, metric)
+    assert len(got) == len(rows) == 119  # no duplicate (method, backbone, task, split, metric)
     # a hand-picked value per source, as printed there (percentages; MedR a rank)
     expect = {
         ("Paracosm", "ViT-G/14", "circo", "test", "mAP@5"): (39.82, "primary", "shared-concept"),
@@ -325,7 +325,9 @@ def test_seeded_reported_file() -> None:
         ("MML-CLIP", "CLIP ViT-L/14-336 + location encoder", "mmlandmarks-t2s", "query", "MedR"):
             (712, "primary", "paper-code"),
         ("MML-CLIP", "CLIP ViT-L/14-336 + location encoder", "mmlandmarks-s2c", "query", "Acc@2500km"):
-            (98.9, "primary", "satellite-tiles"),
+            (98.9, "primary", "gps-gallery"),  # mml-codebase's GPS gallery, not cirbench's tiles
+        ("MML-CLIP", "CLIP ViT-L/14-336 + location encoder", "mmlandmarks-g2c", "query", "Acc@200km"):
+            (50.77, "primary", "gps-gallery"),
         ("X-Aligner", "BLIP-2 + X-Aligner layers (trained on WebVid-CoVR)", "webvid-covr", "test", "R@1"):
             (63.93, "primary", "official"),
     }

@@ -29,8 +29,36 @@ __all__ = [
     "geo_metric_name",
     "geo_per_query",
     "gps_columns",
+    "gps_text",
     "haversine_km",
+    "parse_gps_text",
 ]
+
+GPS_PREFIX = "gps:"
+"""A GPS point as an Item's content: `gps:<lat>,<lon>` (degrees, Python float repr). Tasks whose gallery is
+GPS points (MMLandmarks' gps-gallery protocol, corpus modality "gps") write it; models with a location
+encoder read it; models without one are refused for such a task before anything is encoded."""
+
+
+def gps_text(lat: float, lon: float) -> str:
+    """The Item text of a GPS point (round-trips exactly through `parse_gps_text`)."""
+    return f"{GPS_PREFIX}{float(lat)!r},{float(lon)!r}"
+
+
+def parse_gps_text(text: str | None) -> tuple[float, float] | None:
+    """(lat, lon) of an Item text written by `gps_text`; None for any other text or an out-of-range point."""
+    if text is None or not text.startswith(GPS_PREFIX):
+        return None
+    parts = text[len(GPS_PREFIX):].split(",")
+    if len(parts) != 2:
+        return None
+    try:
+        lat, lon = float(parts[0]), float(parts[1])
+    except ValueError:
+        return None
+    if not (math.isfinite(lat) and math.isfinite(lon) and abs(lat) <= 90 and abs(lon) <= 180):
+        return None
+    return lat, lon
 
 
 def geo_metric_name(threshold_km: float) -> str:

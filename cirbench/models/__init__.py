@@ -7,7 +7,9 @@ from cirbench.models import (  # noqa: F401  (importing registers them)
     e5v,
     embedded,
     gme,
+    mmlclip,
     openclip,
+    recall,
     text,
     vlm,
 )

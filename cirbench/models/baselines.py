@@ -220,6 +220,7 @@ RANDOM = ModelSpec(
     id="cirbench/random",
     revision="1",
     dim=64,
+    modalities=("image", "text", "image+text", "gps"),
     license="Apache-2.0",
     parameters=0,
     description="Seeded random vectors: chance level.",

@@ -100,7 +100,7 @@ VLM2VEC_OPTIONS = ("revision", "base_model", "base_revision", "device", "dtype",
                    "max_length", "prompt_style", "document_newline", "position_ids", "image_backend",
                    "trust_remote_code", "allow_pickle")
 PROMPT_STYLES = ("vlm2vec", "mteb")
-PIXEL_BUDGETS = ("eval", "checkpoint")
+PIXEL_BUDGETS = ("eval", "checkpoint", "eval-min-checkpoint-max")
 EVAL_BUDGET = (4 * 28 * 28, 1280 * 28 * 28)
 """VLM2Vec's src/arguments.py DataArguments.resize_min_pixels / resize_max_pixels, as eval.py runs them."""
 MIN_SIDE, SMALL_RESIZE = 28, (56, 56)
@@ -134,30 +134,37 @@ class VLM2VecEncoder:
     """VLM2Vec-V2 embeddings from a Qwen2-VL checkpoint or a peft adapter on one (see module docstring)."""
 
     family = "vlm2vec"
+    accepted_options: tuple[str, ...] = VLM2VEC_OPTIONS
+    default_pixel_budget = "eval"
+    model_types: dict[str, tuple[str, str]] = {
+        "qwen2_vl": ("Qwen2VLModel", "Qwen2VLForConditionalGeneration")}
+    """config model_type -> (transformers class of the decoder, of the full model a peft adapter wraps)."""
     base: str | None = None
     """The base model a peft adapter was merged into (None for a full checkpoint)."""
     base_revision: str | None = None
 
     def __init__(self, spec: ModelSpec | None = None, *, model_id: str | None = None, **options: Any) -> None:
-        opts, source, self.revision = T.adapter_target("vlm2vec", spec, model_id, options, VLM2VEC_OPTIONS)
+        opts, source, self.revision = T.adapter_target(self.family, spec, model_id, options,
+                                                       self.accepted_options)
         self.source = source
         self.device = T.resolve_device(opts.get("device"))
         self.dtype = T.canonical_dtype(opts.get("dtype"), "bfloat16" if self.device.startswith("cuda") else
                                        "float32")
         self.attn_implementation = T.opt_str(opts.get("attn_implementation"))
         self.max_length = T.opt_int(opts.get("max_length", 8192), "max_length")
-        self.prompt_style = str(opts.get("prompt_style", "vlm2vec")).lower()
-        if self.prompt_style not in PROMPT_STYLES:
+        self.prompt_style = str(opts.get("prompt_style", self.family)).lower()
+        if self.prompt_style not in (*PROMPT_STYLES, self.family):
             raise ValueError(f"prompt_style must be one of {list(PROMPT_STYLES)}, not {self.prompt_style!r}")
         self.document_newline = T.opt_bool(opts.get("document_newline", False), "document_newline")
         self.position_ids = str(opts.get("position_ids", "sequential")).lower()
         if self.position_ids not in ("sequential", "mrope"):
             raise ValueError("position_ids must be 'sequential' (VLM2Vec's model on its prompts) or "
                              f"'mrope', not {self.position_ids!r}")
-        self.pixel_budget = str(opts.get("pixel_budget", "eval")).lower()
+        self.pixel_budget = str(opts.get("pixel_budget", self.default_pixel_budget)).lower()
         if self.pixel_budget not in PIXEL_BUDGETS:
             raise ValueError(f"pixel_budget must be one of {list(PIXEL_BUDGETS)} (eval: VLM2Vec's eval.py, "
-                             "4..1280 tokens; checkpoint: the processor config's), not "
+                             "4..1280 tokens; checkpoint: the processor config's; eval-min-checkpoint-max: "
+                             "eval.py's minimum, the processor config's maximum), not "
                              f"{self.pixel_budget!r}")
         self.image_backend = T.parse_image_backend(opts.get("image_backend"))
         self.trc, self.allow_pickle = T.safety_options(opts)
@@ -182,17 +189,23 @@ class VLM2VecEncoder:
                                         extra={**dict(base.extra), "family": self.family})
 
     # ------------------------------------------------------------------ loading
-    def _from_pretrained(self, cls: Any, source: str, revision: str | None) -> tuple[Any, dict[str, Any]]:
-        """(model, weights fingerprint) of a Qwen2-VL checkpoint: a full model, or an adapter's base."""
-        T.checked_config(source, revision, trust_remote_code=self.trc, model_type="qwen2_vl",
-                         needs="the vlm2vec adapter implements VLM2Vec-V2 on Qwen2-VL")
+    def _from_pretrained(self, which: int, source: str, revision: str | None) -> tuple[Any, dict[str, Any]]:
+        """(model, weights fingerprint) of a Qwen2-VL checkpoint: the decoder (which=0) of a full model, or
+        the full model (which=1) an adapter goes on. The config's model_type picks the classes."""
+        import transformers
+
+        cfg = T.config_dict(source, revision)
+        T.check_remote_code(source, cfg, trust_remote_code=self.trc)
+        model_type = cfg.get("model_type")
+        if model_type not in self.model_types:
+            raise ValueError(f"{source} has model_type {model_type!r}; the {self.family} adapter loads "
+                             f"model_type {' or '.join(map(repr, self.model_types))}")
+        cls = getattr(transformers, self.model_types[str(model_type)][which])
         return T.load_pretrained(cls, source, revision=revision, dtype=self.dtype, trust_remote_code=self.trc,
                                  allow_pickle=self.allow_pickle, attn_implementation=self.attn_implementation)
 
     def _load_full(self, source: str, revision: str | None) -> Any:
-        from transformers import Qwen2VLModel
-
-        model, self.weights = self._from_pretrained(Qwen2VLModel, source, revision)
+        model, self.weights = self._from_pretrained(0, source, revision)
         return model
 
     def _load_adapter(self, adapter_cfg: str, opts: dict[str, Any]) -> tuple[Any, str, str | None]:
@@ -202,8 +215,6 @@ class VLM2VecEncoder:
         except ImportError as e:
             raise ImportError(f"{self.source} is a peft adapter (adapter_config.json); loading it needs the "
                               "`peft` package: pip install peft") from e
-        from transformers import Qwen2VLForConditionalGeneration
-
         with open(adapter_cfg) as f:
             acfg = json.load(f)
         base_id = T.opt_str(opts.get("base_model")) or acfg.get("base_model_name_or_path")
@@ -218,7 +229,7 @@ class VLM2VecEncoder:
                                  "from safetensors only")
             raise T.PickleRefused(f"{self.source} has no adapter_model.safetensors (only a pickle, if any); "
                                   "loading a pickle can run arbitrary code.")
-        full, base_weights = self._from_pretrained(Qwen2VLForConditionalGeneration, base, self.base_revision)
+        full, base_weights = self._from_pretrained(1, base, self.base_revision)
         merged, n_tensors = load_peft_adapter(full, self.source, weights, self.revision)
         self.weights = {"peft": {**T.weights_fingerprint(self.source, self.revision),
                                  "type": acfg.get("peft_type"), "use_dora": bool(acfg.get("use_dora")),
@@ -235,7 +246,8 @@ class VLM2VecEncoder:
         with T.quiet_transformers():
             saved = load_image_processor(source, kw, self.image_backend)
             unit = (int(saved.patch_size) * int(saved.merge_size)) ** 2
-            lo, hi = EVAL_BUDGET if self.pixel_budget == "eval" else pixel_budget(saved)
+            lo, hi = {"eval": EVAL_BUDGET, "checkpoint": pixel_budget(saved),
+                      "eval-min-checkpoint-max": (EVAL_BUDGET[0], pixel_budget(saved)[1])}[self.pixel_budget]
             if opts.get("min_pixels") is not None:
                 lo = T.opt_int(opts["min_pixels"], "min_pixels")
             elif opts.get("min_image_tokens") is not None:

@@ -16,6 +16,7 @@ ordinary negatives. Galleries are large (714k ground images): Items hold paths, 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from cirbench.core.geo import GEO_THRESHOLDS_KM, check_latlon, geo_metric_name, gps_columns
+from cirbench.core.geo import GEO_THRESHOLDS_KM, check_latlon, geo_metric_name, gps_columns, gps_text
 from cirbench.core.metrics import hit_matrix, parse_metric, per_query_metrics
 from cirbench.core.paths import Root
 from cirbench.core.protocol import register_scorer
@@ -49,7 +50,11 @@ RETRIEVAL = {"g2s": ("ground", "satellite"), "s2g": ("satellite", "ground"),
              "t2s": ("text", "satellite"), "t2g": ("text", "ground")}
 GEO = {"g2c": "ground", "s2c": "satellite", "t2c": "text"}
 RETRIEVAL_PROTOCOLS = ("paper-code", "full-gallery")
-GEO_PROTOCOLS = ("satellite-tiles",)
+GEO_PROTOCOLS = ("satellite-tiles", "gps-gallery")
+"""satellite-tiles (default): the gallery is satellite tiles, so any image model can be scored.
+gps-gallery: mml-codebase's own gallery of GPS points (index satellite coordinates + one point per query
+landmark, in that order), for models with a location encoder (corpus modality "gps", e.g. MML-CLIP)."""
+GPS_CORPUS = "gps"
 TEXT_SAMPLING = ("no_cues", "first", "random")
 TEXT_SEED = 42
 """`_load_text_data` calls random.seed(42) before sampling (mml-codebase eval_dataset.py)."""
@@ -107,6 +112,9 @@ PITFALLS = (
     "encoder can be scored; every query landmark's point is in every query's gallery (in S2C a landmark with "
     "a single tile keeps it, although it is the query). Numbers are comparable with the paper only in "
     "spirit.",
+    "Protocol gps-gallery is mml-codebase's own geolocalisation gallery (GPS points encoded by a location "
+    "encoder); only models that embed modality 'gps' (MML-CLIP) can run it, and its numbers are the ones "
+    "comparable with the paper's G2C/S2C/T2C.",
     "Text queries differ by sampling mode (no_cues, first, random); the mode is part of the protocol.",
     "Ties: mml-codebase orders by np.argsort(scores)[::-1] (later gallery items first); cirbench by corpus "
     "position.",
@@ -334,6 +342,8 @@ def load(direction: str, data_dir: Path | None, split: str, protocol: str, **opt
     rel = _Release(root)
     if direction in RETRIEVAL:
         return _retrieval(rel, direction, protocol, check, text_sampling)
+    if protocol == "gps-gallery":
+        return _geo_gps(rel, direction, protocol, check, text_sampling)
     return _geo(rel, direction, protocol, check, text_sampling)
 
 
@@ -468,6 +478,57 @@ def _geo(rel: _Release, direction: str, protocol: str, check: bool, text_samplin
         metadata=_metadata(direction), split="query", queries=queries, corpus=corpus,
         protocol=_geo_protocol(protocol, qmod, n_index, len(corpus) - n_index, tiles_csv, text_sampling,
                                single_tile),
+        revision=rel.revision(), gps=np.asarray(gps, dtype=np.float64).reshape(-1, 2),
+        run_columns=gps_columns,
+        extra={"dataset_dir": os.fspath(rel.root), "direction": direction, "n_index": n_index,
+               "text_sampling": text_sampling if qmod == "text" else None},
+    )
+
+
+def _geo_gps(rel: _Release, direction: str, protocol: str, check: bool, text_sampling: str) -> Task:
+    """mml-codebase's geolocalisation: the gallery is the GPS points themselves (evaluate_geolocalization.py
+    and evaluate_text.py concatenate mml_index_satellite.csv's lat/lon with mml_query.csv's)."""
+    qmod = GEO[direction]
+    landmarks = rel.landmarks()
+    index_ids, index_gps = rel.index_images("satellite")
+    assert index_gps is not None
+    corpus = [Item(id=f"{GPS_CORPUS}/index/{i}", text=gps_text(*p)) for i, p in zip(index_ids, index_gps)]
+    corpus += [Item(id=f"{GPS_CORPUS}/query/{lid}", text=gps_text(*p)) for lid, p in landmarks.items()]
+    gps = [*index_gps, *landmarks.values()]
+    queries = []
+    for lid, item, source in _query_items(rel, qmod, text_sampling):
+        if lid not in landmarks:
+            raise DatasetError(f"landmark {lid} has no GPS in mml_query.csv", file=rel.root / source,
+                               record=item.id, field="landmark_id")
+        lat, lon = landmarks[lid]
+        queries.append(Query(id=item.id, item=item, relevant_ids=(f"{GPS_CORPUS}/query/{lid}",),
+                             meta={"landmark_id": lid, "lat": lat, "lon": lon, "source": source}))
+    if check:
+        _check([os.fspath(q.item.image) for q in queries if isinstance(q.item.image, Path)], rel.root,
+               direction)
+    n_index = len(index_ids)
+    notes = {
+        "source": "Oshkr/mml-codebase evaluate_geolocalization.py, evaluate_text.py (T2C), geoutils.py",
+        "geo_scorer": "cirbench.core.geo:geo_hits on the run's pred_lat/pred_lon (GPS of the top-1 item) and "
+                      "lat/lon (the query's)",
+        "geo_metrics": ",".join(geo_metric_name(t) for t in GEO_THRESHOLDS_KM),
+        "prediction": "the GPS of the top-1 gallery point; haversine distance, R = 6,371 km, "
+                      "distance <= threshold",
+        "gallery": f"{n_index} index satellite coordinates (mml_index_satellite.csv) + {len(landmarks)} "
+                   "query landmark coordinates (mml_query.csv), as mml-codebase's GPS gallery; each point "
+                   "is an item of modality 'gps' (text gps:<lat>,<lon>), encoded by the model's location "
+                   "encoder",
+        "recall": "R@K: the query landmark's own point in the top K",
+    }
+    if qmod == "text":
+        notes["text_sampling"] = text_sampling
+    return Task(
+        metadata=dataclasses.replace(_metadata(direction), corpus_modality=GPS_CORPUS), split="query",
+        queries=queries, corpus=corpus,
+        protocol=Protocol(name=protocol, metrics=GEO_METRICS, main_metric="R@1", top_k=10,
+                          ap_normaliser="|G|", exclude_reference=False,
+                          gallery=f"{n_index} index + {len(landmarks)} query-landmark GPS points",
+                          notes=notes),
         revision=rel.revision(), gps=np.asarray(gps, dtype=np.float64).reshape(-1, 2),
         run_columns=gps_columns,
         extra={"dataset_dir": os.fspath(rel.root), "direction": direction, "n_index": n_index,

@@ -528,3 +528,81 @@ def build_tiny_qwen2vl_lora(out_dir: str | os.PathLike[str], base_dir: str | os.
         if f.is_file() and not f.name.startswith(("model", "config", "generation")):
             shutil.copy(f, out / f.name)
     return out
+
+
+def build_tiny_mml_clip(out_dir: str | os.PathLike[str], clip_dir: str | os.PathLike[str], *,
+                        output_dim: int = 16, fourier: int = 8, hidden: int = 24, scales: int = 3,
+                        sigmas: tuple[float, ...] = (2.0**0, 2.0**4, 2.0**8), seed: int = 0) -> Path:
+    """`weights_best.pth` as mml-codebase's train.py saves it (`torch.save(MmlCLIP.state_dict())`), around
+    the CLIPModel in `clip_dir` (e.g. build_tiny_clip's): the frozen backbone twice (`image_encoder.
+    clip_model.*`, `text_encoder.clip_model.*`), the three projection heads, the GeoCLIP location encoder
+    (`location_encoder.LocEnc{i}.capsule.{0.b,1,3,5}`, `.head`) and `logit_scale`. The names are those of
+    mmlandmarks/models/{mml_clip,location_encoder}.py; the widths are tiny (the released ones are 512
+    Fourier features, 1024 hidden, 512 out)."""
+    import torch
+    from transformers import CLIPModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clip = CLIPModel.from_pretrained(clip_dir)
+    state: dict[str, Any] = {}
+    for tower in ("image_encoder", "text_encoder"):
+        for k, v in clip.state_dict().items():
+            state[f"{tower}.clip_model.{k}"] = v.clone()
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int, scale: float = 0.3) -> Any:
+        return torch.randn(*shape, generator=g) * scale
+
+    dim = int(clip.config.projection_dim or 0)
+    for head in ("ground", "satellite", "text"):
+        state[f"{head}_projector.0.weight"] = rand(output_dim, dim)
+        state[f"{head}_projector.0.bias"] = rand(output_dim, scale=0.1)
+        state[f"{head}_projector.2.weight"] = rand(output_dim, output_dim)
+        state[f"{head}_projector.2.bias"] = rand(output_dim, scale=0.1)
+    for i in range(scales):
+        p = f"location_encoder.LocEnc{i}"
+        state[f"{p}.capsule.0.b"] = torch.randn(fourier, 2, generator=g) * sigmas[i % len(sigmas)]
+        widths = [2 * fourier, hidden, hidden, hidden]
+        for j, layer in enumerate((1, 3, 5)):
+            state[f"{p}.capsule.{layer}.weight"] = rand(widths[j + 1], widths[j])
+            state[f"{p}.capsule.{layer}.bias"] = rand(widths[j + 1], scale=0.1)
+        state[f"{p}.head.weight"] = rand(output_dim, hidden)
+        state[f"{p}.head.bias"] = rand(output_dim, scale=0.1)
+    state["logit_scale"] = torch.tensor(2.6592)
+    torch.save(state, out / "weights_best.pth")
+    return out
+
+
+def build_tiny_qwen25vl(out_dir: str | os.PathLike[str], qwen2vl_dir: str | os.PathLike[str], *,
+                        seed: int = 0) -> Path:
+    """A random Qwen2_5_VLForConditionalGeneration with the tokenizer and image processor of a tiny Qwen2-VL
+    (build_tiny_gme's): the Qwen2.5-VL backbone ReCALL's paper uses, at the same tiny sizes."""
+    import shutil
+
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    src, out = Path(qwen2vl_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and not f.name.startswith(("model", "config", "generation")):
+            shutil.copy(f, out / f.name)
+    c = json.loads((src / "config.json").read_text())
+    tc = c["text_config"]
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=tc["vocab_size"], hidden_size=32, intermediate_size=37,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                          "mrope_section": [2, 1, 1]},
+                         bos_token_id=None, eos_token_id=tc.get("eos_token_id"),
+                         pad_token_id=tc.get("pad_token_id")),
+        vision_config=dict(depth=2, hidden_size=32, out_hidden_size=32, intermediate_size=37, num_heads=4,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                           fullatt_block_indexes=[1]),
+        image_token_id=c["image_token_id"], video_token_id=c["video_token_id"],
+        vision_start_token_id=c["vision_start_token_id"], vision_end_token_id=c["vision_end_token_id"])
+    torch.manual_seed(seed)
+    Qwen2_5_VLForConditionalGeneration(cfg).eval().save_pretrained(out)
+    return out
