@@ -183,14 +183,20 @@ def eval_cmd(
     ] = False,
     bootstrap: Annotated[int, typer.Option(min=0, help="bootstrap resamples for the 95% CIs")] = 1000,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
-    rerank: Annotated[str | None, typer.Option(help="reranker: soft (SoFT soft filtering)")] = None,
-    constraints: Annotated[
-        Path | None, typer.Option(help="SoFT constraints file (JSON/JSONL by query id)")
+    retriever: Annotated[
+        str | None, typer.Option(help="a registered retriever instead of --model (cirbench retrievers)")
     ] = None,
-    rerank_lambda: Annotated[float, typer.Option(min=0.0, max=1.0, help="SoFT λ in [0, 1]")] = 0.5,
-    rerank_mode: Annotated[
-        str, typer.Option(help="SoFT mode: soft, reward, penalty, penalty-as-coded")
-    ] = "soft",
+    retriever_option: Annotated[
+        list[str] | None, typer.Option("--retriever-option", help="retriever option name=value")
+    ] = None,
+    rerank: Annotated[
+        list[str] | None, typer.Option("--rerank", help="a reranker, e.g. soft; repeat for a chain")
+    ] = None,
+    rerank_option: Annotated[
+        list[str] | None,
+        typer.Option("--rerank-option",
+                     help="reranker option [reranker.]name=value, e.g. constraints=c.json"),
+    ] = None,
     overwrite: Annotated[
         bool,
         typer.Option(
@@ -207,18 +213,15 @@ def eval_cmd(
     """Score a model on a task: prints the table and writes result.json, run.parquet (+ submission)."""
     from cirbench.display import result_table
     from cirbench.evaluation import EvalOptions, evaluate
-    from cirbench.retrieval.rerank.soft import MODES as RERANK_MODES
+    from cirbench.retrieval.base import get_retriever
     from cirbench.retrieval.search import SEARCH_BACKENDS, SEARCH_DTYPES
 
-    model_name = _one(model, DEFAULT_MODEL, "--model")
+    model_name = None if retriever is not None and not model else _one(model, DEFAULT_MODEL, "--model")
     task_name = _one(task, DEFAULT_TASK, "--task")
     _choice(search_dtype, SEARCH_DTYPES, "--search-dtype")
     _choice(search_backend, SEARCH_BACKENDS, "--search-backend")
-    _choice(rerank, ("soft",), "--rerank")
-    _choice(rerank_mode, RERANK_MODES, "--rerank-mode")
-    if rerank is not None and constraints is None:
-        raise typer.BadParameter("--rerank soft needs --constraints FILE (per-query SoFT constraints)",
-                                 param_hint="--constraints")
+    if retriever_option and retriever is None:
+        raise typer.BadParameter("--retriever-option needs --retriever NAME", param_hint="--retriever-option")
     if output is not None and output.exists() and not output.is_dir():
         raise typer.BadParameter(f"{str(output)!r} is a file, not a directory", param_hint="--output")
     _check_device(device)
@@ -239,13 +242,11 @@ def eval_cmd(
         n_bootstrap=bootstrap,
         seed=seed,
         progress=not quiet,
-        rerank=rerank,
-        constraints=constraints,
-        rerank_lambda=rerank_lambda,
-        rerank_mode=rerank_mode,
         overwrite=overwrite,
         allow_plugins=allow_plugins,
     )
+    rerankers = _rerankers(rerank or [], rerank_option or [])
+    built = get_retriever(retriever, **_kv(retriever_option, "--retriever-option")) if retriever else None
     result = evaluate(
         model_name,
         task_name,
@@ -257,6 +258,8 @@ def eval_cmd(
         options=opts,
         model_options=mopts,
         task_options=topts,
+        retriever=built,
+        rerankers=rerankers,
     )
     from cirbench.retrieval.distributed import world
 
@@ -287,6 +290,33 @@ def eval_cmd(
 
         for chart in write_result_plots([result], result.path.parent):
             _say(f"chart: {chart}")
+
+
+def _rerankers(names: list[str], options: list[str]) -> list[Any]:
+    """The reranker chain: `--rerank a --rerank b` with `--rerank-option [a.]name=value` for each.
+
+    A bare `name=value` goes to the only reranker; with a chain each option names its reranker."""
+    from cirbench.core.options import did_you_mean
+    from cirbench.retrieval.base import get_reranker
+
+    if options and not names:
+        raise typer.BadParameter("--rerank-option needs --rerank NAME", param_hint="--rerank-option")
+    per: dict[str, list[str]] = {n: [] for n in names}
+    for opt in options:
+        head, _, rest = opt.partition("=")
+        owner, dot, key = head.rpartition(".")
+        if not dot:
+            if len(names) > 1:
+                raise typer.BadParameter(f"{opt!r}: with several rerankers, name the one it is for "
+                                         f"({', '.join(n + '.' + head for n in names)})",
+                                         param_hint="--rerank-option")
+            owner, key = names[0], head
+        if owner not in per:
+            raise typer.BadParameter(f"{opt!r} is for {owner!r}, which is not in the chain "
+                                     f"({', '.join(names)}){did_you_mean(owner, names)}",
+                                     param_hint="--rerank-option")
+        per[owner].append(f"{key}={rest}" if _ else key)
+    return [get_reranker(n, **_kv(per[n], "--rerank-option")) for n in names]
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="print JSON (for scripts)")]

@@ -1,4 +1,10 @@
-"""The eval flow: task -> encode (cached) -> exact top-K search -> metrics per category -> result files."""
+"""The eval flow: load the task -> a Retriever makes a Run -> Rerankers make new Runs -> score -> write.
+
+`Dense(encoder)` (cirbench.retrieval.dense) is the retriever for `--model`; other retrievers and the
+rerankers come from their registries (cirbench.retrieval.base). Everything that is known before any work
+(task, model, protocol as used, bootstrap settings) is recorded first, so an identical stored result is
+reused and a different one refused before a single vector is computed.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +13,24 @@ import os
 import platform
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import cirbench
-from cirbench.core.cache import EmbeddingCache, default_cache_dir
 from cirbench.core.metrics import parse_metric
 from cirbench.core.run import Run
 from cirbench.core.scoring import breakdowns, grouped_scores, per_query_values, query_strata
-from cirbench.core.types import Item, Role, Task
-from cirbench.core.video import expand_corpus
-from cirbench.models.base import Encoder, bind_task, check_modalities
+from cirbench.core.types import Task
+from cirbench.models.base import Encoder
 from cirbench.models.registry import get_model
+from cirbench.retrieval.base import TAIL_RULE, Context, Reranker, Retriever
+from cirbench.retrieval.dense import Dense, resolve_instruction
 from cirbench.retrieval.distributed import init_from_env, world
-from cirbench.retrieval.encode import encode_items
-from cirbench.retrieval.search import exact_search, subset_search
 from cirbench.tasks.registry import get_task, get_task_spec
+
+__all__ = ["EvalOptions", "evaluate", "resolve_instruction"]
 
 
 @dataclass
@@ -47,11 +51,6 @@ class EvalOptions:
     confidence: float = 0.95
     seed: int = 0
     progress: bool = True
-    rerank: str | None = None
-    """None, or "soft" (SoFT soft filtering with constraints from `constraints`)."""
-    constraints: str | os.PathLike[str] | None = None
-    rerank_lambda: float = 0.5
-    rerank_mode: str = "soft"
     overwrite: bool = False
     """Compute and replace whatever result the output folder holds. Without it, an identical result there is
     reused (nothing is computed) and a different one is refused."""
@@ -64,128 +63,6 @@ class EvalOptions:
                                  ("--workers", self.workers, 0), ("--bootstrap", self.n_bootstrap, 0)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise ValueError(f"{flag} must be an integer >= {low}, not {value!r}")
-        if not 0.0 <= float(self.rerank_lambda) <= 1.0:
-            raise ValueError(f"--rerank-lambda must be in [0, 1], not {self.rerank_lambda!r}")
-
-
-def resolve_instruction(encoder: Encoder, task: Task, role: Role) -> str | None:
-    """Model's instruction for this task, else the task's default, else the model's generic default."""
-    spec_inst = encoder.spec.default_instructions
-    return spec_inst.get(f"{task.name}:{role}") or task.metadata.instructions.get(role) or spec_inst.get(role)
-
-
-def query_items(task: Task) -> tuple[list[Item], list[list[int]]]:
-    """All query-side Items (main + alternatives, text template applied) and, per query, their rows."""
-    template = task.protocol.text_template
-    items: list[Item] = []
-    rows: list[list[int]] = []
-    for q in task.queries:
-        group = []
-        for it in (q.item, *q.alt_items):
-            text = template.format(text=it.text) if it.text is not None else None
-            group.append(len(items))
-            items.append(replace(it, text=text))
-        rows.append(group)
-    return items, rows
-
-
-def _encode(
-    encoder: Encoder, items: list[Item], role: Role, instruction: str | None, opts: EvalOptions, label: str
-) -> tuple[np.ndarray, dict[str, Any]]:
-    cache = None
-    if opts.use_cache:
-        root = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
-        cache = EmbeddingCache(
-            root, {"model": encoder.fingerprint(), "role": role, "instruction": instruction}
-        )
-    return encode_items(
-        encoder,
-        items,
-        role=role,
-        instruction=instruction,
-        cache=cache,
-        batch_size=opts.batch_size,
-        workers=opts.workers,
-        progress=opts.progress,
-        description=label,
-    )
-
-
-def _mean_vectors(
-    vecs: np.ndarray, rows: list[list[int]], weights: list[list[float]] | None = None
-) -> np.ndarray:
-    """One vector per group of rows: the (weighted) mean, re-normalised (query phrasings, video frames)."""
-    if all(len(r) == 1 for r in rows):
-        return vecs[[r[0] for r in rows]]
-    out = np.stack(
-        [
-            np.average(vecs[r], axis=0, weights=None if weights is None else weights[i])
-            for i, r in enumerate(rows)
-        ]
-    )
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-
-def search_task(task: Task, qv: np.ndarray, cv: np.ndarray, k: int, opts: EvalOptions) -> Run:
-    """Exact top-k per query within its gallery, reference/exclusions removed per the protocol."""
-    from cirbench.core.types import query_exclusions
-
-    pos = task.corpus_positions
-    excl = query_exclusions(task)
-    relevant = [[pos[c] for c in q.relevant_ids] for q in task.queries]
-    nq = len(task.queries)
-    indices = np.full((nq, k), -1, dtype=np.int64)
-    scores = np.full((nq, k), -np.inf, dtype=np.float32)
-    first = np.zeros(nq, dtype=np.int64)
-    groups: dict[str | None, list[int]] = {}
-    for i, q in enumerate(task.queries):
-        groups.setdefault(q.gallery, []).append(i)
-    for gallery, qidx in groups.items():
-        if gallery is None:
-            gpos = np.arange(len(task.corpus))
-        else:
-            assert task.galleries is not None
-            gpos = np.asarray(sorted(pos[c] for c in task.galleries[gallery]), dtype=np.int64)
-        local = {int(p): j for j, p in enumerate(gpos)}
-        res = exact_search(
-            qv[qidx],
-            cv[gpos],
-            k,
-            exclude=[[local[p] for p in excl[i] if p in local] for i in qidx],
-            relevant=[[local[p] for p in relevant[i] if p in local] for i in qidx],
-            dtype=opts.search_dtype,
-            device=opts.device,
-            backend=opts.search_backend,
-            progress=opts.progress,
-        )
-        kk = res.indices.shape[1]
-        mapped = np.where(res.indices >= 0, gpos[np.maximum(res.indices, 0)], -1)
-        indices[qidx, :kk] = mapped
-        scores[qidx, :kk] = res.scores
-        if res.first_relevant_rank is not None:
-            first[qidx] = res.first_relevant_rank
-    run = Run(
-        query_ids=[q.id for q in task.queries],
-        corpus_ids=[it.id for it in task.corpus],
-        indices=indices,
-        scores=scores,
-        first_relevant_rank=first if task.has_labels else None,
-    )
-    with_subset = [i for i, q in enumerate(task.queries) if q.candidate_ids is not None]
-    if with_subset:
-        sub_k = max(
-            [3]
-            + [
-                parse_metric(m).k or 0
-                for m in task.protocol.metrics
-                if parse_metric(m).kind == "recall_subset"
-            ]
-        )
-        sub = subset_search(
-            qv, cv, [[pos[c] for c in (q.candidate_ids or ())] for q in task.queries], sub_k, exclude=excl
-        )
-        run.subset_indices, run.subset_scores = sub.indices, sub.scores
-    return run
 
 
 def _hardware(device: str) -> dict[str, Any]:
@@ -253,6 +130,7 @@ def identity(result: cirbench.Result) -> dict[str, Any]:
         "protocol": result.protocol,
         "bootstrap": {k: result.bootstrap.get(k) for k in ("n_resamples", "confidence", "seed")},
         "cirbench_version": result.cirbench_version,
+        "retrieval": {k: result.retrieval.get(k) for k in ("retriever", "rerankers")},
     }
     return dict(json.loads(json.dumps(d, sort_keys=True, default=str)))
 
@@ -294,7 +172,7 @@ def _dtype_option(opts: EvalOptions, mopts: dict[str, Any]) -> str | None:
 
 
 def evaluate(
-    model: str | Encoder,
+    model: str | Encoder | None,
     task: str | Task,
     *,
     split: str | None = None,
@@ -305,32 +183,71 @@ def evaluate(
     options: EvalOptions | None = None,
     model_options: Mapping[str, Any] | None = None,
     task_options: Mapping[str, Any] | None = None,
+    retriever: Retriever | None = None,
+    rerankers: Sequence[Reranker] = (),
 ) -> cirbench.Result:
-    """Score `model` on `task` and write result.json + run.parquet (+ a submission file) under `output`.
+    """Score `model` (or `retriever`) on `task` and write result.json + run.parquet (+ a submission file).
 
-    `model` is an Encoder or a registry name; `task` a Task or a registry name / native dataset path.
-    An identical result already in `output` (same task, revision, model fingerprint, protocol, bootstrap
-    and cirbench version) is returned as it is (`Result.skipped`); a different one is replaced only with
-    `options.overwrite`.
+    `model` is an Encoder or a registry name, evaluated as `Dense(model)`; pass `model=None` and a
+    `retriever` for anything else. `rerankers` reorder the run in turn. `task` is a Task or a registry
+    name / native dataset path. An identical result already in `output` (same task, revision, retrieval,
+    protocol, bootstrap and cirbench version) is returned as it is (`Result.skipped`); a different one is
+    replaced only with `options.overwrite`.
     """
-    from cirbench.core.result import Result
-    from cirbench.models._torch import canonical_dtype
-
     opts = options or EvalOptions()
     device = resolve_eval_device(init_from_env(opts.device))
     if device != opts.device:
         opts = replace(opts, device=device)
-    rank = world()[0]
-    started = _dt.datetime.now(_dt.timezone.utc)
-    t0 = time.perf_counter()
+    started, t0 = _dt.datetime.now(_dt.timezone.utc), time.perf_counter()
+    task = _load_task(task, split, data_dir, protocol, limit, task_options)
+    retriever, mopts = _retriever(model, retriever, opts, model_options)
+    task = retriever.prepare(task)
+    ctx = _context(task, opts)
+    out = Path(output) if output is not None else default_output(
+        task, _model_record(retriever, mopts)["name"], "+".join(r.spec.name for r in rerankers) or None)
+    result = _planned_result(task, retriever, rerankers, ctx, opts, mopts)
+    existing = _existing(out, result, opts.overwrite)  # every rank decides alike: none waits alone
+    if existing is not None:
+        return existing
+
+    run = retriever.retrieve(task, ctx)
+    for reranker in rerankers:
+        run = reranker.rerank(task, run, ctx, retriever)
+
+    table = run.to_table(task)
+    if task.has_labels:
+        result.scores = _score(table, task, opts)
+    result.encoding = dict(getattr(retriever, "encoding", {}))
+    result.retrieval["cost"] = ctx.cost.to_dict()
+    result.files = {"run": RUN_FILE}
+    if world()[0] == 0:  # under torchrun, only rank 0 writes
+        result.provenance = {"started_at": started.isoformat(timespec="seconds"),
+                             "wall_time_s": round(time.perf_counter() - t0, 3), **_hardware(opts.device)}
+        _write(result, task, run, table, out)
+    return result
+
+
+def _load_task(task: str | Task, split: str | None, data_dir: str | os.PathLike[str] | None,
+               protocol: str | None, limit: int | None, task_options: Mapping[str, Any] | None) -> Task:
     if isinstance(task, str):
-        task = get_task(
-            task, split, data_dir=data_dir, protocol=protocol, limit=limit, **(task_options or {})
-        )
-    else:
-        task.validate()
-        task = task.limit(limit)
+        return get_task(task, split, data_dir=data_dir, protocol=protocol, limit=limit,
+                        **(task_options or {}))
+    task.validate()
+    return task.limit(limit)
+
+
+def _retriever(model: str | Encoder | None, retriever: Retriever | None, opts: EvalOptions,
+               model_options: Mapping[str, Any] | None) -> tuple[Retriever, dict[str, Any]]:
+    """The retriever to run and the model options as used (for `--model`: `Dense` of that model)."""
+    from cirbench.models._torch import canonical_dtype
+
     mopts = dict(model_options or {})
+    if retriever is not None:
+        if model is not None or mopts:
+            raise ValueError("give either a model (--model) or a retriever (--retriever), not both")
+        return retriever, mopts
+    if model is None:
+        raise ValueError("nothing to evaluate: give a model (--model) or a retriever (--retriever)")
     dtype = _dtype_option(opts, mopts)
     mopts.pop("dtype", None)
     if dtype is not None:
@@ -341,108 +258,74 @@ def evaluate(
     if dtype is not None and canonical_dtype(encoder.spec.dtype, "float32") != dtype:
         raise ValueError(f"model {encoder.spec.name!r} computes in {encoder.spec.dtype}, so it cannot run "
                          f"in the {dtype} that was asked for; leave --dtype out")
-    check_modalities(
-        encoder.spec, {"query": task.metadata.query_modality, "corpus": task.metadata.corpus_modality}
-    )
-    encoder, task = bind_task(encoder, task)
+    return Dense(encoder), mopts
+
+
+def _context(task: Task, opts: EvalOptions) -> Context:
     k = opts.top_k or task.protocol.top_k
     for m in task.protocol.metrics:
         mk = parse_metric(m).k
         if mk is not None and parse_metric(m).kind != "recall_subset" and mk > k:
             raise ValueError(f"metric {m} needs a run of depth {mk}, but --top-k is {k}")
+    return Context(top_k=k, device=opts.device, batch_size=opts.batch_size, workers=opts.workers,
+                   use_cache=opts.use_cache, cache_dir=Path(opts.cache_dir) if opts.cache_dir else None,
+                   progress=opts.progress, search_dtype=opts.search_dtype, search_backend=opts.search_backend,
+                   seed=opts.seed)
 
-    q_inst = resolve_instruction(encoder, task, "query")
-    d_inst = resolve_instruction(encoder, task, "document")
-    c_items, c_rows, c_weights = expand_corpus(task)  # video targets: several frames per gallery item
-    items, rows = query_items(task)
-    out = Path(output) if output is not None else default_output(task, encoder.spec.name, opts.rerank)
-    result = Result(  # everything but the scores and the timings is known before any encoding
-        task={
-            "name": task.name,
-            "split": task.split,
-            "revision": task.revision,
-            "num_queries": len(task.queries),
-            "num_corpus": len(task.corpus),
-            "limit": task.extra.get("limit"),
-            "has_labels": task.has_labels,
-            "dataset_dir": task.extra.get("dataset_dir"),
-            "version": task.extra.get("version"),
-        },
-        model={
-            **encoder.spec.to_dict(),  # its dtype is the one used: recorded once, not again in options
-            "fingerprint": encoder.fingerprint(),
-            "options": {k_: str(v) for k_, v in mopts.items() if k_ != "dtype"},
-        },
-        protocol={
-            **task.protocol.to_dict(),
-            "instructions": {"query": q_inst, "document": d_inst},
-            "search": {
-                "top_k": k,
-                "dtype": opts.search_dtype,
-                "backend": opts.search_backend,
-                "tie_break": "score desc, then corpus position asc",
-            },
-            "query_vector": "mean of main + alternative phrasings"
-            if any(len(r) > 1 for r in rows)
-            else "single item",
-            "corpus_vector": "mean of its frames' vectors"
-            if any(len(r) > 1 for r in c_rows)
-            else "single item",
-            **({"rerank": _rerank_record(opts, k)} if opts.rerank else {}),
-        },
+
+def _model_record(retriever: Retriever, mopts: Mapping[str, Any]) -> dict[str, Any]:
+    """result.model: the encoder of a single-model retriever, else the retriever itself."""
+    encoder = getattr(retriever, "encoder", None)
+    if encoder is not None:
+        return {**encoder.spec.to_dict(),  # its dtype is the one used: recorded once, not again in options
+                "fingerprint": encoder.fingerprint(),
+                "options": {k: str(v) for k, v in mopts.items() if k != "dtype"}}
+    return {"name": retriever.spec.name, "id": None, "fingerprint": retriever.fingerprint(), "options": {}}
+
+
+def _planned_result(task: Task, retriever: Retriever, rerankers: Sequence[Reranker], ctx: Context,
+                    opts: EvalOptions, mopts: Mapping[str, Any]) -> cirbench.Result:
+    """Everything but the scores and the timings, known before any work."""
+    from cirbench.core.result import Result
+
+    chain = [r.describe(task, ctx) for r in rerankers]
+    return Result(
+        task={"name": task.name, "split": task.split, "revision": task.revision,
+              "num_queries": len(task.queries), "num_corpus": len(task.corpus),
+              "limit": task.extra.get("limit"), "has_labels": task.has_labels,
+              "dataset_dir": task.extra.get("dataset_dir"), "version": task.extra.get("version")},
+        model=_model_record(retriever, mopts),
+        protocol={**task.protocol.to_dict(), **retriever.describe(task, ctx),
+                  **({"rerank": chain[0] if len(chain) == 1 else chain} if chain else {})},
         main_metric=task.protocol.main_metric,
         scores={"overall": {}},
-        bootstrap={
-            "n_resamples": opts.n_bootstrap,
-            "confidence": opts.confidence,
-            "seed": opts.seed,
-            "method": "percentile bootstrap over queries (scipy.stats.bootstrap)"
-            + (", resampled within each category" if task.protocol.aggregate == "categories" else ""),
-        },
+        bootstrap={"n_resamples": opts.n_bootstrap, "confidence": opts.confidence, "seed": opts.seed,
+                   "method": "percentile bootstrap over queries (scipy.stats.bootstrap)"
+                   + (", resampled within each category" if task.protocol.aggregate == "categories" else "")},
+        retrieval={"retriever": {"name": retriever.spec.name, "fingerprint": retriever.fingerprint()},
+                   "rerankers": [{"name": r.spec.name, "fingerprint": r.fingerprint()} for r in rerankers],
+                   **({"tail_rule": TAIL_RULE} if rerankers else {})},
         cirbench_version=cirbench.__version__,
     )
-    existing = _existing(out, result, opts.overwrite)  # every rank decides alike: none waits alone
-    if existing is not None:
-        return existing
 
-    cv_all, c_stats = _encode(encoder, c_items, "document", d_inst, opts, "encoding gallery")
-    cv = _mean_vectors(cv_all, c_rows, c_weights)
-    qv_all, q_stats = _encode(encoder, items, "query", q_inst, opts, "encoding queries")
-    qv = _mean_vectors(qv_all, rows)
-    run = search_task(task, qv, cv, k, opts)
-    if opts.rerank:
-        run = _rerank(run, task, encoder, cv, opts)
 
-    table = run.to_table(task)
-    if task.has_labels:
-        protocol_d = task.protocol.to_dict()
-        values = per_query_values(table, protocol_d)
-        groups = breakdowns(table, protocol_d)
-        result.scores = grouped_scores(
-            values,
-            groups,
-            n_resamples=opts.n_bootstrap,
-            confidence=opts.confidence,
-            seed=opts.seed,
-            strata=query_strata(protocol_d, groups, len(task.queries)),
-        )
-    result.encoding = {"document": c_stats, "query": q_stats}
-    result.files = {"run": RUN_FILE}
-    if rank == 0:  # under torchrun, only rank 0 writes
-        writer = _submission_writer(task)
-        if writer is not None and task.extra.get("limit") is not None:
-            result.files["submission_skipped"] = (
-                f"--limit {task.extra['limit']}: {len(task.queries)} of "
-                f"{task.extra.get('queries_before_limit', '?')} queries, and a server file needs all of them"
-            )
-            writer = None
-        result.provenance = {
-            "started_at": started.isoformat(timespec="seconds"),
-            "wall_time_s": round(time.perf_counter() - t0, 3),
-            **_hardware(opts.device),
-        }
-        write_result(result, table, out, lambda: writer(task, run, out) if writer is not None else [])
-    return result
+def _score(table: Any, task: Task, opts: EvalOptions) -> Any:
+    protocol_d = task.protocol.to_dict()
+    values = per_query_values(table, protocol_d)
+    groups = breakdowns(table, protocol_d)
+    return grouped_scores(values, groups, n_resamples=opts.n_bootstrap, confidence=opts.confidence,
+                          seed=opts.seed, strata=query_strata(protocol_d, groups, len(task.queries)))
+
+
+def _write(result: cirbench.Result, task: Task, run: Run, table: Any, out: Path) -> None:
+    """The result files, with the test server's file for a full unlabelled split."""
+    writer = _submission_writer(task)
+    if writer is not None and task.extra.get("limit") is not None:
+        result.files["submission_skipped"] = (
+            f"--limit {task.extra['limit']}: {len(task.queries)} of "
+            f"{task.extra.get('queries_before_limit', '?')} queries, and a server file needs all of them")
+        writer = None
+    write_result(result, table, out, lambda: writer(task, run, out) if writer is not None else [])
 
 
 RUN_FILE = "run.parquet"
@@ -486,40 +369,6 @@ def _remove_old_result(out: Path) -> None:
         p = (out / str(name)).resolve()
         if p.parent == root and p.is_file():  # only files of this folder, whatever the old file says
             p.unlink()
-
-
-def _rerank_record(opts: EvalOptions, depth: int) -> dict[str, Any]:
-    """What the protocol records about the re-ranker (known before the run exists)."""
-    from cirbench.retrieval.rerank.soft import soft_protocol
-
-    if opts.rerank != "soft":
-        raise ValueError(f"unknown reranker {opts.rerank!r}; available: soft")
-    if opts.constraints is None:
-        raise ValueError("--rerank soft needs --constraints FILE (per-query SoFT constraints)")
-    return soft_protocol(lam=opts.rerank_lambda, mode=opts.rerank_mode, depth=depth,
-                         constraints=opts.constraints)
-
-
-def _rerank(run: Run, task: Task, encoder: Encoder, cv: np.ndarray, opts: EvalOptions) -> Run:
-    """The run re-ranked by SoFT soft filtering (the protocol record comes from `_rerank_record`)."""
-    from cirbench.retrieval.rerank.soft import constraint_scores, load_constraints, rerank_run
-
-    assert opts.constraints is not None
-    constraints = load_constraints(opts.constraints)
-    reward, penalty = constraint_scores(
-        encoder, constraints, run.query_ids, cv, run.indices, progress=opts.progress
-    )
-    pos = task.corpus_positions
-    new = rerank_run(
-        run,
-        reward,
-        penalty,
-        lam=opts.rerank_lambda,
-        mode=opts.rerank_mode,
-        relevant=[[pos[c] for c in q.relevant_ids] for q in task.queries],
-    )
-    run.indices, run.scores, run.first_relevant_rank = new.indices, new.scores, new.first_relevant_rank
-    return run
 
 
 def _submission_writer(task: Task) -> Any:

@@ -1654,24 +1654,24 @@ def c_cli_rerank_unknown(w: Path) -> Spec:
 
 @case("cli")
 def c_cli_rerank_no_constraints(w: Path) -> Spec:
-    return _cli(w, "--rerank", "soft", expect=("--constraints",))
+    return _cli(w, "--rerank", "soft", expect=("--rerank-option constraints=",))
 
 
 @case("cli")
 def c_cli_rerank_lambda(w: Path) -> Spec:
-    return _cli(w, "--rerank", "soft", "--constraints", str(w / "c.json"), "--rerank-lambda", "2",
-                expect=("--rerank-lambda", "1"))
+    return _cli(w, "--rerank", "soft", "--rerank-option", f"constraints={w / 'c.json'}", "--rerank-option",
+                "lambda=2", expect=("lambda", "[0, 1]"))
 
 
 @case("cli")
 def c_cli_rerank_mode(w: Path) -> Spec:
-    return _cli(w, "--rerank", "soft", "--constraints", str(w / "c.json"), "--rerank-mode", "harsh",
-                expect=("harsh",))
+    return _cli(w, "--rerank", "soft", "--rerank-option", f"constraints={w / 'c.json'}", "--rerank-option",
+                "mode=harsh", expect=("harsh",))
 
 
 @case("cli")
 def c_cli_constraints_missing(w: Path) -> Spec:
-    return _cli(w, "--rerank", "soft", "--constraints", str(w / "c.json"), expect=("c.json",))
+    return _cli(w, "--rerank", "soft", "--rerank-option", f"constraints={w / 'c.json'}", expect=("c.json",))
 
 
 @case("cli")

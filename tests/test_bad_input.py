@@ -146,8 +146,7 @@ def test_tasks_name_lists_splits_protocols_and_options() -> None:
 
 
 @pytest.mark.parametrize("flag, value", [("--limit", "-5"), ("--limit", "0"), ("--batch-size", "0"),
-                                         ("--top-k", "0"), ("--workers", "-1"), ("--bootstrap", "-3"),
-                                         ("--rerank-lambda", "2")])
+                                         ("--top-k", "0"), ("--workers", "-1"), ("--bootstrap", "-3")])
 def test_out_of_range_values(tiny_dataset: Path, tmp_path: Path, flag: str, value: str) -> None:
     text = refused(*ev(tmp_path / "o", str(tiny_dataset), flag, value))
     parts(text, f"'{flag}'")
@@ -159,7 +158,15 @@ def test_choices_and_repeats(tiny_dataset: Path, tmp_path: Path) -> None:
     parts(refused(*ev(tmp_path / "o", t, "--search-dtype", "float8")),
           "'float8' is not one of float32, bfloat16")
     parts(refused(*ev(tmp_path / "o", t, "--search-backend", "fais")), "did you mean 'faiss'")
-    parts(refused(*ev(tmp_path / "o", t, "--rerank", "soft")), "--constraints")
+    parts(refused(*ev(tmp_path / "o", t, "--rerank", "soft")), "needs --rerank-option constraints=")
+    parts(refused(*ev(tmp_path / "o", t, "--rerank", "sotf")), "unknown reranker 'sotf'",
+          "did you mean 'soft'")
+    parts(refused(*ev(tmp_path / "o", t, "--rerank", "soft", "--rerank-option", "constrants=c.json")),
+          "did you mean 'constraints'", "--rerank-option names")
+    parts(refused(*ev(tmp_path / "o", t, "--rerank", "soft", "--rerank-option", "constraints=c.json",
+                      "--rerank-option", "lambda=2")), "lambda must be in [0, 1]")
+    parts(refused(*ev(tmp_path / "o", t, "--rerank-option", "lambda=1")), "--rerank-option needs --rerank")
+    parts(refused(*ev(tmp_path / "o", t, "--retriever", "rff")), "did you mean 'rrf'")
     parts(refused(*ev(tmp_path / "o", t, "-t", "cirr")), "--task is given 2 times", "one model on one task")
     parts(refused(*ev(tmp_path / "o", t, "-m", "cirbench-fusion")), "--model is given 2 times")
     parts(refused(*ev(tmp_path / "o", t, "--option", "seed")), "name=value")

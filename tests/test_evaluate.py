@@ -16,6 +16,7 @@ from cirbench.core.result import Result
 from cirbench.core.run import read_run_table
 from cirbench.core.scoring import per_query_values
 from cirbench.evaluation import EvalOptions
+from cirbench.retrieval.base import get_reranker
 
 QUIET = EvalOptions(progress=False, n_bootstrap=200)
 
@@ -146,11 +147,10 @@ def test_soft_rerank_in_the_flow(tiny_dataset: Path, tmp_path: Path) -> None:
     pq.write_table(pa.concat_tables([table, extra.cast(table.schema)]), vectors)
     constraints = tmp_path / "constraints.json"
     constraints.write_text(json.dumps({"q1": {"prescriptive": "a green square"}, "q2": {}, "q3": {}}))
-    opts = EvalOptions(
-        progress=False, n_bootstrap=0, rerank="soft", constraints=constraints, rerank_lambda=1.0
-    )
     result = cirbench.evaluate(
-        f"precomputed:{vectors}", str(tiny_dataset), output=tmp_path / "o", options=opts
+        f"precomputed:{vectors}", str(tiny_dataset), output=tmp_path / "o",
+        options=EvalOptions(progress=False, n_bootstrap=0),
+        rerankers=[get_reranker("soft", constraints=constraints, **{"lambda": 1.0})],
     )
     # q1: c = 0.7·(1+0-0)/2 = .35 < b = 0.5·(1+1-0)/2 = .5 -> b first; q2, q3 keep their order
     assert result.overall["R@1"].value == pytest.approx(1.0)

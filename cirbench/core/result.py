@@ -73,6 +73,9 @@ class Result:
     encoding: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     files: dict[str, Any] = field(default_factory=dict)
+    retrieval: dict[str, Any] = field(default_factory=dict)
+    """How the run was made: the retriever and the reranker chain (names, fingerprints), the tail rule,
+    and the cost per stage (seconds, model calls, tokens)."""
     cirbench_version: str = ""
     schema_version: str = SCHEMA_VERSION
     path: Path | None = field(default=None, compare=False, repr=False)
@@ -107,6 +110,7 @@ class Result:
             "encoding",
             "provenance",
             "files",
+            "retrieval",
         ]
         return {k: d[k] for k in order}
 
@@ -149,6 +153,7 @@ class Result:
             encoding=d.get("encoding", {}),
             provenance=d.get("provenance", {}),
             files=d.get("files", {}),
+            retrieval=d.get("retrieval", {}),
             cirbench_version=d.get("cirbench_version", ""),
             schema_version=d["schema_version"],
             path=path,

@@ -15,9 +15,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
 
 from cirbench.core.run import Run
 from cirbench.core.types import Task
@@ -65,6 +67,9 @@ class Context:
     search_backend: str = "torch"
     seed: int = 0
     cost: Cost = field(default_factory=Cost)
+    vectors: dict[Any, Any] = field(default_factory=dict)
+    """Vectors computed during this eval, by who computed them for what: a reranker that scores the
+    gallery with the retriever's own model reads them here instead of encoding the gallery again."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,8 @@ class ComponentSpec:
     description: str
     options: Mapping[str, str] = field(default_factory=dict)
     """option name -> one line: type, default and meaning (what `cirbench methods` / `--help` shows)."""
+    required: tuple[str, ...] = ()
+    """Options without a default: refused before anything runs when one is missing."""
 
 
 @runtime_checkable
@@ -85,6 +92,14 @@ class Retriever(Protocol):
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that changes the Run (models, options, prompts): recorded in the result."""
+        ...
+
+    def prepare(self, task: Task) -> Task:
+        """Refuse a task it cannot serve (before any work); return the task, adapted if it must be."""
+        ...
+
+    def describe(self, task: Task, ctx: Context) -> dict[str, Any]:
+        """What the result's protocol records about how the run is made, known before any work."""
         ...
 
     def retrieve(self, task: Task, ctx: Context) -> Run: ...
@@ -100,7 +115,30 @@ class Reranker(Protocol):
 
     def fingerprint(self) -> dict[str, Any]: ...
 
-    def rerank(self, task: Task, run: Run, ctx: Context) -> Run: ...
+    def describe(self, task: Task, ctx: Context) -> dict[str, Any]:
+        """What the result records about this reranker, known before any work."""
+        ...
+
+    def rerank(self, task: Task, run: Run, ctx: Context, base: Retriever) -> Run:
+        """A new Run; `base` is the retriever that made the first one (a reranker may re-use its model)."""
+        ...
+
+
+def rerank_head(run: Run, depth: int | None, reorder: Callable[[Run], Run]) -> Run:
+    """`reorder` applied to the first `depth` ids of every query; the rest follow `TAIL_RULE`.
+
+    The one implementation of the tail rule: `reorder` sees a Run cut to the head and returns it reordered
+    (it may change the scores and the subset ranking); the tail keeps the base order and scores, after the
+    head. The rank of the first relevant item is the head's where it fell in the head, else unchanged.
+    """
+    width = run.indices.shape[1]
+    d = width if depth is None else max(0, min(int(depth), width))
+    head = replace(run, indices=run.indices[:, :d].copy(), scores=run.scores[:, :d].copy())
+    new = reorder(head)
+    if d == width:
+        return new
+    return replace(new, indices=np.concatenate([new.indices, run.indices[:, d:]], axis=1),
+                   scores=np.concatenate([new.scores, run.scores[:, d:]], axis=1).astype(np.float32))
 
 
 RetrieverFactory = Callable[..., Retriever]
@@ -134,7 +172,12 @@ def _get(table: dict[str, _Entry], kind: str, name: str, options: Mapping[str, A
         raise KeyError(f"unknown {kind} {name!r}{did_you_mean(name, table)}; "
                        f"available: {', '.join(sorted(table))}")
     entry = table[name]
-    check_options(f"{kind} {name!r}", options, entry.spec.options)
+    flag = f"--{kind}-option" if kind == "retriever" else "--rerank-option"
+    check_options(f"{kind} {name!r}", options, entry.spec.options, flag=flag)
+    missing = [o for o in entry.spec.required if o not in options]
+    if missing:
+        raise ValueError(f"{kind} {name!r} needs {', '.join(f'{flag} {o}=...' for o in missing)} "
+                         f"({entry.spec.options.get(missing[0], '')})")
     return entry.factory(**options)
 
 
@@ -160,4 +203,4 @@ def list_rerankers() -> list[ComponentSpec]:
 
 def _import_builtin() -> None:
     """Importing the built-in modules registers them (no string imports of project code)."""
-    from cirbench.retrieval import rerank  # noqa: F401
+    from cirbench.retrieval import late_interaction, rerank, rrf  # noqa: F401

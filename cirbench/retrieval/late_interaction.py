@@ -11,9 +11,16 @@ rank of the first relevant item.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
+from cirbench.core.run import Run
+from cirbench.core.types import Task, query_exclusions
+from cirbench.models.base import check_modalities
+from cirbench.retrieval.base import ComponentSpec, Context, register_retriever
+from cirbench.retrieval.dense import TIE_BREAK, encode, query_items, resolve_instruction, subset_depth
 from cirbench.retrieval.search import SearchResult
 
 _PAIR_BUDGET = 32 << 20
@@ -83,3 +90,112 @@ def rank_scores(
             hits = np.flatnonzero(is_rel)
             first[i] = hits[0] + 1 if len(hits) else 0
     return SearchResult(indices=indices, scores=top, first_relevant_rank=first)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The retriever
+# ------------------------------------------------------------------------------------------------------
+
+SPEC = ComponentSpec(
+    name="late-interaction",
+    description="token sets of one model scored by their best pair (CoVR's CIRR scorer for BLIP-2); the "
+                "model needs the encode_tokens hook",
+    options={"model": "a model name whose encoder has encode_tokens (e.g. blip2, blip2:DIR)",
+             "device": "cpu, cuda, ... (default cpu): where the model runs"},
+    required=("model",),
+)
+SCORER = "max over (query token, gallery token) pairs of the dot product of normalised tokens"
+
+
+@dataclass
+class TokenSets:
+    """An Encoder view whose vector is an item's token set, flattened, so the embedding cache keeps it.
+
+    The encode loop normalises each flattened row, i.e. divides unit tokens by sqrt(tokens); `unflatten`
+    undoes that."""
+
+    inner: Any
+    spec: Any = None
+    n_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        self.spec = self.inner.spec
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**self.inner.fingerprint(), "output": "token-sets"}
+
+    def __getattr__(self, name: str) -> Any:  # preprocess / read_image hooks of the inner encoder
+        if name in ("inner", "spec", "n_tokens"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def encode(self, batch: Any, *, role: Any, instruction: str | None = None) -> np.ndarray:
+        tokens = np.asarray(self.inner.encode_tokens(batch, role=role, instruction=instruction), np.float32)
+        self.n_tokens = tokens.shape[1]
+        return tokens.reshape(tokens.shape[0], -1)
+
+    def unflatten(self, flat: np.ndarray) -> np.ndarray:
+        dim = int(self.inner.spec.dim)
+        t = flat.shape[1] // dim
+        return flat.reshape(flat.shape[0], t, dim) * np.float32(np.sqrt(t))
+
+
+@dataclass
+class LateInteraction:
+    encoder: Any
+    spec: ComponentSpec = SPEC
+
+    def __post_init__(self) -> None:
+        if not callable(getattr(self.encoder, "encode_tokens", None)):
+            raise ValueError(f"model {self.encoder.spec.name!r} has no token sets (encode_tokens): "
+                             "late-interaction needs a model such as blip2")
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"retriever": "late-interaction", "scorer": SCORER, "model": self.encoder.fingerprint()}
+
+    def prepare(self, task: Task) -> Task:
+        check_modalities(self.encoder.spec, {"query": task.metadata.query_modality,
+                                             "corpus": task.metadata.corpus_modality})
+        if task.corpus_frames or any(q.alt_items for q in task.queries):
+            raise ValueError(f"task {task.name!r} averages several items per query or gallery entry, which "
+                             "token sets cannot express; use the dense retriever")
+        return task
+
+    def describe(self, task: Task, ctx: Context) -> dict[str, Any]:
+        return {"instructions": {"query": resolve_instruction(self.encoder, task, "query"),
+                                 "document": resolve_instruction(self.encoder, task, "document")},
+                "search": {"top_k": ctx.top_k, "scorer": SCORER, "tie_break": TIE_BREAK}}
+
+    def retrieve(self, task: Task, ctx: Context) -> Run:
+        view = TokenSets(self.encoder)
+        d_inst = resolve_instruction(self.encoder, task, "document")
+        gallery, _ = encode(view, list(task.corpus), "document", d_inst, ctx, "encoding gallery tokens")
+        items, _ = query_items(task)
+        queries, _ = encode(view, items, "query", resolve_instruction(self.encoder, task, "query"), ctx,
+                            "encoding query tokens")
+        with ctx.cost.timed("search"):
+            scores = maxsim_scores(view.unflatten(queries), view.unflatten(gallery), device=ctx.device)
+        pos = task.corpus_positions
+        excl = query_exclusions(task)
+        every = list(range(len(task.corpus)))
+        allowed = [every if q.gallery is None or task.galleries is None
+                   else sorted(pos[c] for c in task.galleries[q.gallery]) for q in task.queries]
+        relevant = [[pos[c] for c in q.relevant_ids] for q in task.queries] if task.has_labels else None
+        top = rank_scores(scores, ctx.top_k, exclude=excl, relevant=relevant, candidates=allowed)
+        run = Run(query_ids=[q.id for q in task.queries], corpus_ids=[it.id for it in task.corpus],
+                  indices=top.indices, scores=top.scores, first_relevant_rank=top.first_relevant_rank)
+        if any(q.candidate_ids is not None for q in task.queries):
+            sub = rank_scores(scores, subset_depth(task), exclude=excl,
+                              candidates=[[pos[c] for c in (q.candidate_ids or ())] for q in task.queries])
+            run = replace(run, subset_indices=sub.indices, subset_scores=sub.scores)
+        return run
+
+
+def _factory(*, model: str, device: str = "cpu") -> LateInteraction:
+    from cirbench.models.registry import get_model
+
+    extra: dict[str, Any] = {} if device == "cpu" else {"device": device}
+    return LateInteraction(get_model(model, **extra))
+
+
+register_retriever(SPEC, _factory)

@@ -24,14 +24,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cirbench.core.run import Run
-from cirbench.core.types import DatasetError, Item
+from cirbench.core.types import DatasetError, Item, Task
+from cirbench.retrieval.base import ComponentSpec, Context, Retriever, rerank_head
 
 if TYPE_CHECKING:
     from cirbench.core.cache import EmbeddingCache
@@ -329,3 +330,82 @@ def constraint_scores(encoder: Encoder, constraints: Mapping[str, Constraint], q
             if caps:
                 out[row, ok] = (cand @ tv[caps].T).mean(axis=1)
     return reward, penalty
+
+
+# ------------------------------------------------------------------------------------------------------
+# The Reranker
+# ------------------------------------------------------------------------------------------------------
+
+OPTIONS = {
+    "constraints": "path (required): the SoFT constraints file, JSON or JSONL keyed by query id",
+    "lambda": "float in [0, 1], default 0.5: weight of the constraint term",
+    "mode": f"one of {', '.join(MODES)}, default soft",
+    "depth": "int, default the run's depth: how many of each query's top ids are re-ranked",
+    "allow_missing": "bool, default false: a query without constraints keeps r = p = 0 (else an error)",
+}
+
+
+SPEC = ComponentSpec(name="soft", description="SoFT soft filtering with prescriptive and proscriptive "
+                     "captions (jjungyujin/SoFT)", options=OPTIONS,
+                     required=("constraints",))
+
+
+@dataclass
+class SoftReranker:
+    """SoFT soft filtering as a Reranker: re-scores the head of a Run with the base retriever's model.
+
+    The captions are embedded by the model of the retriever it follows (a `Dense` one), against the same
+    gallery vectors the search used; `depth` ids are re-ranked and the rest keep the base order.
+    """
+
+    constraints: str | os.PathLike[str]
+    lam: float = 0.5
+    mode: str = "soft"
+    depth: int | None = None
+    allow_missing: bool = False
+    spec: ComponentSpec = field(default_factory=lambda: SPEC)
+
+    def __post_init__(self) -> None:
+        try:
+            check_mode(self.mode, float(self.lam))
+        except ValueError as e:
+            raise ValueError(f"reranker 'soft': {e} (--rerank-option lambda=..., mode=...)") from None
+        if self.depth is not None and (isinstance(self.depth, bool) or int(self.depth) < 1):
+            raise ValueError(f"soft depth must be an integer >= 1, not {self.depth!r}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"reranker": "soft", "lambda": float(self.lam), "mode": self.mode, "depth": self.depth,
+                "constraints": os.fspath(self.constraints), "allow_missing": self.allow_missing}
+
+    def describe(self, task: Task, ctx: Context) -> dict[str, Any]:
+        depth = ctx.top_k if self.depth is None else min(int(self.depth), ctx.top_k)
+        return soft_protocol(lam=self.lam, mode=self.mode, depth=depth, constraints=self.constraints)
+
+    def rerank(self, task: Task, run: Run, ctx: Context, base: Retriever) -> Run:
+        from cirbench.retrieval.dense import Dense
+
+        if not isinstance(base, Dense):
+            raise ValueError("--rerank soft follows a single-model retriever (--model): it embeds the "
+                             "constraint captions with that model")
+        constraints = load_constraints(self.constraints)
+        cv = base.corpus_vectors(task, ctx)
+        pos = task.corpus_positions
+        relevant = [[pos[c] for c in q.relevant_ids] for q in task.queries]
+
+        def reorder(head: Run) -> Run:
+            with ctx.cost.timed("rerank-soft"):
+                reward, penalty = constraint_scores(base.encoder, constraints, head.query_ids, cv,
+                                                    head.indices, allow_missing=self.allow_missing,
+                                                    progress=ctx.progress)
+                return rerank_run(head, reward, penalty, lam=self.lam, mode=self.mode, relevant=relevant)
+
+        return rerank_head(run, self.depth, reorder)
+
+
+def _factory(*, constraints: str | os.PathLike[str], mode: str = "soft", depth: int | None = None,
+             allow_missing: bool = False, **rest: Any) -> SoftReranker:
+    lam = float(rest.pop("lambda", 0.5))
+    return SoftReranker(constraints=constraints, lam=lam, mode=mode,
+                        depth=None if depth is None else int(depth), allow_missing=bool(allow_missing))
+
+
