@@ -184,3 +184,62 @@ def test_text_length_follows_covr_test_scripts(blip2_dir: Path) -> None:
                                atol=1e-6)
     assert not np.allclose(v64, get_model(f"blip2:{blip2_dir}", max_length=32).encode(batch, role="query"),
                            atol=1e-4)
+
+
+def _token_sets_by_hand(blip2_dir: Path, items: list[Item]) -> np.ndarray:
+    """Per item, its normalised query-token outputs as CoVR's CIRR script keeps them (`vl_feat` for a
+    composed query: ITM pass + text_proj; `image_embeds` for a gallery image), via transformers' forward."""
+    import torch
+    from transformers import AutoProcessor, Blip2ForImageTextRetrieval
+
+    from cirbench.models.blip2 import pre_caption
+
+    model = Blip2ForImageTextRetrieval.from_pretrained(blip2_dir).eval()
+    proc = AutoProcessor.from_pretrained(blip2_dir)
+    sets = []
+    for it in items:
+        inp = proc(images=[it.load_image()], text=[pre_caption(it.text) if it.text else "x"],
+                   return_tensors="pt")
+        with torch.inference_mode():
+            if it.text is not None:
+                out = model(**inp, use_image_text_matching_head=True)
+                h = out.text_model_output.last_hidden_state[:, : model.config.num_query_tokens]
+                sets.append(torch.nn.functional.normalize(model.text_projection(h), dim=-1)[0].numpy())
+            else:
+                sets.append(model(**inp).image_embeds[0].numpy())
+    return np.stack(sets)
+
+
+def test_covr_cirr_scorer_max_over_token_pairs(blip2_dir: Path, tiny_dataset: Path, tmp_path: Path) -> None:
+    """`--retriever late-interaction` ranks as CoVR's cirr.py: einsum('iqe,jke->ijqk'), max, max, the
+    reference set to -100, argsort descending."""
+    import json
+
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from cirbench.cli import app
+    from cirbench.tasks.registry import get_task
+
+    out = tmp_path / "li"
+    res = CliRunner().invoke(app, ["eval", "--retriever", "late-interaction", "--retriever-option",
+                                   f"model=blip2:{blip2_dir}", "-t", str(tiny_dataset), "-o", str(out), "-q",
+                                   "--bootstrap", "5", "--no-cache"])
+    assert res.exit_code == 0, res.output
+    task = get_task(str(tiny_dataset))
+    q = _token_sets_by_hand(blip2_dir, [x.item for x in task.queries])
+    g = _token_sets_by_hand(blip2_dir, list(task.corpus))
+    sims = np.einsum("iqe,jke->ijqk", q, g).max(-1).max(-1)
+    ids = [it.id for it in task.corpus]
+    for i, query in enumerate(task.queries):
+        sims[i, ids.index(query.reference_id)] = -100  # type: ignore[arg-type]
+    table = pq.read_table(out / "run.parquet").to_pylist()
+    for i, row in enumerate(table):
+        want = [ids[j] for j in np.argsort(-sims[i], kind="stable") if sims[i, j] > -100]
+        assert row["ranked_ids"] == want[: len(row["ranked_ids"])]
+        best = np.sort(sims[i][sims[i] > -100])[::-1]
+        np.testing.assert_allclose(row["scores"], best[: len(row["scores"])], atol=2e-5)
+    result = json.loads((out / "result.json").read_text())
+    assert result["retrieval"]["retriever"]["name"] == "late-interaction"
+    assert "max over" in result["protocol"]["search"]["scorer"]
+    assert result["model"]["name"] == f"blip2:{blip2_dir}"
