@@ -22,7 +22,7 @@ from cirbench.core.scoring import breakdowns, grouped_scores, per_query_values, 
 from cirbench.core.types import Item, Role, Task
 from cirbench.core.video import expand_corpus
 from cirbench.models.base import Encoder, bind_task, check_modalities
-from cirbench.models.registry import get_model
+from cirbench.models.lazy import load_model
 from cirbench.retrieval.distributed import init_from_env, world
 from cirbench.retrieval.encode import encode_items
 from cirbench.retrieval.search import exact_search, subset_search
@@ -89,14 +89,17 @@ def query_items(task: Task) -> tuple[list[Item], list[list[int]]]:
     return items, rows
 
 
+def _cache_root(opts: EvalOptions) -> Path:
+    return Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
+
+
 def _encode(
     encoder: Encoder, items: list[Item], role: Role, instruction: str | None, opts: EvalOptions, label: str
 ) -> tuple[np.ndarray, dict[str, Any]]:
     cache = None
     if opts.use_cache:
-        root = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
         cache = EmbeddingCache(
-            root, {"model": encoder.fingerprint(), "role": role, "instruction": instruction}
+            _cache_root(opts), {"model": encoder.fingerprint(), "role": role, "instruction": instruction}
         )
     return encode_items(
         encoder,
@@ -337,7 +340,11 @@ def evaluate(
         mopts["dtype"] = dtype
     if opts.device != "cpu":
         mopts.setdefault("device", opts.device)
-    encoder = get_model(model, allow_plugins=opts.allow_plugins, **mopts) if isinstance(model, str) else model
+    if isinstance(model, str):  # with the cache, a model whose vectors are all cached loads no weights
+        encoder = load_model(model, _cache_root(opts) if opts.use_cache else None,
+                             allow_plugins=opts.allow_plugins, **mopts)
+    else:
+        encoder = model
     if dtype is not None and canonical_dtype(encoder.spec.dtype, "float32") != dtype:
         raise ValueError(f"model {encoder.spec.name!r} computes in {encoder.spec.dtype}, so it cannot run "
                          f"in the {dtype} that was asked for; leave --dtype out")
