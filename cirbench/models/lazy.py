@@ -24,9 +24,9 @@ import hashlib
 import json
 import os
 import re
+import sys
 import threading
 from collections.abc import Callable, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -182,8 +182,18 @@ def _tree_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def _packages() -> list[tuple[str, str]]:
-    return sorted((d.metadata["Name"] or "", d.version) for d in metadata.distributions())
+def _packages() -> list[str]:
+    """Every installed distribution, by its metadata folder's name (which carries name and version) and
+    mtime: listing the folders is ~100x cheaper than parsing each one's METADATA."""
+    found = []
+    for entry in dict.fromkeys(sys.path):
+        try:
+            with os.scandir(entry or ".") as it:
+                found += [f"{e.name}:{e.stat().st_mtime_ns}" for e in it
+                          if e.name.endswith((".dist-info", ".egg-info", ".egg-link"))]
+        except OSError:
+            continue
+    return sorted(found)
 
 
 def _gpus() -> list[str]:
