@@ -1,6 +1,6 @@
 """Before/after identity of a restructure: every task fixture under every protocol, plus the demo.
 
-    python scripts/identity_check.py snapshot OUT.json [--demo]   # on one checkout
+    python scripts/identity_check.py snapshot OUT.json [--demo] [--fixtures DIR]   # on one checkout
     python scripts/identity_check.py compare BEFORE.json AFTER.json
 
 For each registered task and each of its protocols, the task's test fixture (tests/task_fixtures.py) is
@@ -8,12 +8,18 @@ evaluated with the `random` baseline and a tiny CLIP saved to disk; SoFT tasks a
 and a constraints file. A snapshot keeps each result's scores, protocol and main metric and a hash of
 run.parquet's rows, so two checkouts can be compared number by number. Only the public API is used
 (cirbench.evaluate, cirbench.get_task), so the same script runs on both sides of a move.
+
+The fixtures and the tiny CLIP are written once to `--fixtures DIR` (default: the system temp folder) and
+re-used by every later snapshot: an image's cache key includes its path and mtime, so fixtures written
+anew would give the `random` baseline other vectors. The embedding cache is new for every snapshot, so
+each side encodes everything itself.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -46,23 +52,28 @@ def _record(out: Path) -> dict[str, Any]:
             "main_metric": result["main_metric"], "run": _run_hash(out / "run.parquet")}
 
 
-def snapshot(dest: Path, demo: bool) -> None:
+def snapshot(dest: Path, demo: bool, fixtures: Path) -> None:
     import cirbench
     from cirbench.testing.tiny import build_tiny_clip
     from tests.task_fixtures import WRITERS, fixture_name
 
-    Options = getattr(sys.modules[cirbench.evaluate.__module__], "EvalOptions")
+    Options = sys.modules[cirbench.evaluate.__module__].EvalOptions
     quiet = dict(progress=False, n_bootstrap=20)
     cases: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        clip = build_tiny_clip(tmp / "clip")
-        made: dict[str, Path] = {}
+        clip = fixtures / "clip"
+        if not (clip / "config.json").exists():
+            build_tiny_clip(clip)
         for spec in cirbench.list_tasks():
             key = fixture_name(spec.name)
-            if key not in made:
-                made[key] = WRITERS[key](tmp / "fixtures" / key / "data")
-            data = made[key]
+            done = fixtures / key / "written"
+            data = fixtures / key / "data"
+            if not done.exists():
+                shutil.rmtree(fixtures / key, ignore_errors=True)
+                data = WRITERS[key](data)
+                done.write_text(str(data))
+            data = Path(done.read_text())
             for protocol in spec.protocols:
                 for model in ("random", f"hf-clip:{clip}"):
                     name = f"{spec.name}:{protocol}:{'clip' if 'clip' in model else model}"
@@ -73,7 +84,7 @@ def snapshot(dest: Path, demo: bool) -> None:
                     print(name, json.dumps(cases[name]["scores"]["overall"])[:100], flush=True)
                 if spec.name.startswith("soft-") and protocol == spec.protocols[0]:
                     task = cirbench.get_task(spec.name, data_dir=data)
-                    cons = tmp / f"{spec.name}-constraints.json"
+                    cons = fixtures / f"{spec.name}-constraints.json"  # its path is in the protocol
                     cons.write_text(json.dumps({q.id: {"prescriptive": "a red object",
                                                        "proscriptive": "a blue object"}
                                                 for q in task.queries}))
@@ -97,6 +108,15 @@ def snapshot(dest: Path, demo: bool) -> None:
     print(f"{len(cases)} results -> {dest}")
 
 
+def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
 def compare(before: Path, after: Path) -> int:
     a, b = json.loads(before.read_text()), json.loads(after.read_text())
     same = [k for k in a if k in b and a[k] == b[k]]
@@ -104,6 +124,11 @@ def compare(before: Path, after: Path) -> int:
     for k in differ:
         parts = [f for f in ("scores", "protocol", "main_metric", "run") if a[k][f] != b[k][f]]
         print(f"DIFFERS {k}: {', '.join(parts)}")
+        if "protocol" in parts:
+            pa, pb = _leaves(a[k]["protocol"]), _leaves(b[k]["protocol"])
+            for leaf in sorted(set(pa) | set(pb)):
+                if pa.get(leaf) != pb.get(leaf):
+                    print(f"    protocol.{leaf}: {str(pa.get(leaf))[:90]!r} -> {str(pb.get(leaf))[:90]!r}")
     for k in sorted(set(a) ^ set(b)):
         print(f"ONLY IN {'before' if k in a else 'after'}: {k}")
     print(f"{len(same)} identical, {len(differ)} differ, {len(set(a) ^ set(b))} unmatched")
@@ -112,7 +137,9 @@ def compare(before: Path, after: Path) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["snapshot"]:
-        snapshot(Path(sys.argv[2]), "--demo" in sys.argv)
+        where = sys.argv[sys.argv.index("--fixtures") + 1] if "--fixtures" in sys.argv else None
+        snapshot(Path(sys.argv[2]), "--demo" in sys.argv,
+                 Path(where or Path(tempfile.gettempdir()) / "cirbench-identity-fixtures"))
     elif sys.argv[1:2] == ["compare"]:
         sys.exit(compare(Path(sys.argv[2]), Path(sys.argv[3])))
     else:

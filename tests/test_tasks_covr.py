@@ -15,7 +15,7 @@ import pytest
 
 av = pytest.importorskip("av")
 
-from cirbench import video  # noqa: E402
+from cirbench.core import video  # noqa: E402
 from cirbench.core.metrics import per_query_metrics  # noqa: E402
 from cirbench.core.types import DatasetError, query_exclusions  # noqa: E402
 from cirbench.tasks import get_task  # noqa: E402

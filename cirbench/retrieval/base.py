@@ -1,0 +1,163 @@
+"""The retrieval seam: a Retriever turns a Task into a Run, a Reranker turns a Run into a new Run.
+
+`evaluate()` is load -> retrieve -> rerank* -> score -> write; everything a retrieval method needs beyond
+the task comes in one `Context` (device, cache, batch size, progress, seed, the cost meter). A Retriever
+sees the task only through its queries, corpus and protocol (exclusions, galleries, subsets); it never
+computes a metric. A Reranker reorders only the first `depth` ids of each query and leaves the rest in the
+base order (the tail rule, `TAIL_RULE`, recorded in every result). Neither changes the Run it is given.
+
+New ones register with `register_retriever` / `register_reranker` (metadata as data, as Encoders do), so
+adding one is one new module plus its registration.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from cirbench.core.run import Run
+from cirbench.core.types import Task
+
+TAIL_RULE = "ids below the reranker's depth keep the base run's order and scores, after the reranked head"
+
+
+@dataclass
+class Cost:
+    """What a run spent, per stage: model calls, tokens, diffusion steps, seconds (a result field)."""
+
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def add(self, stage: str, **amounts: float) -> None:
+        """Add to a stage's counters, e.g. `cost.add("rewrite", lmm_calls=1, tokens_in=212)`."""
+        counters = self.stages.setdefault(stage, {})
+        for name, value in amounts.items():
+            counters[name] = counters.get(name, 0.0) + float(value)
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Count the wall seconds of a block under `stage`."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, seconds=time.perf_counter() - t0)
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        return {s: {k: round(v, 6) for k, v in c.items()} for s, c in self.stages.items()}
+
+
+@dataclass
+class Context:
+    """The settings of one eval that are not the protocol's, as a retriever or reranker needs them."""
+
+    top_k: int
+    device: str = "cpu"
+    batch_size: int = 32
+    workers: int | None = None
+    use_cache: bool = True
+    cache_dir: Path | None = None
+    progress: bool = True
+    search_dtype: str = "float32"
+    search_backend: str = "torch"
+    seed: int = 0
+    cost: Cost = field(default_factory=Cost)
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """Registry metadata of a Retriever or Reranker: its name, what it is, the options it takes."""
+
+    name: str
+    description: str
+    options: Mapping[str, str] = field(default_factory=dict)
+    """option name -> one line: type, default and meaning (what `cirbench methods` / `--help` shows)."""
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """Task -> Run: the top-K corpus positions and scores of every query, per the task's protocol."""
+
+    spec: ComponentSpec
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that changes the Run (models, options, prompts): recorded in the result."""
+        ...
+
+    def retrieve(self, task: Task, ctx: Context) -> Run: ...
+
+
+@runtime_checkable
+class Reranker(Protocol):
+    """Run -> a new Run whose first `depth` ids per query are reordered; the rest follow TAIL_RULE."""
+
+    spec: ComponentSpec
+    depth: int | None
+    """How many of the base run's ids it reorders (None: the whole run)."""
+
+    def fingerprint(self) -> dict[str, Any]: ...
+
+    def rerank(self, task: Task, run: Run, ctx: Context) -> Run: ...
+
+
+RetrieverFactory = Callable[..., Retriever]
+RerankerFactory = Callable[..., Reranker]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    spec: ComponentSpec
+    factory: Callable[..., Any]
+
+
+_RETRIEVERS: dict[str, _Entry] = {}
+_RERANKERS: dict[str, _Entry] = {}
+
+
+def register_retriever(spec: ComponentSpec, factory: RetrieverFactory) -> ComponentSpec:
+    _RETRIEVERS[spec.name] = _Entry(spec, factory)
+    return spec
+
+
+def register_reranker(spec: ComponentSpec, factory: RerankerFactory) -> ComponentSpec:
+    _RERANKERS[spec.name] = _Entry(spec, factory)
+    return spec
+
+
+def _get(table: dict[str, _Entry], kind: str, name: str, options: Mapping[str, Any]) -> Any:
+    from cirbench.core.options import check_options, did_you_mean
+
+    if name not in table:
+        raise KeyError(f"unknown {kind} {name!r}{did_you_mean(name, table)}; "
+                       f"available: {', '.join(sorted(table))}")
+    entry = table[name]
+    check_options(f"{kind} {name!r}", options, entry.spec.options)
+    return entry.factory(**options)
+
+
+def get_retriever(name: str, **options: Any) -> Retriever:
+    _import_builtin()
+    return _get(_RETRIEVERS, "retriever", name, options)
+
+
+def get_reranker(name: str, **options: Any) -> Reranker:
+    _import_builtin()
+    return _get(_RERANKERS, "reranker", name, options)
+
+
+def list_retrievers() -> list[ComponentSpec]:
+    _import_builtin()
+    return [e.spec for _, e in sorted(_RETRIEVERS.items())]
+
+
+def list_rerankers() -> list[ComponentSpec]:
+    _import_builtin()
+    return [e.spec for _, e in sorted(_RERANKERS.items())]
+
+
+def _import_builtin() -> None:
+    """Importing the built-in modules registers them (no string imports of project code)."""
+    from cirbench.retrieval import rerank  # noqa: F401
