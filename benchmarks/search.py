@@ -6,6 +6,13 @@ reports ``VmHWM - VmRSS`` at reset, i.e. the extra resident memory the search ne
 The naive baseline is what one writes first: the full score matrix, then a full stable sort per row;
 it runs only where its estimated footprint fits ``--naive-max-gb``.
 
+On a GPU the worker also times the bare score GEMM (`torch.mm` in the search dtype, no top-k): the
+"matmul floor"; floor / exact is the share of it the search reaches (issue 19's goal: >= 50% for
+10k x 1M x 1024 bf16). For float32 on CPU, a third worker times, in one process on the same data and
+with the rounds interleaved (best of ``--reps``), a bare ``faiss.IndexFlatIP`` (built outside the
+timing) against cirbench's torch and faiss backends, and prints the ratios (issue 19's goals: torch
+<= 1.1x, faiss backend <= 1.05x) and the share of ids that agree with faiss.
+
     python benchmarks/search.py --quick                      # 1k x 100k x 512, fp32 + bf16
     python benchmarks/search.py --gallery 100000             # every 100k config
     python benchmarks/search.py --gallery 1000000 --queries 1000 --dtypes float32 --budget-s 600
@@ -63,6 +70,41 @@ def _unit_vectors(rng: Any, n: int, d: int) -> Any:
     return x
 
 
+def _ratios(cfg: Config, seed: int, reps: int) -> dict[str, Any]:
+    """cirbench's torch and faiss backends against a bare `faiss.IndexFlatIP` on the same data, in this
+    process, rounds interleaved (best of `reps` each), so machine load hits all three alike."""
+    import faiss
+    import numpy as np
+    import torch
+
+    from cirbench.retrieval.search import exact_search
+
+    rng = np.random.default_rng(seed)
+    gallery = _unit_vectors(rng, cfg.ng, cfg.dim)
+    queries = _unit_vectors(rng, cfg.nq, cfg.dim)
+    index = faiss.IndexFlatIP(cfg.dim)
+    index.add(gallery)  # built outside the timing: the bare baseline at its best
+    runs = {
+        "faiss": lambda: index.search(queries, cfg.k)[1],
+        "torch": lambda: exact_search(queries, gallery, cfg.k, backend="torch").indices,
+        "cirbench-faiss": lambda: exact_search(queries, gallery, cfg.k, backend="faiss").indices,
+    }
+    best = dict.fromkeys(runs, float("inf"))
+    ids: dict[str, Any] = {}
+    exact_search(queries[:40], gallery[:2000], cfg.k)  # warm kernels
+    for _ in range(reps):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            ids[name] = fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {
+        "seconds": best,
+        "same_ids": {m: float(np.mean(ids[m] == ids["faiss"])) for m in ("torch", "cirbench-faiss")},
+        "threads": torch.get_num_threads(),
+        "faiss_threads": faiss.omp_get_max_threads(),
+    }
+
+
 def _worker(method: str, cfg: Config, seed: int) -> dict[str, Any]:
     import hashlib
 
@@ -98,9 +140,11 @@ def _worker(method: str, cfg: Config, seed: int) -> dict[str, Any]:
             idx = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, : cfg.k].numpy()
     wall = time.perf_counter() - t0
     peak_kb = _status_kb("VmHWM")
+    floor = _matmul_floor(queries_t, gallery_t, cfg.dtype) if method == "exact" and cuda else None
     return {
         "method": method,
         "wall_s": wall,
+        "floor_s": floor,
         "peak_delta_mb": (peak_kb - base_kb) / 1024 if reset else None,
         "inputs_mb": (gallery.nbytes + queries.nbytes) / 2**20,
         "digest": hashlib.sha1(np.ascontiguousarray(idx, dtype=np.int64).tobytes()).hexdigest()[:12],
@@ -108,11 +152,41 @@ def _worker(method: str, cfg: Config, seed: int) -> dict[str, Any]:
     }
 
 
+def _matmul_floor(queries: Any, gallery: Any, dtype: str, reps: int = 3) -> float:
+    """Seconds of the bare score GEMM on the GPU (best of `reps`): what no exact search can beat. The
+    queries go in blocks of 2,048 into one reused output, so a 10k x 1M product fits beside the gallery."""
+    import torch
+
+    dt = torch.float32 if dtype == "float32" else torch.bfloat16
+    q, g = queries.to(dt), gallery.to(dt)
+    step = 2048
+    out = torch.empty((min(step, q.shape[0]), g.shape[0]), dtype=dt, device=g.device)
+    best = float("inf")
+    for _ in range(reps + 1):  # the first round warms up
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for a in range(0, q.shape[0], step):
+            blk = q[a : a + step]
+            torch.mm(blk, g.T, out=out[: blk.shape[0]])
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 # ------------------------------------------------------------------------------------------------ driver
 
 
-def _run(method: str, cfg: Config, seed: int, timeout: float) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--worker", method, json.dumps(cfg.__dict__), str(seed)]
+def _has_faiss() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _run(method: str, cfg: Config, seed: int, timeout: float, reps: int = 1) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--worker", method, json.dumps(cfg.__dict__), str(seed),
+           "--reps", str(reps)]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
@@ -142,12 +216,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timeout-s", type=float, default=1800.0, help="per-run timeout")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--markdown", type=Path, default=None, help="also write the table here")
+    p.add_argument("--no-faiss", action="store_true", help="skip the comparison with a bare IndexFlatIP")
+    p.add_argument("--reps", type=int, default=5, help="rounds of the faiss comparison (best of each)")
     p.add_argument("--worker", nargs=3, metavar=("METHOD", "CONFIG", "SEED"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
 
     if a.worker:
         method, cfg_json, seed = a.worker
-        print(json.dumps(_worker(method, Config(**json.loads(cfg_json)), int(seed))))
+        cfg = Config(**json.loads(cfg_json))
+        out = _ratios(cfg, int(seed), a.reps) if method == "ratios" else _worker(method, cfg, int(seed))
+        print(json.dumps(out))
         return
     if a.quick:
         a.queries, a.gallery, a.dims = [1000], [100_000], [512]
@@ -178,7 +256,17 @@ def main(argv: list[str] | None = None) -> None:
         "speedup",
         "naive peak Δ MB",
         "same top-k",
+        "bare faiss s",
+        "torch / faiss",
+        "cirbench-faiss / faiss",
+        "same ids as faiss",
+        "matmul floor s",
+        "floor / exact",
     ]
+    compare = not a.no_faiss and a.device == "cpu" and _has_faiss()
+    if not compare:
+        console.print("[yellow]no comparison with a bare faiss.IndexFlatIP "
+                      "(--no-faiss, a GPU run, or no faiss)[/]")
     for cfg in configs:
         tag = f"{cfg.nq}x{cfg.ng}x{cfg.dim} {cfg.dtype}"
         if a.budget_s is not None and time.perf_counter() - t_start > a.budget_s:
@@ -187,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"running {tag} ...", highlight=False)
         ex = _run("exact", cfg, a.seed, a.timeout_s)
         if "error" in ex:
-            rows.append([str(cfg.nq), str(cfg.ng), str(cfg.dim), cfg.dtype, ex["error"], *["-"] * 6])
+            rows.append([str(cfg.nq), str(cfg.ng), str(cfg.dim), cfg.dtype, ex["error"], *["-"] * 12])
             continue
         if a.no_naive:
             nv: dict[str, Any] = {"note": "off"}
@@ -196,6 +284,23 @@ def main(argv: list[str] | None = None) -> None:
         else:
             nv = _run("naive", cfg, a.seed, a.timeout_s)
         nv_s = nv.get("wall_s")
+        fr: dict[str, Any] = {}
+        if compare and cfg.dtype == "float32":
+            fr = _run("ratios", cfg, a.seed, a.timeout_s, reps=a.reps)
+            if "error" not in fr:
+                sec = fr["seconds"]
+                console.print(
+                    f"  same process, best of {a.reps}: bare IndexFlatIP {sec['faiss']:.3f}s, torch "
+                    f"{sec['torch']:.3f}s ({sec['torch'] / sec['faiss']:.2f}x), cirbench faiss "
+                    f"{sec['cirbench-faiss']:.3f}s ({sec['cirbench-faiss'] / sec['faiss']:.2f}x); same ids "
+                    f"{fr['same_ids']}", highlight=False)
+        sec = fr.get("seconds")
+        ratio_cells = (
+            [f"{sec['faiss']:.2f}", f"{sec['torch'] / sec['faiss']:.2f}x",
+             f"{sec['cirbench-faiss'] / sec['faiss']:.2f}x",
+             " / ".join(f"{fr['same_ids'][m]:.5f}" for m in ("torch", "cirbench-faiss"))]
+            if sec else [fr.get("error", "-"), "-", "-", "-"]
+        )
         rows.append(
             [
                 f"{cfg.nq:,}",
@@ -209,6 +314,9 @@ def main(argv: list[str] | None = None) -> None:
                 f"{nv_s / ex['wall_s']:.1f}x" if nv_s else "-",
                 "-" if nv.get("peak_delta_mb") is None else f"{nv['peak_delta_mb']:,.0f}",
                 ("yes" if nv["digest"] == ex["digest"] else "NO") if "digest" in nv else "-",
+                *ratio_cells,
+                _fmt_s(ex.get("floor_s")),
+                f"{ex['floor_s'] / ex['wall_s']:.0%}" if ex.get("floor_s") else "-",
             ]
         )
         console.print(

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import cirbench
+from cirbench.core.cache import default_cache_dir
 from cirbench.core.metrics import parse_metric
 from cirbench.core.run import Run
 from cirbench.core.scoring import breakdowns, grouped_scores, per_query_values, query_strata
 from cirbench.core.types import Task
 from cirbench.models.base import Encoder
-from cirbench.models.registry import get_model
+from cirbench.models.lazy import load_model
 from cirbench.retrieval.base import TAIL_RULE, Context, Reranker, Retriever
 from cirbench.retrieval.dense import Dense, resolve_instruction
 from cirbench.retrieval.distributed import init_from_env, world
@@ -254,7 +255,13 @@ def _retriever(model: str | Encoder | None, retriever: Retriever | None, opts: E
         mopts["dtype"] = dtype
     if opts.device != "cpu":
         mopts.setdefault("device", opts.device)
-    encoder = get_model(model, allow_plugins=opts.allow_plugins, **mopts) if isinstance(model, str) else model
+    if isinstance(model, str):  # with the cache, a model whose vectors are all cached loads no weights
+        cache_root = None
+        if opts.use_cache:
+            cache_root = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
+        encoder = load_model(model, cache_root, allow_plugins=opts.allow_plugins, **mopts)
+    else:
+        encoder = model
     if dtype is not None and canonical_dtype(encoder.spec.dtype, "float32") != dtype:
         raise ValueError(f"model {encoder.spec.name!r} computes in {encoder.spec.dtype}, so it cannot run "
                          f"in the {dtype} that was asked for; leave --dtype out")

@@ -321,3 +321,45 @@ def test_vectorised_tie_count_path(monkeypatch: pytest.MonkeyPatch) -> None:
     for cc in (16, 150):
         res = exact_search(q, c, 4, exclude=ex, relevant=rel, corpus_chunk=cc)
         assert_same(res, *reference(q, c, 4, ex, rel))
+
+
+def test_torch_mm_path_matches_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where oneDNN's GEMM is unavailable, torch.mm computes the blocks: the same exact rankings."""
+    import cirbench.retrieval.search as search
+
+    monkeypatch.setattr(search, "_onednn", lambda: False)
+    q, c = int_data(0, 29, 101, 4)
+    ex, rel = random_lists(1, 29, 101, 4), random_lists(2, 29, 101, 3)
+    for qc, cc in [(1, 9), (13, 7), (1024, 65536)]:
+        res = exact_search(q, c, 5, exclude=ex, relevant=rel, query_chunk=qc, corpus_chunk=cc)
+        assert_same(res, *reference(q, c, 5, ex, rel))
+
+
+@needs_faiss
+@pytest.mark.parametrize("ties", [0, 1, 2, 6])
+def test_faiss_boundary_ties_and_no_needless_torch_pass(monkeypatch: pytest.MonkeyPatch, ties: int) -> None:
+    """`ties` extra items share the k-th score, the tied items spread over the gallery; faiss fetches one
+    item more than it keeps, so only a row whose k-th score is shared beyond that goes back to torch, and
+    the lowest positions win every tie."""
+    import cirbench.retrieval.search as search
+
+    k, n = 4, 60
+    c = np.zeros((n, 2), np.float32)
+    c[:, 0] = -np.arange(n, dtype=np.float32) / 64 - 1  # distinct, decreasing, exact in float32
+    best = [50, 7, 33]  # the top k - 1, out of position order
+    c[best, 0] = [4.0, 3.0, 2.0]
+    tied = [45, 12, 58, 3, 29, 40, 21][: ties + 1]  # the k-th score, shared by `ties` more items
+    c[tied, 0] = 1.0
+    q = np.array([[1.0, 0.0]] * 3, np.float32)
+    calls: list[int] = []
+    real = search._torch_engine
+
+    def spy(queries, *args, **kw):  # type: ignore[no-untyped-def]
+        calls.append(int(queries.shape[0]))
+        return real(queries, *args, **kw)
+
+    monkeypatch.setattr(search, "_torch_engine", spy)
+    res = exact_search(q, c, k, backend="faiss")
+    assert_same(res, *reference(q, c, k)[:2])
+    np.testing.assert_array_equal(res.indices[0], [*best, min(tied)])
+    assert calls == ([3] if ties >= 1 else [])  # with one more fetched, a lone k-th score is unambiguous

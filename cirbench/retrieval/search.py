@@ -19,6 +19,7 @@ own BLAS) still need scores that are exact in float32 (e.g. small dyadic vectors
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -150,11 +151,38 @@ class _Workspace:
         return buf[:numel].view(shape)
 
 
+@functools.cache
+def _onednn() -> bool:
+    """Whether oneDNN's float32 GEMM (the one ``torch.nn.Linear`` gets on CPU under torch.compile) runs here.
+
+    Measured on the 2-core AMD EPYC this project runs on (1,000 x 65,536 x 512): 0.21 s against 0.48 s for
+    ``torch.mm`` (MKL, which takes a generic code path on non-Intel CPUs) and faiss's OpenBLAS between the
+    two. Like MKL's, its rounding of an entry does not depend on the block shape once both sides have
+    ``_MIN_GEMM`` rows (OpenBLAS's does), which the tie handling relies on. The op is internal to torch, so
+    it is checked once against ``torch.mm`` on exact data, and any failure falls back to ``torch.mm``.
+    """
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        g = torch.Generator().manual_seed(0)
+        a = torch.randint(-3, 4, (_MIN_GEMM, 24), generator=g).float()
+        b = torch.randint(-3, 4, (_MIN_GEMM + 5, 24), generator=g).float()
+        return bool(torch.equal(_onednn_mm(a, b), a @ b.T))  # small integers: exact in any order
+    except Exception:
+        return False
+
+
+def _onednn_mm(q: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(q.contiguous(), c.contiguous(), None, "none", [], "")
+
+
 def _gemm(q: torch.Tensor, c: torch.Tensor, ws: _Workspace | None = None) -> torch.Tensor:
-    """``q @ c.T`` as float32, padded so the BLAS kernel (and its rounding) is shape-independent."""
+    """``q @ c.T`` as float32, padded so the GEMM kernel (and its rounding) is shape-independent."""
     nq, nc = q.shape[0], c.shape[0]
     qp, cp = _pad_rows(q, _MIN_GEMM), _pad_rows(c, _MIN_GEMM)
-    if ws is None:
+    if q.device.type == "cpu" and q.dtype == torch.float32 and _onednn():
+        s = _onednn_mm(qp, cp)
+    elif ws is None:
         s = qp @ cp.T
     else:
         s = torch.mm(qp, cp.T, out=ws.get("gemm", (qp.shape[0], cp.shape[0]), q.dtype, q.device))
@@ -520,7 +548,8 @@ def _faiss_engine(
     nq, n = int(queries.shape[0]), int(corpus.shape[0])
     xb = _as_f32_numpy(corpus)  # no copy for C-contiguous float32 numpy / CPU tensors
     extra = excl.max_len() if excl is not None else 0
-    kp = min(n, k + extra)
+    # one more than can be kept: the (k+1)-th kept score says whether the k-th is shared beyond them
+    kp = min(n, k + extra + 1)
     out_v = np.full((nq, k), -np.inf, np.float32)
     out_i = np.full((nq, k), -1, np.int64)
     redo: list[np.ndarray] = []
