@@ -425,6 +425,30 @@ def models_cmd(json_: JsonFlag = False) -> None:
     )
 
 
+@app.command("retrievers")
+def retrievers_cmd(json_: JsonFlag = False) -> None:
+    """List the registered retrievers (--retriever) and rerankers (--rerank) with their options."""
+    from rich.table import Table
+
+    from cirbench.retrieval.base import list_rerankers, list_retrievers
+
+    kinds = (("retriever", list_retrievers()), ("reranker", list_rerankers()))
+    if json_:
+        _print_json({f"{kind}s": [{"name": s.name, "description": s.description, "options": dict(s.options),
+                                   "required": list(s.required)} for s in specs] for kind, specs in kinds})
+        return
+    table = Table(title="cirbench retrievers and rerankers")
+    for col in ("kind", "name", "description", "options"):
+        table.add_column(col)
+    for kind, specs in kinds:
+        for s in specs:
+            opts = "; ".join(f"{k}: {v}" for k, v in s.options.items())
+            table.add_row(*map(escape, (kind, s.name, s.description, opts)))
+    _show(table)
+    _say("--model NAME is the dense retriever of that model; --retriever NAME --retriever-option k=v for the "
+         "others; --rerank NAME --rerank-option [NAME.]k=v, repeatable for a chain")
+
+
 @app.command("compare")
 def compare_cmd(
     a: Annotated[Path, typer.Argument(help="result.json (or its directory) of the baseline")],

@@ -115,3 +115,12 @@ def test_soft_depth_reorders_only_the_head(tiny_dataset: Path, tmp_path: Path) -
     norm = float(np.linalg.norm(QUERY_VECTORS["q1"]))  # the precomputed vectors are normalised
     assert ranked[1]["scores"][1:] == pytest.approx([0.5 / norm, 0.0, 0.0])  # the tail keeps base scores
     assert ranked[2]["ranked_ids"][:2] == ["b", "c"]
+
+
+def test_the_registries_are_listed() -> None:
+    res = CliRunner().invoke(app, ["retrievers", "--json"])
+    assert res.exit_code == 0, res.output
+    listed = json.loads(res.output)
+    assert {r["name"] for r in listed["retrievers"]} >= {"rrf", "late-interaction"}
+    soft = next(r for r in listed["rerankers"] if r["name"] == "soft")
+    assert soft["required"] == ["constraints"] and "lambda" in soft["options"]
