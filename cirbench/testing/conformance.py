@@ -157,3 +157,95 @@ def check_task(task: str | TaskSpec, data_dir: str | os.PathLike[str], *, split:
                 loaded = loaded_p
     _check_card(spec, split, loaded if loaded is not None else get_task(spec.name, split, data_dir=root))
     return results
+
+
+# ------------------------------------------------------------------------------------------------------
+# Encoders
+# ------------------------------------------------------------------------------------------------------
+
+MODALITIES = ("image", "text", "image+text", "gps")
+
+
+def _demo_items(n: int = 3) -> dict[str, list[Any]]:
+    import io
+
+    from cirbench.core.types import Item
+    from cirbench.testing.tiny import demo_images
+
+    def png(img: Any) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue()
+
+    images = [png(img) for img in demo_images(n, size=(40, 30))]
+    texts = ["a red dress with long sleeves", "make it blue", "a dog on the beach"][:n]
+    from cirbench.core.geo import gps_text
+
+    points = [(48.8584, 2.2945), (40.6892, -74.0445), (-33.8568, 151.2153)][:n]
+    captions = ["a photo of a tower", "a statue on an island", "an opera house by the sea"][:n]
+    return {"image": [Item(f"img{i}", image=b, caption=c) for i, (b, c) in enumerate(zip(images, captions))],
+            "gps": [Item(f"gps{i}", text=gps_text(*p)) for i, p in enumerate(points)],
+            "text": [Item(f"txt{i}", text=t) for i, t in enumerate(texts)],
+            "image+text": [Item(f"both{i}", image=b, text=t) for i, (b, t) in enumerate(zip(images, texts))]}
+
+
+def check_encoder(name: str, *, vector_options: Sequence[dict[str, Any]] = (), atol: float = 1e-4,
+                  **options: Any) -> None:
+    """Check the Encoder that `get_model(name, **options)` builds against what the eval flow relies on.
+
+    Through the real encode loop, for every modality the spec declares and both roles: one finite unit row
+    per item, of the declared width; the same vectors twice and whatever the batch size (no item's vector
+    depends on its batch neighbours); a JSON fingerprint that is stable. A modality it does not declare is
+    refused before encoding. Each dict of `vector_options` must change the fingerprint (it changes the
+    vectors, so it must change the cache key). Raises `ConformanceError`.
+    """
+    import numpy as np
+
+    from cirbench.models.base import check_modalities
+    from cirbench.models.registry import get_model
+    from cirbench.retrieval.encode import encode_items
+
+    enc = get_model(name, **options)
+    where = f"model {name!r}"
+    spec = enc.spec
+    if not spec.name or not set(spec.modalities) <= set(MODALITIES) or not spec.modalities:
+        raise _fail(where, f"spec names modalities {spec.modalities!r}; each must be one of {MODALITIES}")
+    fp = enc.fingerprint()
+    try:
+        key = json.dumps(fp, sort_keys=True)
+    except TypeError as e:
+        raise _fail(where, f"its fingerprint is not JSON ({e}): it cannot key the cache") from None
+    if json.dumps(enc.fingerprint(), sort_keys=True) != key:
+        raise _fail(where, "its fingerprint changes between two calls")
+    items = _demo_items()
+    for modality in MODALITIES:
+        if modality not in spec.modalities:
+            try:
+                check_modalities(spec, {"query": modality})
+            except ValueError:
+                continue
+            raise _fail(where, f"{modality!r} items are not refused although the spec does not declare them")
+        for role in ("query", "document"):
+            batch, _ = encode_items(enc, items[modality], role=role, batch_size=len(items[modality]),
+                                    workers=0, progress=False)
+            single, _ = encode_items(enc, items[modality], role=role, batch_size=1, workers=0,
+                                     progress=False)
+            again, _ = encode_items(enc, items[modality], role=role, batch_size=len(items[modality]),
+                                    workers=0, progress=False)
+            what = f"{modality} items as {role}"
+            if batch.shape[0] != len(items[modality]) or (spec.dim and batch.shape[1] != spec.dim):
+                raise _fail(where, f"{what}: vectors of shape {batch.shape}, spec dim {spec.dim}")
+            if not np.isfinite(batch).all() or not np.allclose(np.linalg.norm(batch, axis=1), 1, atol=1e-4):
+                raise _fail(where, f"{what}: vectors are not finite unit rows")
+            if not np.allclose(batch, again, atol=atol):
+                raise _fail(where, f"{what}: two encodes of the same items differ")
+            if not np.allclose(batch, single, atol=atol):
+                gap = float(np.abs(batch - single).max())
+                raise _fail(where, f"{what}: a vector depends on its batch (max difference {gap:.2e})")
+    for variant in vector_options:
+        other = get_model(name, **{**options, **variant}).fingerprint()
+        if json.dumps(other, sort_keys=True) == key:
+            raise _fail(where, f"option {variant} does not change the fingerprint (the cache key)")
+
+
+__all__ += ["check_encoder"]
