@@ -64,7 +64,8 @@ class Encoder(Protocol):
     `read_image(item)` (ReadImageFn) or else `preprocess(pil_image)` (PreprocessFn), both run in its worker
     threads, and `vectors_by_id` (True: a vector belongs to the item's id rather than to its content, so
     items are never de-duplicated or cached by content). The eval flow also looks for `for_task(task)`
-    (see `bind_task`).
+    (see `bind_task`), and the late-interaction retriever for `encode_tokens(batch, role=, instruction=)`:
+    (n, tokens, dim) normalised token vectors (BLIP-2's query tokens).
     """
 
     spec: ModelSpec
