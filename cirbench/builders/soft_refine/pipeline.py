@@ -4,7 +4,7 @@
                     sources="cirr@val")
 
 One work unit per query (describe -> mine -> score -> multi-target set -> single-target rewrite), written
-atomically to `<out>.work/` like the EDIR build (see cirbench/builders/edir/workdir.py): reruns resume,
+atomically to `<out>.work/` like the EDIR build (see cirbench/builders/core/workdir.py): reruns resume,
 `--shard i/n` splits the queries, `merge_soft_shards` exports the union. Sources: a native dataset directory
 (`dataset:PATH[@SPLIT]` or the bare path) or a registered task (`task:NAME[@SPLIT]` or `NAME@SPLIT`, e.g.
 `cirr@val`, `fashioniq@val`; `sources.data_dir` and `sources.options` are passed to its loader).
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from cirbench.builders.core.pipeline import BuildRequest, PipelineInfo, check_request, register_pipeline
-from cirbench.builders.edir.common import rejection, seed_for
-from cirbench.builders.edir.workdir import (
+from cirbench.builders.core.units import rejection, seed_for
+from cirbench.builders.core.workdir import (
     WorkDir,
     run_units,
     shard_slice,

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from cirbench.builders.core.images import png_bytes
 from cirbench.builders.core.pipeline import (
     BuildRequest,
     PipelineInfo,
@@ -22,7 +23,7 @@ from cirbench.builders.synthetic.card import contact_sheet, data_card
 from cirbench.builders.synthetic.edits import SUBCATEGORIES, TAXONOMY
 from cirbench.builders.synthetic.generate import BuiltQuery, BuiltSplit, SplitConfig, build_split
 from cirbench.builders.synthetic.predicate import Op
-from cirbench.builders.synthetic.render import png_bytes, render
+from cirbench.builders.synthetic.render import render
 from cirbench.builders.synthetic.scene import Scene
 from cirbench.builders.synthetic.texts import caption
 from cirbench.core.dataset import ImageRecord, QueryRecord, SplitData, check_replaceable, write_dataset
