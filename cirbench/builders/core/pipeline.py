@@ -11,7 +11,7 @@ ignore instead of silently dropping it.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -48,7 +48,8 @@ class BuildRequest:
 
 @runtime_checkable
 class Pipeline(Protocol):
-    info: PipelineInfo
+    @property
+    def info(self) -> PipelineInfo: ...
 
     def resolve(self, config: Mapping[str, Any], request: BuildRequest) -> None:
         """Check `config` with these options as the build will (ValueError, KeyError, TypeError: the key)."""
@@ -77,6 +78,34 @@ def refusal(info: PipelineInfo, option: BuildOption) -> UnsupportedOption:
     accepted = ", ".join(f"--{a}" for a in info.accepts) or "no options"
     return UnsupportedOption(f"--{option} does not apply to the {info.name} pipeline"
                              f"{': ' + why if why else ''} (it takes {accepted})")
+
+
+class UnitBuild(Protocol):
+    def __call__(self, config: Mapping[str, Any], out: str | os.PathLike[str], *, sources: str | None,
+                 shard: tuple[int, int] | None, limit: int | None, progress: bool) -> Path: ...
+
+
+@dataclass(frozen=True)
+class UnitPipeline:
+    """A pipeline whose work is a set of resumable units (cirbench.builders.core.workdir): its config
+    resolver, its build (which runs shard i/n of the units) and its merge of n finished shards."""
+
+    info: PipelineInfo
+    resolve_config: Callable[[Mapping[str, Any]], object]
+    build: UnitBuild
+    merge_shards: Callable[[str | os.PathLike[str], int], Path]
+
+    def resolve(self, config: Mapping[str, Any], request: BuildRequest) -> None:
+        check_request(self.info, request)
+        self.resolve_config(config)
+
+    def run(self, config: Mapping[str, Any], out: str | os.PathLike[str], request: BuildRequest) -> Path:
+        check_request(self.info, request)
+        return self.build(config, out, sources=request.sources, shard=request.shard, limit=request.limit,
+                          progress=request.progress)
+
+    def merge(self, out: str | os.PathLike[str], n: int) -> Path:
+        return self.merge_shards(out, n)
 
 
 _PIPELINES: dict[str, Pipeline] = {}
@@ -117,6 +146,7 @@ __all__ = [
     "BuildRequest",
     "Pipeline",
     "PipelineInfo",
+    "UnitPipeline",
     "UnsupportedOption",
     "check_request",
     "refusal",

@@ -25,7 +25,7 @@ from typing import Any
 from PIL import Image
 
 from cirbench.builders.core.images import decode, png_bytes
-from cirbench.builders.core.pipeline import BuildRequest, PipelineInfo, check_request, register_pipeline
+from cirbench.builders.core.pipeline import PipelineInfo, UnitPipeline, register_pipeline
 from cirbench.builders.core.workdir import (
     BuildIncomplete,
     Deferred,
@@ -342,29 +342,16 @@ def merge_shards(out: str | os.PathLike[str], n: int) -> Path:
     return export_edir(work, out, cfg, pool_rec, order, limit=markers[0].get("limit"))
 
 
-class EdirPipeline:
-    """EDIR-style building as a registered pipeline: one work unit per source image."""
-
-    info = PipelineInfo(
+PIPELINE = register_pipeline(UnitPipeline(
+    PipelineInfo(
         name="edir",
         description="a pool of images -> LMM or template instructions -> diffusers edits -> verified queries",
         accepts=("sources", "shard", "merge", "limit"),
-    )
+    ),
+    resolve,
+    run_edir,
+    merge_shards,
+))
 
-    def resolve(self, config: Mapping[str, Any], request: BuildRequest) -> None:
-        check_request(self.info, request)
-        resolve(config)
-
-    def run(self, config: Mapping[str, Any], out: str | os.PathLike[str], request: BuildRequest) -> Path:
-        check_request(self.info, request)
-        return run_edir(config, out, sources=request.sources, shard=request.shard, limit=request.limit,
-                        progress=request.progress)
-
-    def merge(self, out: str | os.PathLike[str], n: int) -> Path:
-        return merge_shards(out, n)
-
-
-PIPELINE = register_pipeline(EdirPipeline())
-
-__all__ = ["PIPELINE", "BuildIncomplete", "EdirPipeline", "merge_shards", "prepare_pool", "process_unit",
+__all__ = ["PIPELINE", "BuildIncomplete", "merge_shards", "prepare_pool", "process_unit",
            "run_edir"]

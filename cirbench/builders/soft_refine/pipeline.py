@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from cirbench.builders.core.pipeline import BuildRequest, PipelineInfo, check_request, register_pipeline
+from cirbench.builders.core.pipeline import PipelineInfo, UnitPipeline, register_pipeline
 from cirbench.builders.core.units import rejection, seed_for
 from cirbench.builders.core.workdir import (
     WorkDir,
@@ -241,26 +241,13 @@ def merge_soft_shards(out: str | os.PathLike[str], n: int) -> Path:
     return export_soft(work, out, settings, task, order, spec=spec, limit=markers[0].get("limit"))
 
 
-class SoftRefinePipeline:
-    """SoFT refinement as a registered pipeline: one work unit per query of the source benchmark."""
-
-    info = PipelineInfo(
+PIPELINE = register_pipeline(UnitPipeline(
+    PipelineInfo(
         name="soft-refine",
         description="an existing CIR benchmark -> LMM-scored multi-target and single-target variants",
         accepts=("sources", "shard", "merge", "limit"),
-    )
-
-    def resolve(self, config: Mapping[str, Any], request: BuildRequest) -> None:
-        check_request(self.info, request)
-        resolve(config)
-
-    def run(self, config: Mapping[str, Any], out: str | os.PathLike[str], request: BuildRequest) -> Path:
-        check_request(self.info, request)
-        return run_soft_refine(config, out, sources=request.sources, shard=request.shard, limit=request.limit,
-                               progress=request.progress)
-
-    def merge(self, out: str | os.PathLike[str], n: int) -> Path:
-        return merge_soft_shards(out, n)
-
-
-PIPELINE = register_pipeline(SoftRefinePipeline())
+    ),
+    resolve,
+    run_soft_refine,
+    merge_soft_shards,
+))
