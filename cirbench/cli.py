@@ -628,42 +628,23 @@ def build_cmd(
 ) -> None:
     """Build a benchmark from a pipeline config into the native dataset format (resumable)."""
     from cirbench.builders import check_config, read_pipeline
+    from cirbench.builders.core.pipeline import BuildRequest, UnsupportedOption
 
     where, config = read_pipeline(pipeline)
-    kind = config["pipeline"]
     shard_t = _parse_shard(shard)
-    if kind == "synthetic" and (shard_t is not None or merge is not None or sources is not None):
-        raise typer.BadParameter("the synthetic pipeline has no sources and runs in one piece (no --sources, "
-                                 "--shard or --merge)")
-    if kind != "synthetic" and preset is not None:
-        raise typer.BadParameter(f"--preset applies to the synthetic pipeline, not {kind!r}",
-                                 param_hint="--preset")
     if merge is not None and shard_t is not None:
         raise typer.BadParameter("--merge and --shard are separate steps: build each shard, then merge")
-    check_config(where, config, preset=preset, seed=seed, limit=limit)  # typos fail now, naming the file
+    try:  # typos fail now, naming the file; an option the pipeline does not use is refused
+        chosen = check_config(where, config, preset=preset, seed=seed, limit=limit, sources=sources,
+                              shard=shard_t, merge=merge is not None)
+    except UnsupportedOption as e:
+        raise typer.BadParameter(str(e)) from None
     from cirbench.core.dataset import check_replaceable
 
     check_replaceable(out)  # never build for minutes and then find that `out` is the user's folder
-    if kind == "synthetic":
-        from cirbench.builders.synthetic import build_synthetic
-
-        path = build_synthetic(config, out, preset=preset, seed=seed, limit=limit, progress=not quiet)
-    elif kind == "edir":
-        from cirbench.builders.edir import merge_shards, run_edir
-
-        path = (
-            merge_shards(out, merge)
-            if merge
-            else run_edir(config, out, sources=sources, shard=shard_t, limit=limit, progress=not quiet)
-        )
-    else:
-        from cirbench.builders.soft_refine import merge_soft_shards, run_soft_refine
-
-        path = (
-            merge_soft_shards(out, merge)
-            if merge
-            else run_soft_refine(config, out, sources=sources, shard=shard_t, limit=limit, progress=not quiet)
-        )
+    request = BuildRequest(sources=sources, shard=shard_t, preset=preset, seed=seed, limit=limit,
+                           progress=not quiet)
+    path = chosen.merge(out, merge) if merge is not None else chosen.run(config, out, request)
     _say(f"wrote {path}")
 
 

@@ -38,6 +38,10 @@ def _png(k: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_source(tmp_path_factory.mktemp("src"))
+
+
+def write_source(root: Path) -> Path:
     """A CIRR-like native dataset: 12 captioned images, 4 single-target queries."""
     corpus = [
         ImageRecord(id=f"im{k:02d}", image=_png(k), caption=f"a picture number {k}") for k in range(N_IMAGES)
@@ -54,7 +58,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for k in range(4)
     ]
     return write_dataset(
-        tmp_path_factory.mktemp("src") / "cirr-like",
+        root / "cirr-like",
         {"val": SplitData(queries, corpus)},
         name="cirr-like",
         protocol=Protocol(exclude_reference=True),

@@ -15,7 +15,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-PIPELINES = ("synthetic", "edir", "soft-refine")
+from cirbench.builders.core.pipeline import (
+    BuildRequest,
+    Pipeline,
+    UnsupportedOption,
+    check_request,
+    get_pipeline,
+    list_pipelines,
+)
+
 CODE_OPTIONS = ("trust_remote_code", "allow_pickle")
 """Model and LMM options that would run code from a model's repository: the user's call, not a file's."""
 
@@ -67,12 +75,10 @@ def read_pipeline(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
         raise ConfigError(f"{where}: a pipeline config is a YAML mapping with a 'pipeline' key, found "
                           f"{type(config).__name__}")
     kind = config.get("pipeline")
-    if kind not in PIPELINES:
-        from cirbench.core.options import did_you_mean
-
-        hint = did_you_mean(str(kind), PIPELINES) if isinstance(kind, str) else ""
-        raise ConfigError(f"{where}: unknown pipeline {kind!r}{hint} (field 'pipeline'); known: "
-                          f"{', '.join(PIPELINES)}")
+    if not isinstance(kind, str):
+        raise ConfigError(f"{where}: field 'pipeline' must name a pipeline, not {kind!r}; known: "
+                          f"{', '.join(p.info.name for p in list_pipelines())}")
+    pipeline_of(where, config)
     return where, config
 
 
@@ -83,26 +89,30 @@ def _read(p: Path) -> str:
         raise ConfigError(f"{p}: not a UTF-8 text file ({e})") from None
 
 
-def check_config(where: str, config: Mapping[str, Any], *, preset: str | None = None,
-                 seed: int | None = None, limit: int | None = None) -> None:
-    """Resolve the config the way its pipeline will, so a typo fails now, naming the file and the key."""
-    kind = config.get("pipeline")
+def pipeline_of(where: str, config: Mapping[str, Any]) -> Pipeline:
+    """The registered pipeline a config names in its `pipeline` field (ConfigError naming the file)."""
     try:
-        if kind == "synthetic":
-            from cirbench.builders.synthetic.build import resolve as resolve_synthetic
+        return get_pipeline(str(config.get("pipeline")))
+    except KeyError as e:
+        raise ConfigError(f"{where}: {e.args[0]} (field 'pipeline')") from None
 
-            resolve_synthetic(config, preset, seed, limit)
-        elif kind == "edir":
-            from cirbench.builders.edir.config import resolve as resolve_edir
 
-            resolve_edir(config)
-        else:
-            from cirbench.builders.soft_refine.config import resolve as resolve_soft
-
-            resolve_soft(config)
+def check_config(where: str, config: Mapping[str, Any], *, preset: str | None = None,
+                 seed: int | None = None, limit: int | None = None, sources: str | None = None,
+                 shard: tuple[int, int] | None = None, merge: bool = False) -> Pipeline:
+    """Resolve the config the way its pipeline will, with these options, so a typo fails now, naming the file
+    and the key; returns the pipeline. An option the pipeline does not use is refused too."""
+    pipeline = pipeline_of(where, config)
+    request = BuildRequest(sources=sources, shard=shard, preset=preset, seed=seed, limit=limit)
+    check_request(pipeline.info, request, merge=merge)  # UnsupportedOption: the user's flags, not the file
+    try:
+        pipeline.resolve(config, request)
+    except UnsupportedOption:
+        raise
     except (ValueError, KeyError, TypeError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise ConfigError(f"{where}: {str(msg).removeprefix('config: ')}") from None
+    return pipeline
 
 
 def check_config_model(ref: Any, options: Any, field: str) -> None:
@@ -143,11 +153,11 @@ def _no_code_options(options: Mapping[str, Any], field: str) -> None:
 
 __all__ = [
     "CODE_OPTIONS",
-    "PIPELINES",
     "ConfigError",
     "check_config",
     "check_config_lmms",
     "check_config_model",
+    "pipeline_of",
     "read_pipeline",
     "shipped_pipeline_text",
     "shipped_pipelines",

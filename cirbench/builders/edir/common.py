@@ -1,46 +1,11 @@
-"""Small things every EDIR stage shares: derived seeds, rejection records, PNG encoding, the retry signal."""
+"""Sizing the editor's input: the shapes a diffusers pipeline accepts (seeds, rejections, PNG bytes and
+the retry signal every pipeline shares live in cirbench.builders.core)."""
 
 from __future__ import annotations
 
-import hashlib
-import io
-from typing import Any
-
 from PIL import Image
 
-from cirbench.builders.edir.workdir import Deferred
-
-__all__ = ["Deferred", "decode", "fit_size", "png_bytes", "prepare", "rejection", "seed_for"]
-
-
-def seed_for(seed: int, *parts: str) -> int:
-    """A 31-bit seed from the build seed and names (an edit id): stable across runs, shards, machines."""
-    h = hashlib.sha256(":".join([str(seed), *parts]).encode()).digest()
-    return int.from_bytes(h[:4], "little") & 0x7FFFFFFF
-
-
-def rejection(
-    stage: str, reason: str, *, edit: str | None = None, subcategory: str | None = None, **details: Any
-) -> dict[str, Any]:
-    """One line of the rejection log: which stage refused what, and why."""
-    rec: dict[str, Any] = {"stage": stage, "reason": reason}
-    if edit is not None:
-        rec["edit"] = edit
-    if subcategory is not None:
-        rec["subcategory"] = subcategory
-    rec.update({k: v for k, v in details.items() if v is not None})
-    return rec
-
-
-def png_bytes(img: Image.Image, level: int = 6) -> bytes:
-    """PNG with fixed options (no timestamps): the same pixels always give the same bytes."""
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="PNG", compress_level=level)
-    return buf.getvalue()
-
-
-def decode(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
+__all__ = ["fit_size", "prepare"]
 
 
 def fit_size(w: int, h: int, size: int, multiple: int) -> tuple[int, int]:

@@ -7,18 +7,15 @@ pool order of the sources; nothing time- or host-dependent is written.
 
 from __future__ import annotations
 
-import io
 import json
-import textwrap
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
-
+from cirbench.builders.core.sheet import NEGATIVE, TARGET, Sheet
+from cirbench.builders.core.workdir import LazyFiles, WorkDir
 from cirbench.builders.edir.negatives import gallery_ids, hard_negatives
-from cirbench.builders.edir.workdir import LazyFiles, WorkDir
 from cirbench.core.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
 from cirbench.core.types import Protocol
 from cirbench.llm.templates import SUBCATEGORIES, TAXONOMY
@@ -399,13 +396,6 @@ Recall@K (K = 1, 5, 10, 50), main metric R@1, one target per query; reference im
 # ---------------------------------------------------------------------------------------------- contact sheet
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):
-        return ImageFont.load_default()
-
-
 def contact_sheet(
     queries: Sequence[QueryRecord],
     images: Callable[[str], bytes | None],
@@ -419,38 +409,20 @@ def contact_sheet(
         picks += [q for q in queries if q.subcategory == sub][:1]
     picks += [q for q in queries if q not in picks]
     picks = picks[: max(1, rows)]
-    pad, text_w, head = 6, 240, 22
+    pad, text_w = 6, 240
     width = pad + thumb + pad + text_w + (1 + negatives) * (thumb + pad) + pad
-    sheet = Image.new("RGB", (width, head + len(picks) * (thumb + pad) + pad), (255, 255, 255))
-    d = ImageDraw.Draw(sheet)
-    font, small = _font(12), _font(11)
     x_text, x_tg = pad + thumb + pad, pad + thumb + pad + text_w
-    for x, label in (
-        (pad, "reference"),
-        (x_text, "query"),
-        (x_tg, "target"),
-        (x_tg + thumb + pad, "hard negatives"),
-    ):
-        d.text((x, 4), label, fill=(0, 0, 0), font=font)
+    labels = ((pad, "reference"), (x_text, "query"), (x_tg, "target"), (x_tg + thumb + pad, "hard negatives"))
+    sheet = Sheet(width, len(picks), thumb, pad, labels)
 
     def put(iid: str | None, x: int, y: int, border: tuple[int, int, int] | None) -> None:
-        data = images(iid) if iid is not None else None
-        if data is None:
-            return
-        im = ImageOps.contain(Image.open(io.BytesIO(data)).convert("RGB"), (thumb, thumb))
-        sheet.paste(im, (x, y))
-        if border:
-            d.rectangle([x - 2, y - 2, x + im.width + 1, y + im.height + 1], outline=border, width=2)
+        sheet.put(images(iid) if iid is not None else None, x, y, border)
 
     for r, q in enumerate(picks):
-        y = head + r * (thumb + pad)
+        y = sheet.row_y(r)
         put(q.reference_id, pad, y, None)
-        lines = [f"[{q.subcategory}]"] + textwrap.wrap(q.text, 38)[:6]
-        for k, line in enumerate(lines):
-            d.text((x_text, y + 2 + k * 14), line, fill=(30, 60, 160) if k == 0 else (0, 0, 0), font=small)
-        put(q.relevant_ids[0], x_tg, y, (30, 160, 60))
+        sheet.text(x_text, y, str(q.subcategory), q.text, 38)
+        put(q.relevant_ids[0], x_tg, y, TARGET)
         for k, h in enumerate(q.hard_negative_ids[:negatives]):
-            put(h, x_tg + (k + 1) * (thumb + pad), y, (200, 40, 40))
-    buf = io.BytesIO()
-    sheet.save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
+            put(h, x_tg + (k + 1) * (thumb + pad), y, NEGATIVE)
+    return sheet.png()

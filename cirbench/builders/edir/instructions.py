@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from cirbench.builders.edir.common import Deferred, rejection, seed_for
+from cirbench.builders.core.units import rejection, seed_for
+from cirbench.builders.core.workdir import Deferred
 from cirbench.llm.base import LMM, LMMRequest, ask_json, require_dict, require_str
 from cirbench.llm.templates import DEFINITIONS, TAXONOMY, template_edit
 

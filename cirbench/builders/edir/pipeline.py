@@ -24,7 +24,17 @@ from typing import Any
 
 from PIL import Image
 
-from cirbench.builders.edir.common import Deferred, decode, png_bytes, prepare
+from cirbench.builders.core.images import decode, png_bytes
+from cirbench.builders.core.pipeline import PipelineInfo, UnitPipeline, register_pipeline
+from cirbench.builders.core.workdir import (
+    BuildIncomplete,
+    Deferred,
+    WorkDir,
+    run_units,
+    shard_slice,
+    start_build,
+)
+from cirbench.builders.edir.common import prepare
 from cirbench.builders.edir.config import STAGES_WITH_LMM, identity, resolve, stage_lmm_config
 from cirbench.builders.edir.editors import Editor, make_editor
 from cirbench.builders.edir.export import export_edir
@@ -32,13 +42,6 @@ from cirbench.builders.edir.instructions import PlannedEdit, make_instructions, 
 from cirbench.builders.edir.rewrite import rewrite_queries
 from cirbench.builders.edir.sources import Pool, open_pool, rank_by_hash, scan_pool, split_pool
 from cirbench.builders.edir.verify import EmbeddingVerifier, lmm_verify, make_verifier
-from cirbench.builders.edir.workdir import (
-    BuildIncomplete,
-    WorkDir,
-    run_units,
-    shard_slice,
-    start_build,
-)
 from cirbench.llm import LMM, lmm_fingerprint, make_stage_lmms
 from cirbench.llm.base import image_mime
 from cirbench.llm.templates import template_fingerprint
@@ -339,4 +342,16 @@ def merge_shards(out: str | os.PathLike[str], n: int) -> Path:
     return export_edir(work, out, cfg, pool_rec, order, limit=markers[0].get("limit"))
 
 
-__all__ = ["BuildIncomplete", "merge_shards", "prepare_pool", "process_unit", "run_edir"]
+PIPELINE = register_pipeline(UnitPipeline(
+    PipelineInfo(
+        name="edir",
+        description="a pool of images -> LMM or template instructions -> diffusers edits -> verified queries",
+        accepts=("sources", "shard", "merge", "limit"),
+    ),
+    resolve,
+    run_edir,
+    merge_shards,
+))
+
+__all__ = ["PIPELINE", "BuildIncomplete", "merge_shards", "prepare_pool", "process_unit",
+           "run_edir"]

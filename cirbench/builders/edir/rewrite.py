@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cirbench.builders.edir.common import Deferred, rejection
+from cirbench.builders.core.units import rejection
+from cirbench.builders.core.workdir import Deferred
 from cirbench.builders.edir.instructions import PlannedEdit
 from cirbench.llm.base import LMM, LMMRequest, ask_json, require_dict, require_str
 

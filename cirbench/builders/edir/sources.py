@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from cirbench.builders.core.images import safe_id
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 HASH_METHODS = ("auto", "phash", "dhash", "none")
@@ -47,12 +48,6 @@ class Pool:
 
     def image(self, iid: str) -> Image.Image:
         return Image.open(io.BytesIO(self.read(iid))).convert("RGB")
-
-
-def safe_id(raw: str) -> str:
-    """A portable id: letters, digits, '.', '_' and '-' only."""
-    s = re.sub(r"[^A-Za-z0-9._-]+", "_", raw).strip("._") or "img"
-    return s
 
 
 def _unique_ids(raws: Sequence[str]) -> list[str]:

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cirbench.builders.edir.common import Deferred, rejection
+from cirbench.builders.core.units import rejection
+from cirbench.builders.core.workdir import Deferred
 from cirbench.builders.edir.instructions import PlannedEdit
 from cirbench.core.types import Item
 from cirbench.llm.base import LMM, LMMRequest, ask_json, require_bool, require_dict, require_score

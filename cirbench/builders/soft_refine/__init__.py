@@ -8,7 +8,7 @@ score, single-target rewrite, with offline stand-ins) -> export (native dataset,
 them per query as resumable, shardable units. Importing this package loads no torch.
 """
 
-from cirbench.builders.edir.workdir import BuildIncomplete
+from cirbench.builders.core.workdir import BuildIncomplete
 from cirbench.builders.soft_refine.pipeline import merge_soft_shards, run_soft_refine
 
 __all__ = ["BuildIncomplete", "merge_soft_shards", "run_soft_refine"]

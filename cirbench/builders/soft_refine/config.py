@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cirbench.builders import check_config_lmms, check_config_model
-from cirbench.builders.edir.config import merge_defaults, stage_lmm, work_identity
+from cirbench.builders.core.config import merge_defaults, stage_lmm, work_identity
 
 DESCRIBE_PROMPT = """\
 The image is a reference image, and these texts say how a user wants it changed:
@@ -102,5 +102,5 @@ def stage_lmm_config(cfg: Mapping[str, Any], stage: str) -> dict[str, Any]:
 
 
 def identity(cfg: Mapping[str, Any], sources: str) -> dict[str, Any]:
-    """What a unit's result depends on (see cirbench.builders.edir.config.work_identity)."""
+    """What a unit's result depends on (see cirbench.builders.core.config.work_identity)."""
     return work_identity("soft-refine", cfg, sources)

@@ -17,7 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cirbench.builders.edir.workdir import LazyFiles, WorkDir
+from cirbench.builders.core.images import safe_id
+from cirbench.builders.core.workdir import LazyFiles, WorkDir
 from cirbench.core.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
 from cirbench.core.types import Item, Protocol, Task
 from cirbench.llm.base import image_mime
@@ -34,8 +35,6 @@ def image_bytes(item: Item) -> bytes:
 
 def _file_name(item: Item) -> str:
     """A safe, unique file name for an item's image (ids may hold any character)."""
-    from cirbench.builders.edir.sources import safe_id
-
     sid = safe_id(item.id)
     if sid != item.id:
         sid += "-" + hashlib.sha1(item.id.encode()).hexdigest()[:8]

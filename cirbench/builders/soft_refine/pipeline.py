@@ -4,7 +4,7 @@
                     sources="cirr@val")
 
 One work unit per query (describe -> mine -> score -> multi-target set -> single-target rewrite), written
-atomically to `<out>.work/` like the EDIR build (see cirbench/builders/edir/workdir.py): reruns resume,
+atomically to `<out>.work/` like the EDIR build (see cirbench/builders/core/workdir.py): reruns resume,
 `--shard i/n` splits the queries, `merge_soft_shards` exports the union. Sources: a native dataset directory
 (`dataset:PATH[@SPLIT]` or the bare path) or a registered task (`task:NAME[@SPLIT]` or `NAME@SPLIT`, e.g.
 `cirr@val`, `fashioniq@val`; `sources.data_dir` and `sources.options` are passed to its loader).
@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from cirbench.builders.edir.common import rejection, seed_for
-from cirbench.builders.edir.workdir import (
+from cirbench.builders.core.pipeline import PipelineInfo, UnitPipeline, register_pipeline
+from cirbench.builders.core.units import rejection, seed_for
+from cirbench.builders.core.workdir import (
     WorkDir,
     run_units,
     shard_slice,
@@ -238,3 +239,15 @@ def merge_soft_shards(out: str | os.PathLike[str], n: int) -> Path:
     done = {u for m in markers for u in m["units"]}
     order = [q.id for q in task.queries if q.id in done]
     return export_soft(work, out, settings, task, order, spec=spec, limit=markers[0].get("limit"))
+
+
+PIPELINE = register_pipeline(UnitPipeline(
+    PipelineInfo(
+        name="soft-refine",
+        description="an existing CIR benchmark -> LMM-scored multi-target and single-target variants",
+        accepts=("sources", "shard", "merge", "limit"),
+    ),
+    resolve,
+    run_soft_refine,
+    merge_soft_shards,
+))

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cirbench.builders.edir.common import Deferred, rejection
+from cirbench.builders.core.units import rejection
+from cirbench.builders.core.workdir import Deferred
 from cirbench.llm.base import LMM, LMMRequest, ask_json, require_dict, require_score, require_str
 
 

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cirbench.builders.core.images import png_bytes
+from cirbench.builders.core.pipeline import (
+    BuildRequest,
+    PipelineInfo,
+    check_request,
+    refusal,
+    register_pipeline,
+)
 from cirbench.builders.synthetic.card import contact_sheet, data_card
 from cirbench.builders.synthetic.edits import SUBCATEGORIES, TAXONOMY
 from cirbench.builders.synthetic.generate import BuiltQuery, BuiltSplit, SplitConfig, build_split
 from cirbench.builders.synthetic.predicate import Op
-from cirbench.builders.synthetic.render import png_bytes, render
+from cirbench.builders.synthetic.render import render
 from cirbench.builders.synthetic.scene import Scene
 from cirbench.builders.synthetic.texts import caption
 from cirbench.core.dataset import ImageRecord, QueryRecord, SplitData, check_replaceable, write_dataset
@@ -320,4 +329,31 @@ def build_synthetic(
     )
 
 
-__all__ = ["build_synthetic", "resolve"]
+class SyntheticPipeline:
+    """The synthetic benchmark as a registered pipeline: one seeded generation, no work units to shard."""
+
+    info = PipelineInfo(
+        name="synthetic",
+        description="procedural scenes with EDIR's taxonomy and exact multi-target ground truth",
+        accepts=("preset", "seed", "limit"),
+        not_sharded_because="it is one seeded generation of the whole benchmark (every query draws from the "
+        "split's single random stream and the gallery is shared), not a set of work units; build it in one "
+        "run",
+    )
+
+    def resolve(self, config: Mapping[str, Any], request: BuildRequest) -> None:
+        check_request(self.info, request)
+        resolve(config, request.preset, request.seed, request.limit)
+
+    def run(self, config: Mapping[str, Any], out: str | os.PathLike[str], request: BuildRequest) -> Path:
+        check_request(self.info, request)
+        return build_synthetic(config, Path(out), preset=request.preset, seed=request.seed,
+                               limit=request.limit, progress=request.progress)
+
+    def merge(self, out: str | os.PathLike[str], n: int) -> Path:
+        raise refusal(self.info, "merge")
+
+
+PIPELINE = register_pipeline(SyntheticPipeline())
+
+__all__ = ["PIPELINE", "SyntheticPipeline", "build_synthetic", "resolve"]

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import io
-import textwrap
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
+from cirbench.builders.core.sheet import NEGATIVE, TARGET, Sheet
 from cirbench.builders.synthetic.edits import SUBCATEGORIES, TAXONOMY
 from cirbench.builders.synthetic.generate import BuiltQuery, BuiltSplit
+from cirbench.core.datacard import size_category
 from cirbench.core.dataset import QueryRecord
 from cirbench.core.types import Protocol
 
@@ -48,14 +47,6 @@ RENDERING: dict[str, str] = {
     "Complex": "two or three of the edits above at once, on different objects, at most one of them "
     "structural (Addition, Remove, Replace, Count, Spatial).",
 }
-
-
-def _size_category(n: int) -> str:
-    bins = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"))
-    for hi, name in bins:
-        if n < hi:
-            return name
-    return "1M<n<10M"
 
 
 def _counts_table(records: Mapping[str, Sequence[QueryRecord]]) -> str:
@@ -128,7 +119,7 @@ tags:
 - multi-target
 - cirbench
 size_categories:
-- {_size_category(total)}
+- {size_category(total)}
 configs:
 {configs}
 ---
@@ -229,13 +220,6 @@ interpretations chosen for 2D (material, action, viewpoint) are described above.
     )
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError):  # an old Pillow without a scalable default font
-        return ImageFont.load_default()
-
-
 def contact_sheet(
     split: BuiltSplit,
     images: Mapping[str, bytes],
@@ -245,37 +229,25 @@ def contact_sheet(
     per_side: int = 3,
 ) -> bytes:
     """Rows of reference | text | targets | hard negatives, one per example query (PNG bytes)."""
-    text_w, pad, head = 230, 6, 22
+    text_w, pad = 230, 6
     cols = 1 + per_side * 2
     W = pad + text_w + cols * (thumb + pad) + pad
-    H = head + len(examples) * (thumb + pad) + pad
-    sheet = Image.new("RGB", (W, H), (255, 255, 255))
-    d = ImageDraw.Draw(sheet)
-    font, small = _font(12), _font(11)
     x_ref = pad
     x_text = x_ref + thumb + pad
     x_tg = x_text + text_w
     x_hn = x_tg + per_side * (thumb + pad)
-    for x, label in ((x_ref, "reference"), (x_text, "text"), (x_tg, "targets"), (x_hn, "hard negatives")):
-        d.text((x, 4), label, fill=(0, 0, 0), font=font)
+    labels = ((x_ref, "reference"), (x_text, "text"), (x_tg, "targets"), (x_hn, "hard negatives"))
+    sheet = Sheet(W, len(examples), thumb, pad, labels)
 
     def put(scene_id: str, x: int, y: int, border: tuple[int, int, int] | None) -> None:
-        im = Image.open(io.BytesIO(images[scene_id])).convert("RGB")
-        im = im.resize((thumb, thumb), Image.Resampling.BILINEAR)
-        sheet.paste(im, (x, y))
-        if border is not None:
-            d.rectangle([x - 2, y - 2, x + thumb + 1, y + thumb + 1], outline=border, width=2)
+        sheet.put(images[scene_id], x, y, border, fit="stretch")
 
     for row, (q, text) in enumerate(zip(examples, texts, strict=True)):
-        y = head + row * (thumb + pad)
+        y = sheet.row_y(row)
         put(split.id_of(q.draft.ref), x_ref, y, None)
-        lines = [f"[{q.draft.edit.subcategory}]"] + textwrap.wrap(text, 36)[:6]
-        for k, line in enumerate(lines):
-            d.text((x_text, y + 2 + k * 14), line, fill=(0, 0, 0) if k else (30, 60, 160), font=small)
+        sheet.text(x_text, y, q.draft.edit.subcategory, text, 36)
         for k, pos in enumerate(q.relevant[:per_side]):
-            put(split.ids[pos], x_tg + k * (thumb + pad), y, (30, 160, 60))
+            put(split.ids[pos], x_tg + k * (thumb + pad), y, TARGET)
         for k, h in enumerate(q.draft.hard[:per_side]):
-            put(split.id_of(h), x_hn + k * (thumb + pad), y, (200, 40, 40))
-    buf = io.BytesIO()
-    sheet.save(buf, format="PNG", compress_level=6)
-    return buf.getvalue()
+            put(split.id_of(h), x_hn + k * (thumb + pad), y, NEGATIVE)
+    return sheet.png()

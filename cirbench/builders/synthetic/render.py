@@ -22,7 +22,6 @@ handful of pastes plus the PNG encoding.
 
 from __future__ import annotations
 
-import io
 import math
 from functools import lru_cache
 
@@ -467,10 +466,3 @@ def render(scene: Scene, size: int = 128, supersample: int = 2) -> Image.Image:
         img = img.resize((small, small), Image.Resampling.BOX)
         img = ImageOps.posterize(img, 3).resize((size, size), Image.Resampling.NEAREST)
     return img
-
-
-def png_bytes(img: Image.Image, compress_level: int = 6) -> bytes:
-    """PNG encoding with fixed options, so the same picture always gives the same bytes."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
