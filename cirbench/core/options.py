@@ -9,7 +9,7 @@ suggestion the registries add to an unknown task or model name.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 
@@ -44,4 +44,54 @@ def check_options(owner: str, given: Mapping[str, Any] | Iterable[str], accepted
                              f"accepted {flag} names: {menu}")
 
 
-__all__ = ["UnknownOptionError", "check_options", "did_you_mean"]
+# ------------------------------------------------------------------------------------------------------
+# Typed values: options arrive as Python values or as CLI strings (`--option name=value`)
+# ------------------------------------------------------------------------------------------------------
+
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def as_bool(value: Any, name: str) -> bool:
+    """True/False, 1/0, or the usual spellings ("true", "no", ...); anything else is refused."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    s = str(value).strip().lower()
+    if s in TRUE:
+        return True
+    if s in FALSE:
+        return False
+    raise ValueError(f"option {name!r} must be true or false, not {value!r}")
+
+
+def as_int(value: Any, name: str, *, low: int | None = None) -> int:
+    """An integer (a whole float or its string is fine), at least `low`; a bool is refused."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = float("nan")
+    if isinstance(value, bool) or not f.is_integer() or (low is not None and f < low):
+        bound = f" >= {low}" if low is not None else ""
+        raise ValueError(f"option {name!r} must be an integer{bound}, not {value!r}")
+    return int(f)
+
+
+def as_float(value: Any, name: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"option {name!r} must be a number, not {value!r}") from e
+
+
+def as_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """One of a few words, with a suggestion for a near miss."""
+    s = str(value)
+    if s not in choices:
+        raise ValueError(f"option {name!r} must be one of {', '.join(choices)}, not {value!r}"
+                         f"{did_you_mean(s, choices)}")
+    return s
+
+
+__all__ = ["UnknownOptionError", "as_bool", "as_choice", "as_float", "as_int", "check_options",
+           "did_you_mean"]

@@ -44,34 +44,6 @@ class PickleRefused(ValueError):
 
 
 # ----------------------------------------------------------------------------- options
-def opt_bool(value: Any, name: str) -> bool:
-    """Options arrive as Python values or as CLI strings ("true", "0", ...)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"option {name!r} must be true or false, not {value!r}")
-
-
-def opt_float(value: Any, name: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"option {name!r} must be a number, not {value!r}") from e
-
-
-def opt_int(value: Any, name: str) -> int:
-    try:
-        f = float(value)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"option {name!r} must be an integer, not {value!r}") from e
-    if not f.is_integer():
-        raise ValueError(f"option {name!r} must be an integer, not {value!r}")
-    return int(f)
 
 
 def opt_str(value: Any) -> str | None:
@@ -106,8 +78,10 @@ def adapter_target(name: str, spec: ModelSpec | None, model_id: str | None, opti
 
 def safety_options(opts: Mapping[str, Any]) -> tuple[bool, bool]:
     """(trust_remote_code, allow_pickle): both off unless the user turns them on (see the module doc)."""
-    trc = opt_bool(opts.get("trust_remote_code", False), "trust_remote_code")
-    allow_pickle = opt_bool(opts.get("allow_pickle", False), "allow_pickle")
+    from cirbench.core.options import as_bool
+
+    trc = as_bool(opts.get("trust_remote_code", False), "trust_remote_code")
+    allow_pickle = as_bool(opts.get("allow_pickle", False), "allow_pickle")
     return trc, allow_pickle
 
 

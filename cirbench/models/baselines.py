@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from cirbench.core.options import check_options
+from cirbench.core.options import as_int, check_options
 from cirbench.core.types import DatasetError, Role
 from cirbench.models.base import Batch, ModelSpec, l2_normalise
 from cirbench.models.registry import register_family, register_model
@@ -227,15 +227,8 @@ RANDOM = ModelSpec(
 )
 def _random_factory(spec: ModelSpec, **options: Any) -> RandomEncoder:
     check_options("model 'random'", options, ("seed", "dim", "device", "dtype"))  # device, dtype: unused
-    return RandomEncoder(spec, seed=_opt_int(options.get("seed", 0), "seed"),
+    return RandomEncoder(spec, seed=as_int(options.get("seed", 0), "seed"),
                          dim=_opt_dim(options.get("dim", RANDOM.dim)))
-
-
-def _opt_int(value: Any, name: str) -> int:
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise ValueError(f"option {name!r} must be an integer, not {value!r}") from None
 
 
 register_model(RANDOM, _random_factory)

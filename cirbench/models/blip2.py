@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cirbench.core.options import as_bool, as_int
 from cirbench.core.types import Role
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
@@ -90,10 +91,10 @@ class Blip2Encoder:
         self.source = source
         self.device = T.resolve_device(opts.get("device"))
         self.dtype = T.canonical_dtype(opts.get("dtype"), "float32")
-        self.max_length = T.opt_int(opts.get("max_length", 64), "max_length")
+        self.max_length = as_int(opts.get("max_length", 64), "max_length")
         self.image_backend = T.parse_image_backend(opts.get("image_backend"))
-        self.pre_caption = T.opt_bool(opts.get("pre_caption", True), "pre_caption")
-        self.max_words = T.opt_int(opts.get("max_words", 30), "max_words")
+        self.pre_caption = as_bool(opts.get("pre_caption", True), "pre_caption")
+        self.max_words = as_int(opts.get("max_words", 30), "max_words")
         trc, allow_pickle = T.safety_options(opts)
 
         cfg = T.checked_config(source, self.revision, trust_remote_code=trc, model_type="blip-2",

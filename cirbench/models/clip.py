@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cirbench.core.options import as_bool, as_float, as_int
 from cirbench.core.types import DatasetError, Item, Role
 from cirbench.models import _images as I
 from cirbench.models import _torch as T
@@ -54,7 +55,7 @@ def parse_fusion(fusion: Any, alpha: Any) -> tuple[str, float | None]:
         raise ValueError(f"unknown fusion mode {fusion!r}; use one of {list(FUSION_MODES)}")
     if mode != "weighted":
         return mode, None
-    a = T.opt_float(0.5 if alpha is None else alpha, "alpha")
+    a = as_float(0.5 if alpha is None else alpha, "alpha")
     if not 0.0 <= a <= 1.0:
         raise ValueError(f"alpha is the weight of the text in [0, 1], not {a}")
     return mode, a
@@ -216,7 +217,7 @@ class HFTwoTowerEncoder(TwoTowerEncoder):
         self.device = T.resolve_device(opts.get("device"))
         self.dtype = T.canonical_dtype(opts.get("dtype"), "float32")
         trc, allow_pickle = T.safety_options(opts)
-        self.lowercase = T.opt_bool(opts.get("lowercase", False), "lowercase")
+        self.lowercase = as_bool(opts.get("lowercase", False), "lowercase")
 
         cfg = T.config_dict(source, self.revision)
         T.check_remote_code(source, cfg, trust_remote_code=trc)
@@ -233,7 +234,7 @@ class HFTwoTowerEncoder(TwoTowerEncoder):
         self.model_type = str(cfg.get("model_type", ""))
         text_cfg = getattr(model.config, "text_config", None)
         limit = getattr(text_cfg, "max_position_embeddings", None) or self.tokenizer.model_max_length
-        self.max_length = (T.opt_int(opts["max_length"], "max_length") if opts.get("max_length") is not None
+        self.max_length = (as_int(opts["max_length"], "max_length") if opts.get("max_length") is not None
                            else int(min(limit, self.tokenizer.model_max_length or limit)))
         self.padding: bool | str = "max_length" if self.model_type in MAX_LENGTH_PADDING else True
         self._in_dtype = next(self.model.parameters()).dtype

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cirbench.core.options import as_int
 from cirbench.core.types import Role
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
@@ -120,7 +121,7 @@ class E5VEncoder:
                              f"{self.fashioniq_captions!r}")
         self.rendered: str | None = None
         """Set by for_task: item texts (and captions) are finished prompt bodies, chosen for this task."""
-        self.max_length = T.opt_int(opts.get("max_length", 8192), "max_length")
+        self.max_length = as_int(opts.get("max_length", 8192), "max_length")
         self.image_backend = T.parse_image_backend(opts.get("image_backend"))
         trc, allow_pickle = T.safety_options(opts)
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cirbench.core.options import check_options
+from cirbench.core.options import as_bool, as_int, check_options
 from cirbench.core.types import DatasetError, Item, Role
 from cirbench.models.base import Batch, ModelSpec, l2_normalise
 from cirbench.models.registry import register_model
@@ -402,15 +402,11 @@ def load_head(head: str | os.PathLike[str], device: str = "cpu") -> tuple[dict[s
 # ---------------------------------------------------------------------------------------------- encoders
 
 def _as_bool(v: Any, name: str = "channels_last") -> bool:
-    from cirbench.models._torch import opt_bool
-
-    return opt_bool(v, name)
+    return as_bool(v, name)
 
 
 def _as_int(v: Any, name: str = "resolution") -> int:
-    from cirbench.models._torch import opt_int
-
-    return opt_int(v, name)
+    return as_int(v, name)
 
 
 def _check_dtype(dtype: Any) -> None:

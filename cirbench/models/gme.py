@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cirbench.core.options import as_bool, as_int
 from cirbench.core.types import Role
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
@@ -146,12 +147,12 @@ class GMEEncoder:
         self.dtype = T.canonical_dtype(opts.get("dtype"), "float16" if self.device.startswith("cuda") else
                                        "float32")
         self.attn_implementation = T.opt_str(opts.get("attn_implementation"))
-        self.max_length = T.opt_int(opts.get("max_length", 1800), "max_length")
+        self.max_length = as_int(opts.get("max_length", 1800), "max_length")
         self.position_ids = str(opts.get("position_ids", "sequential")).lower()
         if self.position_ids not in ("sequential", "mrope"):
             raise ValueError(f"position_ids must be 'sequential' (gme_inference.py) or 'mrope', "
                              f"not {self.position_ids!r}")
-        self.instruct_documents = T.opt_bool(opts.get("instruct_documents", False), "instruct_documents")
+        self.instruct_documents = as_bool(opts.get("instruct_documents", False), "instruct_documents")
         self.image_backend = T.parse_image_backend(opts.get("image_backend"))
         trc, allow_pickle = T.safety_options(opts)
 
@@ -187,10 +188,10 @@ class GMEEncoder:
     def _pixel_budget(opts: dict[str, Any], factor: int) -> tuple[int, int]:
         """min/max pixels from *_pixels if given, else from *_image_tokens (one token per factor² pixels)."""
         unit = factor * factor
-        lo = (T.opt_int(opts["min_pixels"], "min_pixels") if opts.get("min_pixels") is not None
-              else T.opt_int(opts.get("min_image_tokens", 256), "min_image_tokens") * unit)
-        hi = (T.opt_int(opts["max_pixels"], "max_pixels") if opts.get("max_pixels") is not None
-              else T.opt_int(opts.get("max_image_tokens", 1280), "max_image_tokens") * unit)
+        lo = (as_int(opts["min_pixels"], "min_pixels") if opts.get("min_pixels") is not None
+              else as_int(opts.get("min_image_tokens", 256), "min_image_tokens") * unit)
+        hi = (as_int(opts["max_pixels"], "max_pixels") if opts.get("max_pixels") is not None
+              else as_int(opts.get("max_image_tokens", 1280), "max_image_tokens") * unit)
         if not 0 < lo <= hi:
             raise ValueError(f"need 0 < min_pixels <= max_pixels, got {lo} and {hi}")
         return lo, hi

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cirbench.core.options import as_int
 from cirbench.core.types import DatasetError, Role
 from cirbench.models import _checkpoints as C
 from cirbench.models import _torch as T
@@ -171,7 +172,7 @@ class MmlClipEncoder:
         with T.quiet_transformers():
             self.tokenizer = AutoTokenizer.from_pretrained(self.backbone, **kw)
         size = opts.get("image_size", cfg.get("vision_config", {}).get("image_size", 224))
-        self.image_size = T.opt_int(size, "image_size")
+        self.image_size = as_int(size, "image_size")
         self.model = model.to(self.device, T.torch_dtype(self.dtype)).eval()
         self.weights = {"checkpoint": str(self.path), "local_digest": T.local_digest(self.path),
                         "format": "safetensors" if self.path.name.endswith(".safetensors") else

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cirbench.core.options import as_bool
 from cirbench.models import _images as I
 from cirbench.models import _torch as T
 from cirbench.models.base import ModelSpec
@@ -90,7 +91,7 @@ class OpenCLIPEncoder(TwoTowerEncoder):
         self.fusion, self.alpha = parse_fusion(opts.get("fusion"), opts.get("alpha"))
         self.device = T.resolve_device(opts.get("device"))
         self.dtype = T.canonical_dtype(opts.get("dtype"), "float32")
-        allow_pickle = T.opt_bool(opts.get("allow_pickle", False), "allow_pickle")
+        allow_pickle = as_bool(opts.get("allow_pickle", False), "allow_pickle")
         self.revision: str | None = None
         self.commit: str | None = None
         self.weights: dict[str, Any] = {}
@@ -138,7 +139,7 @@ class OpenCLIPEncoder(TwoTowerEncoder):
                 force_quick_gelu = bool(cfg.get("quick_gelu", False)) and not arch.get("quick_gelu", False)
                 self.weights = {"tag": pretrained, "file": os.path.basename(path), "revision": None}
         if opts.get("quick_gelu") is not None:
-            force_quick_gelu = T.opt_bool(opts["quick_gelu"], "quick_gelu")
+            force_quick_gelu = as_bool(opts["quick_gelu"], "quick_gelu")
         self.quick_gelu = force_quick_gelu
 
         model, _, preprocess = open_clip.create_model_and_transforms(

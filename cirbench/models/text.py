@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from cirbench.core.options import as_bool, as_int
 from cirbench.core.types import DatasetError, Item, Role
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
@@ -47,8 +48,8 @@ class SentenceTransformerEncoder:
         self.source = source
         self.device = T.resolve_device(opts.get("device"))
         self.dtype = T.canonical_dtype(opts.get("dtype"), "float32")
-        self.use_captions = T.opt_bool(opts.get("use_captions", True), "use_captions")
-        self.use_instructions = T.opt_bool(opts.get("use_instructions", False), "use_instructions")
+        self.use_captions = as_bool(opts.get("use_captions", True), "use_captions")
+        self.use_instructions = as_bool(opts.get("use_instructions", False), "use_instructions")
         trc, allow_pickle = T.safety_options(opts)
         T.check_local_weights(source, allow_pickle=allow_pickle)
         model_kwargs: dict[str, Any] = {"dtype": T.torch_dtype(self.dtype)}
@@ -59,7 +60,7 @@ class SentenceTransformerEncoder:
                                              trust_remote_code=trc, model_kwargs=model_kwargs)
         self.weights = T.weights_fingerprint(source, self.revision)  # once: the weights actually loaded
         if opts.get("max_seq_length") is not None:
-            self.model.max_seq_length = T.opt_int(opts["max_seq_length"], "max_seq_length")
+            self.model.max_seq_length = as_int(opts["max_seq_length"], "max_seq_length")
         self.model.eval()
         get_dim = (getattr(self.model, "get_embedding_dimension", None)
                    or self.model.get_sentence_embedding_dimension)

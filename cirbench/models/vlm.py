@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cirbench.core.options import as_bool, as_int
 from cirbench.core.types import Item, Role
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
@@ -151,11 +152,11 @@ class VLM2VecEncoder:
         self.dtype = T.canonical_dtype(opts.get("dtype"), "bfloat16" if self.device.startswith("cuda") else
                                        "float32")
         self.attn_implementation = T.opt_str(opts.get("attn_implementation"))
-        self.max_length = T.opt_int(opts.get("max_length", 8192), "max_length")
+        self.max_length = as_int(opts.get("max_length", 8192), "max_length")
         self.prompt_style = str(opts.get("prompt_style", self.family)).lower()
         if self.prompt_style not in (*PROMPT_STYLES, self.family):
             raise ValueError(f"prompt_style must be one of {list(PROMPT_STYLES)}, not {self.prompt_style!r}")
-        self.document_newline = T.opt_bool(opts.get("document_newline", False), "document_newline")
+        self.document_newline = as_bool(opts.get("document_newline", False), "document_newline")
         self.position_ids = str(opts.get("position_ids", "sequential")).lower()
         if self.position_ids not in ("sequential", "mrope"):
             raise ValueError("position_ids must be 'sequential' (VLM2Vec's model on its prompts) or "
@@ -249,13 +250,13 @@ class VLM2VecEncoder:
             lo, hi = {"eval": EVAL_BUDGET, "checkpoint": pixel_budget(saved),
                       "eval-min-checkpoint-max": (EVAL_BUDGET[0], pixel_budget(saved)[1])}[self.pixel_budget]
             if opts.get("min_pixels") is not None:
-                lo = T.opt_int(opts["min_pixels"], "min_pixels")
+                lo = as_int(opts["min_pixels"], "min_pixels")
             elif opts.get("min_image_tokens") is not None:
-                lo = T.opt_int(opts["min_image_tokens"], "min_image_tokens") * unit
+                lo = as_int(opts["min_image_tokens"], "min_image_tokens") * unit
             if opts.get("max_pixels") is not None:
-                hi = T.opt_int(opts["max_pixels"], "max_pixels")
+                hi = as_int(opts["max_pixels"], "max_pixels")
             elif opts.get("max_image_tokens") is not None:
-                hi = T.opt_int(opts["max_image_tokens"], "max_image_tokens") * unit
+                hi = as_int(opts["max_image_tokens"], "max_image_tokens") * unit
             if not 0 < lo <= hi:
                 raise ValueError(f"need 0 < min_pixels <= max_pixels, got {lo} and {hi}")
             self.image_processor = load_image_processor(source, kw, self.image_backend, (lo, hi))

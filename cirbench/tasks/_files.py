@@ -41,39 +41,10 @@ def require_data_dir(data_dir: Path | None, task: str, layout: str) -> Path:
     return data_dir
 
 
-def parse_bool(value: Any, name: str) -> bool:
-    """Options arrive as strings from `--task-option name=value`; accept the usual spellings."""
-    if isinstance(value, bool):
-        return value
-    s = str(value).strip().lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"option {name!r} must be true or false, not {value!r}")
 
 
-def parse_int(value: Any, name: str, *, low: int | None = None) -> int:
-    """An integer option (a string from `--task-option name=value`), at least `low`."""
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        f = float("nan")
-    if isinstance(value, bool) or not f.is_integer() or (low is not None and f < low):
-        bound = f" >= {low}" if low is not None else ""
-        raise ValueError(f"option {name!r} must be an integer{bound}, not {value!r}")
-    return int(f)
 
 
-def parse_choice(value: Any, name: str, choices: Sequence[str]) -> str:
-    """An option that takes one of a few words."""
-    from cirbench.core.options import did_you_mean
-
-    s = str(value)
-    if s not in choices:
-        raise ValueError(f"option {name!r} must be one of {', '.join(choices)}, not {value!r}"
-                         f"{did_you_mean(s, choices)}")
-    return s
 
 
 def check_options(options: Mapping[str, Any], known: Iterable[str], task: str) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cirbench.core.io import atomic_write
+from cirbench.core.options import as_bool
 from cirbench.core.paths import Root
 from cirbench.core.protocol import DEFAULT_BREAKDOWNS
 from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
@@ -27,7 +28,6 @@ from cirbench.tasks._files import (
     expect_list,
     get_field,
     group_by_dir,
-    parse_bool,
     parse_variant,
     read_json,
     require_data_dir,
@@ -101,7 +101,7 @@ def load(data_dir: Path | None, split: str, protocol: str = "official", **option
     if split not in SPLITS:
         raise ValueError(f"CIRCO has no split {split!r}; splits: {list(SPLITS)}")
     text_choice, ref_choice = parse_variant(protocol, AXES)
-    check = parse_bool(options.get("check_images", True), "check_images")
+    check = as_bool(options.get("check_images", True), "check_images")
     root = require_data_dir(data_dir, NAME, LAYOUT)
     info_path, image_dir = _paths(root, options.get("coco_dir"))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cirbench.core.io import atomic_write
+from cirbench.core.options import as_bool
 from cirbench.core.paths import Root
 from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 from cirbench.tasks._files import (
@@ -26,7 +27,6 @@ from cirbench.tasks._files import (
     expect_list,
     get_field,
     group_by_dir,
-    parse_bool,
     parse_variant,
     read_json,
     require_data_dir,
@@ -123,7 +123,7 @@ def load(data_dir: Path | None, split: str, protocol: str = "official", **option
         raise ValueError(f"CIRR has no split {split!r}; splits: {list(SPLITS)}")
     (ref_choice,) = parse_variant(protocol, AXES)
     exclude_ref = ref_choice == "reference-excluded"
-    check = parse_bool(options.get("check_images", True), "check_images")
+    check = as_bool(options.get("check_images", True), "check_images")
     root = require_data_dir(data_dir, NAME, LAYOUT)
     layout, ann, roots = _locate(root, split, options.get("image_root"))
 

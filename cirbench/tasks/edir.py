@@ -23,16 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from cirbench.core.options import as_bool
 from cirbench.core.paths import Root
 from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
-from cirbench.tasks._files import (
-    DirIndex,
-    check_images,
-    check_options,
-    group_by_dir,
-    parse_bool,
-    require_data_dir,
-)
+from cirbench.tasks._files import DirIndex, check_images, check_options, group_by_dir, require_data_dir
 from cirbench.tasks.registry import TaskSpec, register_task
 
 NAME = "edir"
@@ -289,8 +283,8 @@ def load(data_dir: Path | None, split: str, protocol: str = "official", **option
         raise ValueError(f"EDIR has no split {split!r}; splits: {list(SPLITS)}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"EDIR has no protocol {protocol!r}; protocols: {list(PROTOCOLS)}")
-    check = parse_bool(options.get("check_images", True), "check_images")
-    extract = parse_bool(options.get("extract", True), "extract")
+    check = as_bool(options.get("check_images", True), "check_images")
+    extract = as_bool(options.get("extract", True), "extract")
     root, hub_rev = resolve_source(data_dir, options.get("revision"))
 
     corpus_rows, corpus_sha = read_jsonl(root / "corpus.jsonl")

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cirbench.core.options import as_bool
 from cirbench.core.paths import Root
 from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 from cirbench.tasks._fashioniq_text import CATEGORIES, JOIN_NOTES, JOINS, join_captions
@@ -22,7 +23,6 @@ from cirbench.tasks._files import (
     expect_list,
     get_field,
     missing_images_error,
-    parse_bool,
     parse_variant,
     read_json,
     require_data_dir,
@@ -143,7 +143,7 @@ def load(data_dir: Path | None, split: str, protocol: str = "official", **option
     if split not in SPLITS:
         raise ValueError(f"FashionIQ has no split {split!r}; splits: {list(SPLITS)}")
     gallery_rule, join = parse_variant(protocol, AXES)
-    check = parse_bool(options.get("check_images", True), "check_images")
+    check = as_bool(options.get("check_images", True), "check_images")
     cats = _categories(options.get("categories"))
     root = require_data_dir(data_dir, NAME, LAYOUT)
     images = _Images(Path(options.get("image_dir") or root / "images"), str(options.get("image_ext", "auto")))

@@ -29,6 +29,7 @@ import numpy as np
 
 from cirbench.core.geo import GEO_THRESHOLDS_KM, check_latlon, geo_metric_name, gps_columns, gps_text
 from cirbench.core.metrics import hit_matrix, parse_metric, per_query_metrics
+from cirbench.core.options import as_bool
 from cirbench.core.paths import Root
 from cirbench.core.protocol import register_scorer
 from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
@@ -38,7 +39,6 @@ from cirbench.tasks._files import (
     check_images,
     check_options,
     group_by_dir,
-    parse_bool,
     read_csv,
     require_data_dir,
 )
@@ -334,7 +334,7 @@ def load(direction: str, data_dir: Path | None, split: str, protocol: str, **opt
     allowed = RETRIEVAL_PROTOCOLS if direction in RETRIEVAL else GEO_PROTOCOLS
     if protocol not in allowed:
         raise ValueError(f"{name} has no protocol {protocol!r}; protocols: {list(allowed)}")
-    check = parse_bool(options.get("check_images", True), "check_images")
+    check = as_bool(options.get("check_images", True), "check_images")
     text_sampling = str(options.get("text_sampling", "no_cues"))
     if text_sampling not in TEXT_SAMPLING:
         raise ValueError(f"option text_sampling must be one of {list(TEXT_SAMPLING)}, not {text_sampling!r}")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cirbench.core.options import as_bool
 from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
 from cirbench.tasks._fashioniq_text import CATEGORIES, JOIN_NOTES, JOINS, join_captions
 from cirbench.tasks._files import (
@@ -25,7 +26,6 @@ from cirbench.tasks._files import (
     check_options,
     expect_list,
     get_field,
-    parse_bool,
     read_json,
     require_data_dir,
     revision,
@@ -214,7 +214,7 @@ def load_cirr(target_type: str, data_dir: Path | None, split: str, protocol: str
     name = f"{FAMILY}-cirr-{target_type}"
     _check_common(name, target_type, split, protocol, options, OPTIONS)
     root = require_data_dir(data_dir, name, LAYOUT)
-    check = parse_bool(options.get("check_images", True), "check_images")
+    check = as_bool(options.get("check_images", True), "check_images")
     base_dir = _base_dir(root, "cirr", options.get("base_dir"))
     base = _load_base("cirr", base_dir, "reference-kept", check_images=check)
     sel = read_json(_selection_file(root, target_type, "cirr"), LAYOUT)
@@ -238,7 +238,7 @@ def load_fashioniq(target_type: str, data_dir: Path | None, split: str, protocol
     name = f"{FAMILY}-fashioniq-{target_type}"
     _check_common(name, target_type, split, protocol, options, FIQ_OPTIONS)
     root = require_data_dir(data_dir, name, LAYOUT)
-    check = parse_bool(options.get("check_images", True), "check_images")
+    check = as_bool(options.get("check_images", True), "check_images")
     join = str(options.get("caption_join", "both-orders"))
     if join not in JOINS:
         raise ValueError(f"option caption_join must be one of {list(JOINS)}, not {join!r}")

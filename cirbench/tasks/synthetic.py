@@ -14,8 +14,9 @@ import yaml
 
 from cirbench.core.cache import default_cache_dir
 from cirbench.core.dataset import MANIFEST, load_native, read_manifest
+from cirbench.core.options import as_bool, as_int
 from cirbench.core.types import Task, TaskMetadata
-from cirbench.tasks._files import check_options, parse_bool, parse_int
+from cirbench.tasks._files import check_options
 from cirbench.tasks.registry import TaskSpec, register_task
 from cirbench.tasks.taxonomy import SYNTHETIC_METRICS
 
@@ -61,8 +62,8 @@ def _loader(preset: str):
         root = ensure_built(
             preset,
             data_dir,
-            seed=parse_int(seed, "seed", low=0) if seed is not None else None,
-            progress=parse_bool(options.get("progress", True), "progress"),
+            seed=as_int(seed, "seed", low=0) if seed is not None else None,
+            progress=as_bool(options.get("progress", True), "progress"),
         )
         return load_native(root, split)
 

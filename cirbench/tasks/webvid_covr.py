@@ -20,9 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from cirbench.core.options import as_choice, as_int
 from cirbench.core.paths import Root
 from cirbench.core.types import DatasetError, Item, Protocol, Query, Task, TaskMetadata
-from cirbench.tasks._files import CsvFile, check_options, parse_choice, parse_int, read_csv, require_data_dir
+from cirbench.tasks._files import CsvFile, check_options, read_csv, require_data_dir
 from cirbench.tasks.registry import TaskSpec, register_task
 
 NAME = "webvid-covr"
@@ -140,10 +141,10 @@ def load(data_dir: Path | None, split: str, protocol: str = "official", **option
         raise ValueError(f"WebVid-CoVR has no split {split!r}; splits: {list(SPLITS)}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"WebVid-CoVR has no protocol {protocol!r}; protocols: {list(PROTOCOLS)}")
-    n_frames = parse_int(options.get("n_frames", N_FRAMES), "n_frames", low=1)
-    pool = parse_choice(options.get("target_pool", "mean"), "target_pool", POOLS)
-    fmt = parse_choice(options.get("frame_format", "jpg"), "frame_format", FRAME_FORMATS)
-    workers = parse_int(options.get("workers", 4), "workers", low=1)
+    n_frames = as_int(options.get("n_frames", N_FRAMES), "n_frames", low=1)
+    pool = as_choice(options.get("target_pool", "mean"), "target_pool", POOLS)
+    fmt = as_choice(options.get("frame_format", "jpg"), "frame_format", FRAME_FORMATS)
+    workers = as_int(options.get("workers", 4), "workers", low=1)
     root = require_data_dir(data_dir, NAME, LAYOUT)
     f = read_csv(_annotation(root, split), REQUIRED_COLUMNS, LAYOUT)
     if not f.rows:
