@@ -6,7 +6,7 @@ its edits). The pipeline side is the whole `run_edir` (pool scan and hashing, te
 unit writes, export with data card and contact sheet), model loading excluded on both sides. Rows alternate
 (bare, pipeline, bare, ...) and the best of `--repeats` is kept, which damps the noise of a shared machine.
 
-By default the editor is a TINY RANDOM InstructPix2Pix (cirbench.testing.edit_pipelines, 2 steps), which makes
+By default the editor is a TINY RANDOM InstructPix2Pix (tests.helpers.edit_pipelines, 2 steps), which makes
 each edit ~100x cheaper than a real one: the ratio measured with it is an upper bound of the overhead a real
 editor sees. `--model` takes a hub id or directory to measure a real pipeline instead.
 
@@ -62,7 +62,7 @@ def main() -> None:
     from cirbench.builders.edir.instructions import plan_subcategories
     from cirbench.builders.edir.sources import open_pool
     from cirbench.llm.templates import SUBCATEGORIES
-    from cirbench.testing.edit_pipelines import build_tiny_ip2p, write_image_folder
+    from tests.helpers.edit_pipelines import build_tiny_ip2p, write_image_folder
 
     tmp = Path(tempfile.mkdtemp(prefix="cirbench-bench-build-"))
     try:

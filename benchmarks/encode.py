@@ -176,7 +176,7 @@ def build_real_clip(root: Path, arch: str = "clip-b32") -> Path:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from cirbench.testing.tiny import _clip_tokenizer
+    from tests.helpers.tiny import _clip_tokenizer
 
     out = root / arch
     CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=_clip_tokenizer(77)).save_pretrained(out)
@@ -191,7 +191,7 @@ def build_real_gme(root: Path) -> Path:
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    from cirbench.testing import build_tiny_gme
+    from tests.helpers.tiny import build_tiny_gme
 
     out = build_tiny_gme(root / "gme-2b")  # tokenizer, processors, and the special-token ids in config.json
     cfg = Qwen2VLConfig.from_pretrained(out)
@@ -211,8 +211,13 @@ def build_real_gme(root: Path) -> Path:
 
 def tiny_cases(root: Path, families: Sequence[str] | None = None) -> list[tuple[str, str, dict[str, Any]]]:
     """(label, model name, options) for the tiny model of every adapter (or of those in `families`)."""
-    from cirbench.testing import build_tiny_clip, build_tiny_gme, build_tiny_open_clip
-    from cirbench.testing.tiny import build_tiny_blip2, build_tiny_llava_next
+    from tests.helpers.tiny import (
+        build_tiny_blip2,
+        build_tiny_clip,
+        build_tiny_gme,
+        build_tiny_llava_next,
+        build_tiny_open_clip,
+    )
 
     budget = {"min_image_tokens": 4, "max_image_tokens": 4}
     qwen = cache(lambda: build_tiny_gme(root / "qwen2vl"))  # one model for gme, rzen and vlm2vec

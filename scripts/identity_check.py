@@ -54,7 +54,10 @@ def _record(out: Path) -> dict[str, Any]:
 
 def snapshot(dest: Path, demo: bool, fixtures: Path) -> None:
     import cirbench
-    from cirbench.testing.tiny import build_tiny_clip
+    try:
+        from tests.helpers.tiny import build_tiny_clip
+    except ImportError:  # a checkout from before the helpers left the package
+        from cirbench.testing.tiny import build_tiny_clip  # type: ignore[no-redef]
     from tests.task_fixtures import WRITERS, fixture_name
 
     Options = sys.modules[cirbench.evaluate.__module__].EvalOptions

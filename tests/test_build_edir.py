@@ -23,7 +23,7 @@ from cirbench.builders.edir.sources import dhash, near_duplicates, open_pool, sc
 from cirbench.builders.edir.verify import EmbeddingVerifier
 from cirbench.core.dataset import load_native, read_manifest
 from cirbench.models.base import Batch, ModelSpec
-from cirbench.testing.edit_pipelines import (
+from tests.helpers.edit_pipelines import (
     TINY_CALL_KWARGS,
     FakeChatServer,
     Reply,
@@ -396,7 +396,7 @@ def test_config_is_checked(ip2p: Path, images: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("family", ["flux-kontext", "qwen-image-edit"])
 def test_editor_families_load_by_directory(family: str, tmp_path: Path) -> None:
-    from cirbench.testing import edit_pipelines as ep
+    from tests.helpers.tiny import edit_pipelines as ep
 
     if family == "qwen-image-edit":
         pytest.importorskip("torchvision")

@@ -61,7 +61,7 @@ def test_synthetic_merge_from_python_is_refused_too(tmp_path: Path) -> None:
 
 def _edir_config(root: Path) -> tuple[Path, str]:
     """A config file for the tiny offline InstructPix2Pix and a folder of 4 photos (templates, no LMM)."""
-    from cirbench.testing.edit_pipelines import TINY_CALL_KWARGS, build_tiny_ip2p, write_image_folder
+    from tests.helpers.edit_pipelines import TINY_CALL_KWARGS, build_tiny_ip2p, write_image_folder
 
     ip2p = build_tiny_ip2p(root / "ip2p")
     images = write_image_folder(root / "imgs", 4, size=32, seed=3, duplicates=0)

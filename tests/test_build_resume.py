@@ -16,7 +16,7 @@ import pytest
 from cirbench.builders.edir import merge_shards, run_edir
 from cirbench.builders.edir.editors import DiffusersEditor
 from cirbench.core.dataset import load_native
-from cirbench.testing.edit_pipelines import TINY_CALL_KWARGS, build_tiny_ip2p, write_image_folder
+from tests.helpers.edit_pipelines import TINY_CALL_KWARGS, build_tiny_ip2p, write_image_folder
 
 N_SOURCES = 6
 OUTPUT_FILES = (

@@ -24,7 +24,7 @@ from cirbench.core.dataset import (
     write_dataset,
 )
 from cirbench.core.types import Protocol
-from cirbench.testing.edit_pipelines import FakeChatServer, canned_answer, request_images, request_text
+from tests.helpers.edit_pipelines import FakeChatServer, canned_answer, request_images, request_text
 
 N_IMAGES = 12
 

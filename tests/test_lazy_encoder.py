@@ -22,7 +22,7 @@ from cirbench.cli import app
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cirbench.testing import build_tiny_clip
+    from tests.helpers.tiny import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("lazy") / "clip")
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from cirbench.llm import LMMError, LMMRequest, ask_json, extract_json, make_lmm
 from cirbench.llm.openai_client import OpenAIChatLMM
-from cirbench.testing.edit_pipelines import FakeChatServer, Reply
+from tests.helpers.edit_pipelines import FakeChatServer, Reply
 
 
 def _png(color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
@@ -206,7 +206,7 @@ def test_local_backend_on_a_tiny_random_qwen2vl(tmp_path: Path) -> None:
     pytest.importorskip("torchvision")  # the Qwen2VLProcessor needs it in transformers 5.x
     import torch
 
-    from cirbench.testing.tiny import build_tiny_gme
+    from tests.helpers.tiny import build_tiny_gme
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

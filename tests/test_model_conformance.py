@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from cirbench.models.registry import _FAMILIES
-from cirbench.testing import tiny
 from cirbench.testing.conformance import ConformanceError, check_encoder
+from tests.helpers import tiny
 
 QWEN_TINY = {"min_image_tokens": 4, "max_image_tokens": 4}
 

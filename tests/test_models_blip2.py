@@ -35,7 +35,7 @@ def _png(img: Any) -> bytes:
 
 @pytest.fixture(scope="module")
 def blip2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cirbench.testing.tiny import build_tiny_blip2
+    from tests.helpers.tiny import build_tiny_blip2
 
     return build_tiny_blip2(tmp_path_factory.mktemp("blip2") / "tiny")
 
@@ -47,7 +47,7 @@ def enc(blip2_dir: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def items() -> list[Item]:
-    from cirbench.testing import demo_images
+    from tests.helpers.tiny import demo_images
 
     a, b, c = demo_images(3, size=(40, 30))
     return [Item("composed", image=_png(a), text="Make it red!"), Item("image", image=_png(b)),
@@ -170,7 +170,7 @@ def test_evaluate_end_to_end(blip2_dir: Path, tiny_dataset: Path, tmp_path: Path
 def test_text_length_follows_covr_test_scripts(blip2_dir: Path) -> None:
     """CoVR's src/test/blip2/*.py tokenise at max_length=64 (not the model's training max_txt_len of 32): a
     composed query whose text runs past 32 tokens sees all of its first 64."""
-    from cirbench.testing import demo_images
+    from tests.helpers.tiny import demo_images
 
     enc64: Any = get_model(f"blip2:{blip2_dir}")
     assert enc64.fingerprint()["max_length"] == 64 and "CIRR max" in enc64.fingerprint()["scorer"]

@@ -40,7 +40,7 @@ def _png(img: Any) -> bytes:
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from cirbench.testing import build_tiny_clip, build_tiny_siglip, build_tiny_siglip2
+    from tests.helpers.tiny import build_tiny_clip, build_tiny_siglip, build_tiny_siglip2
 
     root = tmp_path_factory.mktemp("two-tower")
     return {"clip": build_tiny_clip(root / "clip"), "siglip": build_tiny_siglip(root / "siglip"),
@@ -49,7 +49,7 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def items() -> list[Item]:
-    from cirbench.testing import demo_images
+    from tests.helpers.tiny import demo_images
 
     a, b = demo_images(2, size=(40, 30))
     return [Item("composed", image=_png(a), text="make it red and striped"),
@@ -141,7 +141,7 @@ def test_fingerprint_changes_with_everything_that_changes_a_vector(dirs: dict[st
     assert all(p != base for p in prints)
     assert len({json.dumps(p, sort_keys=True) for p in prints}) == len(prints)
     # different weights in a local directory -> different fingerprint
-    from cirbench.testing import build_tiny_clip
+    from tests.helpers.tiny import build_tiny_clip
 
     other = build_tiny_clip(tmp_path / "clip-seed1", seed=1)
     assert get_model(f"hf-clip:{other}").fingerprint()["local_digest"] != base["local_digest"]
@@ -152,7 +152,7 @@ def test_revision_pins_the_weights(dirs: dict[str, Path], tmp_path: Path,
     """A hub id at two commits, served from a hub cache offline: revision picks the weights and the print."""
     import huggingface_hub.constants
 
-    from cirbench.testing import build_tiny_clip, put_in_hub_cache
+    from tests.helpers.tiny import build_tiny_clip, put_in_hub_cache
 
     cache = tmp_path / "hub"
     put_in_hub_cache(dirs["clip"], cache, "org/tiny-clip", COMMIT_A, main=False)
@@ -195,7 +195,7 @@ def test_remote_code_and_pickles_are_refused(dirs: dict[str, Path], tmp_path: Pa
     from safetensors.torch import load_file
 
     from cirbench.models._torch import PickleRefused, RemoteCodeRefused
-    from cirbench.testing import put_in_hub_cache
+    from tests.helpers.tiny import put_in_hub_cache
 
     custom = tmp_path / "custom"
     custom.mkdir()
@@ -254,7 +254,7 @@ def test_evaluate_end_to_end(dirs: dict[str, Path], tiny_dataset: Path, tmp_path
 # ----------------------------------------------------------------------------- decode=torchvision
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> list[Item]:
-    from cirbench.testing import image_files
+    from tests.helpers.tiny import image_files
 
     return image_files(tmp_path_factory.mktemp("files"))
 

@@ -38,7 +38,7 @@ def _png(img: Any) -> bytes:
 
 
 def _image(w: int, h: int) -> Any:
-    from cirbench.testing import demo_images
+    from tests.helpers.tiny import demo_images
 
     return demo_images(1, size=(w, h))[0]
 
@@ -50,7 +50,7 @@ def _tokens(enc: Any, img: Any) -> int:
 @pytest.fixture(scope="module")
 def hub_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Qwen2-VL whose processor config says what Qwen2-VL-2B-Instruct's says: 4 .. 16384 tokens."""
-    from cirbench.testing import build_tiny_gme
+    from tests.helpers.tiny import build_tiny_gme
 
     return build_tiny_gme(tmp_path_factory.mktemp("hubqwen") / "tiny", min_pixels=4 * 28 * 28,
                           max_pixels=16384 * 28 * 28)
@@ -153,7 +153,7 @@ def dora(hub_qwen: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DoRA adapter with VLM2Vec's target modules, its tensors named as VLM2Vec's transformers-4 class
     saved them (`base_model.model.model.layers...`), like VLM2Vec/VLM2Vec-V2.0's adapter_model.safetensors."""
     pytest.importorskip("peft")
-    from cirbench.testing.tiny import build_tiny_qwen2vl_lora
+    from tests.helpers.tiny import build_tiny_qwen2vl_lora
 
     return build_tiny_qwen2vl_lora(tmp_path_factory.mktemp("dora") / "adapter", hub_qwen)
 
@@ -245,7 +245,7 @@ def test_instruction_per_task(model: str, task: str, role: str, expected: str) -
 @pytest.fixture(scope="module")
 def llava_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The same tiny LLaVA-NeXT twice: processor saved by transformers 5, and as E5-V's release (4.41) did."""
-    from cirbench.testing.tiny import build_tiny_llava_next
+    from tests.helpers.tiny import build_tiny_llava_next
 
     root = tmp_path_factory.mktemp("llava")
     return (build_tiny_llava_next(root / "v5"),

@@ -38,7 +38,7 @@ def _png(img: Any) -> bytes:
 
 @pytest.fixture(scope="module")
 def gme_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cirbench.testing import build_tiny_gme
+    from tests.helpers.tiny import build_tiny_gme
 
     return build_tiny_gme(tmp_path_factory.mktemp("gme") / "tiny")
 
@@ -50,7 +50,7 @@ def enc(gme_dir: Path) -> Any:
 
 @pytest.fixture(scope="module")
 def items() -> list[Item]:
-    from cirbench.testing import demo_images
+    from tests.helpers.tiny import demo_images
 
     a, b = demo_images(2, size=56)  # already a multiple of 28: the pre-resize leaves it as is
     return [Item("composed", image=_png(a), text="make it red"), Item("image", image=_png(b)),
@@ -61,7 +61,7 @@ def _by_hand(gme_dir: Path, items: list[Item], system: str, *, mrope: bool = Fal
     import torch
     from transformers import Qwen2VLForConditionalGeneration
 
-    from cirbench.testing.tiny import has_torchvision
+    from tests.helpers.tiny import has_torchvision
 
     texts = []
     for it in items:
@@ -146,7 +146,7 @@ def test_instruction_rules(enc: Any, gme_dir: Path, items: list[Item]) -> None:
 
 
 def test_image_token_budget(gme_dir: Path) -> None:
-    from cirbench.testing import demo_images
+    from tests.helpers.tiny import demo_images
 
     img = demo_images(1, size=112)[0]
     small: Any = get_model(f"gme:{gme_dir}", min_image_tokens=4, max_image_tokens=4)
@@ -169,7 +169,7 @@ def test_fingerprint_changes_with_everything_that_changes_a_vector(enc: Any, gme
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants
 
-    from cirbench.testing import put_in_hub_cache
+    from tests.helpers.tiny import put_in_hub_cache
 
     base = enc.fingerprint()
     json.dumps(base)

@@ -36,7 +36,7 @@ STD = np.array([0.26862954, 0.26130258, 0.27577711])
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from cirbench.testing.tiny import build_tiny_clip, build_tiny_mml_clip
+    from tests.helpers.tiny import build_tiny_clip, build_tiny_mml_clip
 
     root = tmp_path_factory.mktemp("mmlclip")
     clip = build_tiny_clip(root / "clip")
@@ -123,7 +123,7 @@ def _clip_by_hand(clip_dir: Path, images: list[Any], texts: list[str]) -> tuple[
 
 
 def test_vectors_match_mml_codebase_by_hand(dirs: tuple[Path, Path], state: dict[str, np.ndarray]) -> None:
-    from cirbench.testing import demo_images
+    from tests.helpers.tiny import demo_images
 
     clip_dir, ckpt = dirs
     enc: Any = get_model(f"mml-clip:{ckpt}", backbone=str(clip_dir))

@@ -37,14 +37,14 @@ def _png(img: Any) -> bytes:
 
 @pytest.fixture(scope="module")
 def oc_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cirbench.testing import build_tiny_open_clip
+    from tests.helpers.tiny import build_tiny_open_clip
 
     return build_tiny_open_clip(tmp_path_factory.mktemp("oc") / "tiny")
 
 
 @pytest.fixture(scope="module")
 def items() -> list[Item]:
-    from cirbench.testing import demo_images
+    from tests.helpers.tiny import demo_images
 
     a, b = demo_images(2, size=(50, 40))
     return [Item("composed", image=_png(a), text="make it red"), Item("image", image=_png(b)),
@@ -87,7 +87,7 @@ def test_local_dir_end_to_end(oc_dir: Path, items: list[Item]) -> None:
 def test_architecture_plus_checkpoint_file(oc_dir: Path, items: list[Item], tmp_path: Path) -> None:
     import open_clip
 
-    from cirbench.testing.tiny import TINY_OPEN_CLIP_CFG
+    from tests.helpers.tiny import TINY_OPEN_CLIP_CFG
 
     cfg = tmp_path / "cirbench-tiny-oc.json"  # the file stem becomes the architecture name
     cfg.write_text(json.dumps(TINY_OPEN_CLIP_CFG))
@@ -109,7 +109,7 @@ def test_architecture_plus_checkpoint_file(oc_dir: Path, items: list[Item], tmp_
 
 def test_pickles_refused_unless_allowed(oc_dir: Path, items: list[Item], tmp_path: Path) -> None:
     from cirbench.models._torch import PickleRefused
-    from cirbench.testing import build_tiny_open_clip
+    from tests.helpers.tiny import build_tiny_open_clip
 
     pickled = build_tiny_open_clip(tmp_path / "pickled", fmt="pickle")
     with pytest.raises(PickleRefused, match="allow_pickle=True"):
@@ -126,7 +126,7 @@ def test_hf_hub_target_at_a_pinned_revision(oc_dir: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants
 
-    from cirbench.testing import build_tiny_open_clip, put_in_hub_cache
+    from tests.helpers.tiny import build_tiny_open_clip, put_in_hub_cache
 
     cache = tmp_path / "hub"
     put_in_hub_cache(oc_dir, cache, "laion/tiny-oc", "c" * 40, main=False)
@@ -188,7 +188,7 @@ def test_torchvision_decode_close_to_open_clip_preprocess(oc_dir: Path, tmp_path
 
     from cirbench.core.types import DatasetError
     from cirbench.models import _images
-    from cirbench.testing import image_files
+    from tests.helpers.tiny import image_files
 
     files = image_files(tmp_path / "files")
     target = f"open_clip:local-dir:{oc_dir}"

@@ -42,8 +42,7 @@ def _png(img: Any) -> bytes:
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from cirbench.testing import build_tiny_gme
-    from cirbench.testing.tiny import build_tiny_qwen2vl_lora
+    from tests.helpers.tiny import build_tiny_gme, build_tiny_qwen2vl_lora
 
     root = tmp_path_factory.mktemp("recall")
     base = build_tiny_gme(root / "base")
@@ -54,7 +53,7 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def items() -> list[Item]:
-    from cirbench.testing import demo_images
+    from tests.helpers.tiny import demo_images
 
     a, b = demo_images(2, size=56)
     return [Item("composed", image=_png(a), text="make it red"), Item("image", image=_png(b))]
@@ -94,7 +93,7 @@ def test_prompt_pair_and_last_token_pooling(dirs: tuple[Path, Path], items: list
     batch = Batch(items, [it.load_image() for it in items])
     vecs = np.concatenate([enc.encode(batch, role="query")[:1], enc.encode(batch, role="document")[1:]])
     # stock peft needs this transformers' tensor names: the same adapter (same seed) saved with them
-    from cirbench.testing.tiny import build_tiny_qwen2vl_lora
+    from tests.helpers.tiny import build_tiny_qwen2vl_lora
 
     v5 = build_tiny_qwen2vl_lora(base.parent / "lora-v5", base, use_dora=False, layout="transformers-5")
     merged = PeftModel.from_pretrained(Qwen2VLForConditionalGeneration.from_pretrained(base).eval(),
@@ -114,7 +113,7 @@ def test_qwen25vl_backbone(dirs: tuple[Path, Path], items: list[Item], tmp_path:
     """ReCALL's main backbone: a Qwen2.5-VL checkpoint loads through the same path, as Qwen2_5_VLModel."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from cirbench.testing.tiny import build_tiny_qwen25vl
+    from tests.helpers.tiny import build_tiny_qwen25vl
 
     q25 = build_tiny_qwen25vl(tmp_path / "q25", dirs[0])
     enc: Any = get_model(f"recall:{q25}", **TINY)

@@ -28,7 +28,7 @@ pytest.importorskip("sentence_transformers")
 
 @pytest.fixture(scope="module")
 def st_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cirbench.testing import build_tiny_sentence_transformer
+    from tests.helpers.tiny import build_tiny_sentence_transformer
 
     return build_tiny_sentence_transformer(tmp_path_factory.mktemp("st") / "tiny")
 
@@ -51,7 +51,7 @@ def _direct(st_dir: Path, texts: list[str], prompt: str | None = None) -> np.nda
 
 
 def test_end_to_end_text_and_captions(enc: Any, st_dir: Path, tmp_path: Path) -> None:
-    from cirbench.testing import demo_images
+    from tests.helpers.tiny import demo_images
 
     demo_images(1)[0].save(tmp_path / "img.png")
     items = [Item("composed", image=tmp_path / "img.png", text="make it red"),
@@ -88,7 +88,7 @@ def test_instructions(enc: Any, st_dir: Path) -> None:
 def test_fingerprint(enc: Any, st_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import huggingface_hub.constants
 
-    from cirbench.testing import put_in_hub_cache
+    from tests.helpers.tiny import put_in_hub_cache
 
     base = enc.fingerprint()
     json.dumps(base)

@@ -41,21 +41,21 @@ def _png(img: Any) -> bytes:
 
 @pytest.fixture(scope="module")
 def qwen_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cirbench.testing import build_tiny_gme
+    from tests.helpers.tiny import build_tiny_gme
 
     return build_tiny_gme(tmp_path_factory.mktemp("qwen2vl") / "tiny")
 
 
 @pytest.fixture(scope="module")
 def llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from cirbench.testing.tiny import build_tiny_llava_next
+    from tests.helpers.tiny import build_tiny_llava_next
 
     return build_tiny_llava_next(tmp_path_factory.mktemp("llava") / "tiny")
 
 
 @pytest.fixture(scope="module")
 def items() -> list[Item]:
-    from cirbench.testing import demo_images
+    from tests.helpers.tiny import demo_images
 
     a, b = demo_images(2, size=56)
     return [Item("composed", image=_png(a), text="make it red"), Item("image", image=_png(b)),
@@ -148,7 +148,7 @@ def test_vlm2vec_peft_adapter_equals_merged_checkpoint(qwen_dir: Path, items: li
     pytest.importorskip("peft")
     from transformers import AutoProcessor
 
-    from cirbench.testing.tiny import build_tiny_qwen2vl_lora
+    from tests.helpers.tiny import build_tiny_qwen2vl_lora
 
     # transformers-5 names: stock peft loads it too, which gives the reference merged checkpoint
     adapter = build_tiny_qwen2vl_lora(tmp_path / "adapter", qwen_dir, layout="transformers-5")

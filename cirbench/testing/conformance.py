@@ -166,12 +166,20 @@ def check_task(task: str | TaskSpec, data_dir: str | os.PathLike[str], *, split:
 MODALITIES = ("image", "text", "image+text", "gps")
 
 
+def demo_images(n: int = 3, size: int | tuple[int, int] = 48, seed: int = 0) -> list[Any]:
+    """Random RGB PIL images (different from each other), for feeding encoders in tests."""
+    import numpy as np
+    from PIL import Image
+
+    w, h = (size, size) if isinstance(size, int) else size
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for _ in range(n)]
+
+
 def _demo_items(n: int = 3) -> dict[str, list[Any]]:
     import io
 
     from cirbench.core.types import Item
-    from cirbench.testing.tiny import demo_images
-
     def png(img: Any) -> bytes:
         buf = io.BytesIO()
         img.save(buf, format="PNG")

@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cirbench.testing.conformance import demo_images  # noqa: F401  (re-exported for the tests)
+
 QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                  "<|image_pad|>", "<|video_pad|>"]
 
@@ -59,16 +61,6 @@ def byte_vocab(specials: list[str], end_of_word: str | None = None) -> dict[str,
         for ch in alphabet:
             vocab.setdefault(ch + end_of_word, len(vocab))
     return vocab
-
-
-def demo_images(n: int = 3, size: int | tuple[int, int] = 48, seed: int = 0) -> list[Any]:
-    """Random RGB PIL images (different from each other), for feeding encoders in tests."""
-    import numpy as np
-    from PIL import Image
-
-    w, h = (size, size) if isinstance(size, int) else size
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for _ in range(n)]
 
 
 def image_files(root: str | os.PathLike[str], seed: int = 0) -> list[Any]:

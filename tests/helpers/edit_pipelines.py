@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from cirbench.testing.tiny import byte_vocab
+from tests.helpers.tiny import byte_vocab
 
 QWEN_EDIT_SPECIALS = [
     "<|endoftext|>",
