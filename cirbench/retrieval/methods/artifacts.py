@@ -37,7 +37,7 @@ log = logging.getLogger("cirbench.retrieval.methods.artifacts")
 
 ARTIFACT_FORMAT = 1
 Value = Any
-"""A JSON value: a text (caption, rewrite), a list of texts (LDRE's 15 captions) or an object (constraints)."""
+"""A JSON value: a text (a caption, a rewrite), a list of texts (LDRE's 15 captions) or an object."""
 
 
 def _canonical(obj: Any) -> bytes:
@@ -142,7 +142,8 @@ class ImportedArtifacts:
     values: Mapping[str, Value]
 
     @classmethod
-    def load(cls, root: str | os.PathLike[str], rel: str | os.PathLike[str], *, provenance: str) -> ImportedArtifacts:
+    def load(cls, root: str | os.PathLike[str], rel: str | os.PathLike[str], *,
+             provenance: str) -> ImportedArtifacts:
         """Read `rel` below `root` (it may not leave it); refuse anything that is not {id: value}."""
         path = Root(root, what="the artifact import folder").join(rel, field="path")
         try:
@@ -230,7 +231,8 @@ class ArtifactStore:
                     batch = todo[a:a + max(1, batch_size)]
                     values = list(make(batch))
                     if len(values) != len(batch):
-                        raise RuntimeError(f"stage {spec.stage!r}: {len(values)} artifacts for {len(batch)} items")
+                        raise RuntimeError(f"stage {spec.stage!r}: {len(values)} artifacts for "
+                                           f"{len(batch)} items")
                     lines = []
                     for job, value in zip(batch, values, strict=True):
                         key = spec.key(job.id, job.content_key)
@@ -254,10 +256,7 @@ class ArtifactStore:
         for p in parts:
             for rec in _read_part(p):
                 records.setdefault(rec["key"], rec)
-        body = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for _, r in sorted(records.items()))
-        merged = folder / f"part-merged-{hashlib.sha256(body.encode()).hexdigest()[:32]}.jsonl"
-        with atomic_write(merged) as f:
-            f.write(body)
+        merged = _write_merged(folder, spec, records)
         for p in parts:
             if p != merged:
                 p.unlink()
@@ -276,14 +275,20 @@ def merge_stores(target: ArtifactStore, sources: Sequence[ArtifactStore], spec: 
                 if rec["key"] not in have:
                     new.setdefault(rec["key"], rec)
     if new:
-        folder = target.folder(spec)
-        folder.mkdir(parents=True, exist_ok=True)
-        if not (folder / "spec.json").exists():
-            write_json(folder / "spec.json", {"format": ARTIFACT_FORMAT, **spec.record()})
-        body = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for _, r in sorted(new.items()))
-        with atomic_write(folder / f"part-merged-{hashlib.sha256(body.encode()).hexdigest()[:32]}.jsonl") as f:
-            f.write(body)
+        _write_merged(target.folder(spec), spec, new)
     return len(new)
+
+
+def _write_merged(folder: Path, spec: ArtifactSpec, records: Mapping[str, dict[str, Any]]) -> Path:
+    """One part holding `records` (sorted by key), named by its content, written atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "spec.json").exists():
+        write_json(folder / "spec.json", {"format": ARTIFACT_FORMAT, **spec.record()})
+    body = "".join(json.dumps(records[k], ensure_ascii=False, sort_keys=True) + "\n" for k in sorted(records))
+    path = folder / f"part-merged-{hashlib.sha256(body.encode()).hexdigest()[:32]}.jsonl"
+    with atomic_write(path) as f:
+        f.write(body)
+    return path
 
 
 def _read_part(path: Path) -> Iterator[dict[str, Any]]:
