@@ -75,6 +75,18 @@ def _image_bytes(item: Item) -> bytes:
     raise ValueError(f"query {item.id!r} has no reference image to caption")
 
 
+SPEC = ComponentSpec(
+    name="cirevl",
+    description="CIReVL: reference caption -> LLM rewrite -> text feature vs gallery image features",
+    options={
+        "caption_prompt": "str, cirbench's caption prompt: the captioner's instruction (sha256 recorded)",
+        "rewrite_prompt": "str, cirbench's rewrite prompt: Image Content / Instruction / Edited Description",
+        "rewrite_max_tokens": "int, 700: the rewrite's max_tokens (the released code's value)",
+        "temperature": "float, 0.0: decoding temperature of both LMM stages",
+    },
+)
+
+
 @dataclass
 class CIReVL:
     """A Retriever: reference caption -> LLM rewrite -> text feature -> exact search over gallery images."""
@@ -236,16 +248,5 @@ def _search(task: Task, qv: np.ndarray, cv: np.ndarray, ctx: Context) -> Run:
         run.subset_indices, run.subset_scores = sub.indices, sub.scores
     return run
 
-
-SPEC = ComponentSpec(
-    name="cirevl",
-    description="CIReVL: reference caption -> LLM rewrite -> text feature vs gallery image features",
-    options={
-        "caption_prompt": "str, cirbench's caption prompt: the captioner's instruction (sha256 recorded)",
-        "rewrite_prompt": "str, cirbench's rewrite prompt: Image Content / Instruction / Edited Description",
-        "rewrite_max_tokens": "int, 700: the rewrite's max_tokens (the released code's value)",
-        "temperature": "float, 0.0: decoding temperature of both LMM stages",
-    },
-)
 
 __all__ = ["CAPTION_PROMPT", "REWRITE_PROMPT", "SPEC", "CIReVL", "parse_edited"]
