@@ -17,8 +17,8 @@ from cirbench.retrieval.encode import encode_items
 from cirbench.retrieval.methods.artifacts import ArtifactStore, sha256_text
 from cirbench.retrieval.methods.cirevl import REWRITE_PROMPT, CIReVL, parse_edited
 from cirbench.tasks.registry import get_task
-from cirbench.testing import build_tiny_clip
-from cirbench.testing.edit_pipelines import FakeChatServer, request_images, request_text
+from tests.helpers.edit_pipelines import FakeChatServer, request_images, request_text
+from tests.helpers.tiny import build_tiny_clip
 from tests.test_tasks_cirr import write_cirr
 
 

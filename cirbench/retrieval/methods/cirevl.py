@@ -17,15 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from cirbench.core.metrics import parse_metric
 from cirbench.core.run import Run
-from cirbench.core.types import Item, Query, Task, query_exclusions
+from cirbench.core.types import Item, Query, Task
 from cirbench.llm.base import LMM, LMMError, LMMRequest
-from cirbench.models.base import Encoder
+from cirbench.models.base import Encoder, check_modalities
 from cirbench.retrieval.base import ComponentSpec, Context
-from cirbench.retrieval.encode import encode_items
+from cirbench.retrieval.dense import TIE_BREAK, encode, search_task
 from cirbench.retrieval.methods.artifacts import (
     ArtifactJob,
     ArtifactSpec,
@@ -33,7 +30,6 @@ from cirbench.retrieval.methods.artifacts import (
     ImportedArtifacts,
     sha256_text,
 )
-from cirbench.retrieval.search import exact_search, subset_search
 
 CAPTION_PROMPT = (
     "Write one complete, detailed description of this image. Mention every object you can see, "
@@ -194,59 +190,30 @@ class CIReVL:
         edited = self.rewrites(task, captions, ctx)
         texts = [Item(q.id, text=edited[q.id]) for q in task.queries]
         with ctx.cost.timed("encode_text"):
-            qv, _ = encode_items(self.encoder, texts, role="query", batch_size=ctx.batch_size,
-                                 workers=ctx.workers, progress=False)
+            qv, _ = encode(self.encoder, texts, "query", None, ctx, "encoding edited descriptions")
         ctx.cost.add("encode_text", text_encodes=len(texts))
         with ctx.cost.timed("encode_gallery"):
-            cv, _ = encode_items(self.encoder, task.corpus, role="document", batch_size=ctx.batch_size,
-                                 workers=ctx.workers, progress=False)
+            cv, _ = encode(self.encoder, list(task.corpus), "document", None, ctx, "encoding gallery")
         ctx.cost.add("encode_gallery", image_encodes=len(task.corpus))
         with ctx.cost.timed("search"):
-            return _search(task, qv, cv, ctx)
+            return search_task(task, qv, cv, ctx.top_k, ctx)
+
+    def prepare(self, task: Task) -> Task:
+        check_modalities(self.encoder.spec, {"edited description": "text",
+                                             "corpus": task.metadata.corpus_modality})
+        return task
+
+    def describe(self, task: Task, ctx: Context) -> dict[str, Any]:
+        return {"method": "cirevl", "prompts": {"caption_sha256": sha256_text(self.caption_prompt),
+                                                "rewrite_sha256": sha256_text(self.rewrite_prompt)},
+                "search": {"top_k": ctx.top_k, "query": "the LLM's edited description as text",
+                           "tie_break": TIE_BREAK}}
 
 
 def _answer(reply: str | LMMError, stage: str, item_id: str) -> str:
     if isinstance(reply, LMMError):
         raise LMMError(f"{stage} of {item_id!r}: {reply}", transient=reply.transient)
     return reply
-
-
-def _search(task: Task, qv: np.ndarray, cv: np.ndarray, ctx: Context) -> Run:
-    """Exact top-K within each query's gallery, the protocol's exclusions removed (as the dense eval does)."""
-    pos = task.corpus_positions
-    excl = query_exclusions(task)
-    relevant = [[pos[c] for c in q.relevant_ids] for q in task.queries]
-    nq, k = len(task.queries), ctx.top_k
-    indices = np.full((nq, k), -1, dtype=np.int64)
-    scores = np.full((nq, k), -np.inf, dtype=np.float32)
-    first = np.zeros(nq, dtype=np.int64)
-    groups: dict[str | None, list[int]] = {}
-    for i, q in enumerate(task.queries):
-        groups.setdefault(q.gallery, []).append(i)
-    for gallery, qidx in groups.items():
-        if gallery is None or task.galleries is None:
-            gpos = np.arange(len(task.corpus))
-        else:
-            gpos = np.asarray(sorted(pos[c] for c in task.galleries[gallery]), dtype=np.int64)
-        local = {int(p): j for j, p in enumerate(gpos)}
-        res = exact_search(qv[qidx], cv[gpos], k,
-                           exclude=[[local[p] for p in excl[i] if p in local] for i in qidx],
-                           relevant=[[local[p] for p in relevant[i] if p in local] for i in qidx],
-                           dtype=ctx.search_dtype, device=ctx.device, backend=ctx.search_backend)
-        kk = res.indices.shape[1]
-        indices[qidx, :kk] = np.where(res.indices >= 0, gpos[np.maximum(res.indices, 0)], -1)
-        scores[qidx, :kk] = res.scores
-        if res.first_relevant_rank is not None:
-            first[qidx] = res.first_relevant_rank
-    run = Run(query_ids=[q.id for q in task.queries], corpus_ids=[it.id for it in task.corpus],
-              indices=indices, scores=scores, first_relevant_rank=first if task.has_labels else None)
-    if any(q.candidate_ids is not None for q in task.queries):
-        sub_k = max([3] + [parse_metric(m).k or 0 for m in task.protocol.metrics
-                           if parse_metric(m).kind == "recall_subset"])
-        sub = subset_search(qv, cv, [[pos[c] for c in (q.candidate_ids or ())] for q in task.queries], sub_k,
-                            exclude=excl)
-        run.subset_indices, run.subset_scores = sub.indices, sub.scores
-    return run
 
 
 __all__ = ["CAPTION_PROMPT", "REWRITE_PROMPT", "SPEC", "CIReVL", "parse_edited"]
