@@ -189,6 +189,12 @@ def eval_cmd(
     retriever_option: Annotated[
         list[str] | None, typer.Option("--retriever-option", help="retriever option name=value")
     ] = None,
+    method: Annotated[
+        str | None, typer.Option(help="a retrieval method: a shipped config or a .yaml (cirbench methods)")
+    ] = None,
+    method_option: Annotated[
+        list[str] | None, typer.Option("--method-option", help="override a method option name=value")
+    ] = None,
     rerank: Annotated[
         list[str] | None, typer.Option("--rerank", help="a reranker, e.g. soft; repeat for a chain")
     ] = None,
@@ -216,7 +222,12 @@ def eval_cmd(
     from cirbench.retrieval.base import get_retriever
     from cirbench.retrieval.search import SEARCH_BACKENDS, SEARCH_DTYPES
 
-    model_name = None if retriever is not None and not model else _one(model, DEFAULT_MODEL, "--model")
+    if retriever is not None and method is not None:
+        raise typer.BadParameter("give --retriever or --method, not both", param_hint="--method")
+    if method_option and method is None:
+        raise typer.BadParameter("--method-option needs --method NAME", param_hint="--method-option")
+    without_model = retriever is not None or method is not None
+    model_name = None if without_model and not model else _one(model, DEFAULT_MODEL, "--model")
     task_name = _one(task, DEFAULT_TASK, "--task")
     _choice(search_dtype, SEARCH_DTYPES, "--search-dtype")
     _choice(search_backend, SEARCH_BACKENDS, "--search-backend")
@@ -247,6 +258,10 @@ def eval_cmd(
     )
     rerankers = _rerankers(rerank or [], rerank_option or [])
     built = get_retriever(retriever, **_kv(retriever_option, "--retriever-option")) if retriever else None
+    if method is not None:
+        from cirbench.retrieval.methods.config import load_method
+
+        built = load_method(method, _kv(method_option, "--method-option"))
     result = evaluate(
         model_name,
         task_name,
@@ -447,6 +462,28 @@ def retrievers_cmd(json_: JsonFlag = False) -> None:
     _show(table)
     _say("--model NAME is the dense retriever of that model; --retriever NAME --retriever-option k=v for the "
          "others; --rerank NAME --rerank-option [NAME.]k=v, repeatable for a chain")
+
+
+@app.command("methods")
+def methods_cmd(json_: JsonFlag = False) -> None:
+    """List the shipped retrieval-method configs (--method NAME) with their method and options."""
+    from rich.table import Table
+
+    from cirbench.retrieval.methods.config import read_method, shipped_methods
+
+    configs = [read_method(name) for name in sorted(shipped_methods())]
+    if json_:
+        _print_json([{"name": Path(c.source).stem, "method": c.method, "options": c.options,
+                      "source": c.source, "description": c.description} for c in configs])
+        return
+    table = Table(title="cirbench methods")
+    for col in ("name", "method", "options", "about"):
+        table.add_column(col)
+    for c in configs:
+        opts = ", ".join(f"{k}={v}" for k, v in c.options.items())
+        table.add_row(*map(escape, (Path(c.source).stem, c.method, opts, c.description)))
+    _show(table)
+    _say("run one: cirbench eval --method NAME --method-option key=value --task T; a .yaml path works too")
 
 
 @app.command("compare")

@@ -109,3 +109,38 @@ def test_a_reply_without_the_marker_falls_back_to_the_instruction(setup: tuple[A
         edited = method.rewrites(task, method.captions(task, ctx), ctx)
     assert edited == {q0.id: "no marker please"}
     assert ctx.cost.to_dict()["rewrite"]["parse_fallbacks"] == 1
+
+
+def test_cirevl_from_the_cli_with_a_shipped_config(tmp_path: Path) -> None:
+    """`cirbench eval --method cirevl` (the shipped config) with options overridden on the command line:
+    the result records the method, its prompts' hashes and the cost per stage; a rerun asks the LMM
+    nothing."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cirbench.cli import app
+
+    data = write_cirr(tmp_path / "cirr")
+    clip = build_tiny_clip(tmp_path / "clip")
+    with FakeChatServer(responder) as server:
+        args = ["eval", "--method", "cirevl", "-t", "cirr", "--split", "val", "--data-dir", str(data),
+                "-o", str(tmp_path / "out"), "-q", "--bootstrap", "5"]
+        for opt in (f"encoder=hf-clip:{clip}", "lmm_model=fake-vlm", f"lmm_base_url={server.url}",
+                    "lmm_api_key_env=", f"artifacts={tmp_path / 'art'}"):
+            args += ["--method-option", opt]
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+        calls = len(server.requests)
+        assert calls > 0
+        res = CliRunner().invoke(app, [*args, "--overwrite"])
+        assert res.exit_code == 0, res.output
+        assert len(server.requests) == calls  # captions and rewrites come from the artifact store
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["retrieval"]["retriever"]["name"] == "cirevl"
+    assert result["protocol"]["prompts"]["rewrite_sha256"] == sha256_text(REWRITE_PROMPT)
+    assert result["protocol"]["exclude_reference"] is True  # CIRR's protocol, from the task
+    assert "R@1" in result["scores"]["overall"]["overall"]
+    assert "search" in result["retrieval"]["cost"]
+    bad = CliRunner().invoke(app, [*args[:3], "--method", "cirvel"])
+    assert bad.exit_code == 2 and "did you mean 'cirevl'" in bad.output

@@ -204,3 +204,4 @@ def list_rerankers() -> list[ComponentSpec]:
 def _import_builtin() -> None:
     """Importing the built-in modules registers them (no string imports of project code)."""
     from cirbench.retrieval import late_interaction, rerank, rrf  # noqa: F401
+    from cirbench.retrieval.methods import cirevl  # noqa: F401

@@ -21,7 +21,7 @@ from cirbench.core.run import Run
 from cirbench.core.types import Item, Query, Task
 from cirbench.llm.base import LMM, LMMError, LMMRequest
 from cirbench.models.base import Encoder, check_modalities
-from cirbench.retrieval.base import ComponentSpec, Context
+from cirbench.retrieval.base import ComponentSpec, Context, register_retriever
 from cirbench.retrieval.dense import TIE_BREAK, encode, search_task
 from cirbench.retrieval.methods.artifacts import (
     ArtifactJob,
@@ -75,11 +75,18 @@ SPEC = ComponentSpec(
     name="cirevl",
     description="CIReVL: reference caption -> LLM rewrite -> text feature vs gallery image features",
     options={
-        "caption_prompt": "str, cirbench's caption prompt: the captioner's instruction (sha256 recorded)",
-        "rewrite_prompt": "str, cirbench's rewrite prompt: Image Content / Instruction / Edited Description",
+        "encoder": "model name (required): the text and image towers, e.g. clip-l14",
+        "lmm_model": "str (required): the chat model that captions and rewrites",
+        "lmm_base_url": "str, http://127.0.0.1:8000/v1: its OpenAI-compatible endpoint",
+        "lmm_api_key_env": "str, OPENAI_API_KEY: the environment variable holding the key ('' for none)",
+        "captioner_model": "str, the lmm_model: a separate model for the captions",
+        "prompt_file": "path: a rewrite prompt of your own (its sha256 is recorded)",
+        "artifacts": "path, <cache>/artifacts: where captions and rewrites are kept (resumable)",
         "rewrite_max_tokens": "int, 700: the rewrite's max_tokens (the released code's value)",
         "temperature": "float, 0.0: decoding temperature of both LMM stages",
+        "device": "cpu, cuda, ... (default cpu): where the encoder runs",
     },
+    required=("encoder", "lmm_model"),
 )
 
 
@@ -215,5 +222,32 @@ def _answer(reply: str | LMMError, stage: str, item_id: str) -> str:
         raise LMMError(f"{stage} of {item_id!r}: {reply}", transient=reply.transient)
     return reply
 
+
+def _factory(*, encoder: str, lmm_model: str, lmm_base_url: str = "http://127.0.0.1:8000/v1",
+             lmm_api_key_env: str | None = "OPENAI_API_KEY", captioner_model: str | None = None,
+             prompt_file: str | None = None, artifacts: str | None = None, rewrite_max_tokens: int = 700,
+             temperature: float = 0.0, device: str = "cpu") -> CIReVL:
+    """CIReVL from plain options (`--retriever-option`, or a method config's `options:`)."""
+    from cirbench.core.cache import default_cache_dir
+    from cirbench.core.options import as_float, as_int
+    from cirbench.llm.openai_client import OpenAIChatLMM
+    from cirbench.models.registry import get_model
+
+    key_env = lmm_api_key_env or None
+
+    def lmm(model: str) -> LMM:
+        return OpenAIChatLMM(model=model, base_url=lmm_base_url, api_key_env=key_env, json_mode=False)
+
+    rewriter = lmm(lmm_model)
+    captioner = lmm(captioner_model) if captioner_model else rewriter
+    prompt = Path(prompt_file).read_text() if prompt_file else REWRITE_PROMPT
+    extra: dict[str, Any] = {} if device == "cpu" else {"device": device}
+    return CIReVL(encoder=get_model(encoder, **extra), captioner=captioner, rewriter=rewriter,
+                  store=ArtifactStore(Path(artifacts) if artifacts else default_cache_dir() / "artifacts"),
+                  rewrite_prompt=prompt, rewrite_max_tokens=as_int(rewrite_max_tokens, "rewrite_max_tokens"),
+                  temperature=as_float(temperature, "temperature"))
+
+
+register_retriever(SPEC, _factory)
 
 __all__ = ["CAPTION_PROMPT", "REWRITE_PROMPT", "SPEC", "CIReVL", "parse_edited"]
