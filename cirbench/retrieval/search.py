@@ -562,6 +562,11 @@ def _faiss_engine(
             dist, ids = faiss.knn(xq, xb, kp, metric=faiss.METRIC_INNER_PRODUCT)
             dist, ids = dist[: b - a].astype(np.float32), ids[: b - a].astype(np.int64)
             bq = b - a
+            if excl is None and bool((ids >= 0).all()) and not bool((dist[:, 1:] == dist[:, :-1]).any()):
+                # no exclusions and no tie among the fetched: faiss's order (score desc) is the order
+                out_v[a:b, : min(k, kp)], out_i[a:b, : min(k, kp)] = dist[:, :k], ids[:, :k]
+                advance()
+                continue  # and the (k+1)-th fetched score differs from the k-th: nothing to redo
             rows = np.repeat(np.arange(bq, dtype=np.int64), kp)
             pos, sc = ids.reshape(-1), dist.reshape(-1)
             valid = pos >= 0
