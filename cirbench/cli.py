@@ -219,7 +219,7 @@ def eval_cmd(
     """Score a model on a task: prints the table and writes result.json, run.parquet (+ submission)."""
     from cirbench.display import result_table
     from cirbench.evaluation import EvalOptions, evaluate
-    from cirbench.retrieval.base import get_retriever
+    from cirbench.retrieval.registry import get_retriever
     from cirbench.retrieval.search import SEARCH_BACKENDS, SEARCH_DTYPES
 
     if retriever is not None and method is not None:
@@ -312,7 +312,7 @@ def _rerankers(names: list[str], options: list[str]) -> list[Any]:
 
     A bare `name=value` goes to the only reranker; with a chain each option names its reranker."""
     from cirbench.core.options import did_you_mean
-    from cirbench.retrieval.base import get_reranker
+    from cirbench.retrieval.registry import get_reranker
 
     if options and not names:
         raise typer.BadParameter("--rerank-option needs --rerank NAME", param_hint="--rerank-option")
@@ -445,7 +445,7 @@ def retrievers_cmd(json_: JsonFlag = False) -> None:
     """List the registered retrievers (--retriever) and rerankers (--rerank) with their options."""
     from rich.table import Table
 
-    from cirbench.retrieval.base import list_rerankers, list_retrievers
+    from cirbench.retrieval.registry import list_rerankers, list_retrievers
 
     kinds = (("retriever", list_retrievers()), ("reranker", list_rerankers()))
     if json_:

@@ -103,7 +103,7 @@ def snapshot(dest: Path, demo: bool, fixtures: Path) -> None:
                         soft = dict(options=Options(**quiet, cache_dir=tmp / "cache", rerank="soft",
                                                     constraints=cons))
                     else:
-                        from cirbench.retrieval.base import get_reranker
+                        from cirbench.retrieval.registry import get_reranker
 
                         soft = dict(options=Options(**quiet, cache_dir=tmp / "cache"),
                                     rerankers=[get_reranker("soft", constraints=cons)])

@@ -9,7 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cirbench.builders import read_pipeline, shipped_pipelines
-from cirbench.builders.core.pipeline import Pipeline, get_pipeline, list_pipelines
+from cirbench.builders.core.pipeline import Pipeline
+from cirbench.builders.registry import get_pipeline, list_pipelines
 from cirbench.cli import app
 
 runner = CliRunner(env={"COLUMNS": "250"})

@@ -16,7 +16,7 @@ from cirbench.core.result import Result
 from cirbench.core.run import read_run_table
 from cirbench.core.scoring import per_query_values
 from cirbench.evaluation import EvalOptions
-from cirbench.retrieval.base import get_reranker
+from cirbench.retrieval.registry import get_reranker
 
 QUIET = EvalOptions(progress=False, n_bootstrap=200)
 

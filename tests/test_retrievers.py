@@ -15,7 +15,8 @@ import cirbench
 from cirbench.cli import app
 from cirbench.core.run import Run
 from cirbench.evaluation import EvalOptions
-from cirbench.retrieval.base import TAIL_RULE, get_reranker, get_retriever, rerank_head
+from cirbench.retrieval.base import TAIL_RULE, rerank_head
+from cirbench.retrieval.registry import get_reranker, get_retriever
 
 from .test_evaluate import QUERY_VECTORS, write_vectors
 

@@ -11,40 +11,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cirbench.builders.core.pipeline import (
-    BuildRequest,
-    Pipeline,
-    UnsupportedOption,
-    check_request,
-    get_pipeline,
-    list_pipelines,
+from cirbench.builders.core.checks import (
+    CODE_OPTIONS,
+    ConfigError,
+    check_config_lmms,
+    check_config_model,
 )
-
-CODE_OPTIONS = ("trust_remote_code", "allow_pickle")
-"""Model and LMM options that would run code from a model's repository: the user's call, not a file's."""
-
-
-class ConfigError(ValueError):
-    """A pipeline config that cannot be used; the message names the file (when known) and the key."""
-
-
-def shipped_pipelines() -> dict[str, Any]:
-    """name -> packaged config (a Traversable), e.g. "synthetic" -> cirbench/pipelines/synthetic.yaml."""
-    folder = resources.files("cirbench").joinpath("pipelines")
-    return {p.name.removesuffix(".yaml"): p for p in folder.iterdir() if p.name.endswith(".yaml")}
-
-
-def shipped_pipeline_text(name: str) -> str:
-    """The text of a packaged pipeline config; works from a checkout and from an installed wheel."""
-    shipped = shipped_pipelines()
-    if name not in shipped:
-        raise ConfigError(f"no pipeline config named {name!r} ships with cirbench; shipped: "
-                          f"{', '.join(sorted(shipped))}")
-    return str(shipped[name].read_text(encoding="utf-8"))
+from cirbench.builders.core.pipeline import BuildRequest, Pipeline, UnsupportedOption, check_request
+from cirbench.builders.core.shipped import shipped_pipeline_text, shipped_pipelines
 
 
 def read_pipeline(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
@@ -76,6 +53,8 @@ def read_pipeline(path: str | os.PathLike[str]) -> tuple[str, dict[str, Any]]:
                           f"{type(config).__name__}")
     kind = config.get("pipeline")
     if not isinstance(kind, str):
+        from cirbench.builders.registry import list_pipelines
+
         raise ConfigError(f"{where}: field 'pipeline' must name a pipeline, not {kind!r}; known: "
                           f"{', '.join(p.info.name for p in list_pipelines())}")
     pipeline_of(where, config)
@@ -91,6 +70,8 @@ def _read(p: Path) -> str:
 
 def pipeline_of(where: str, config: Mapping[str, Any]) -> Pipeline:
     """The registered pipeline a config names in its `pipeline` field (ConfigError naming the file)."""
+    from cirbench.builders.registry import get_pipeline
+
     try:
         return get_pipeline(str(config.get("pipeline")))
     except KeyError as e:
@@ -113,42 +94,6 @@ def check_config(where: str, config: Mapping[str, Any], *, preset: str | None = 
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise ConfigError(f"{where}: {str(msg).removeprefix('config: ')}") from None
     return pipeline
-
-
-def check_config_model(ref: Any, options: Any, field: str) -> None:
-    """A model named by a config: an alias, `family:target` or an entry point, with safe options."""
-    from cirbench.models.registry import model_kind
-
-    if not isinstance(ref, str) or not ref:
-        raise ConfigError(f"{field} must name a model (an alias or family:target), not {ref!r}")
-    try:
-        kind, _ = model_kind(ref, allow_plugins=True)
-    except KeyError as e:
-        raise ConfigError(f"{field}: {e.args[0]}") from None
-    if kind == "plugin":
-        raise ConfigError(f"{field} is {ref!r}, a Python import path: a config file cannot make cirbench "
-                          "import code. Name a model alias or family:target (`cirbench models`), or install "
-                          "your model as an entry point in the group 'cirbench.models'")
-    section = field.rsplit(".", 1)[0]
-    if options is not None and not isinstance(options, Mapping):
-        raise ConfigError(f"{section}.options must be a mapping, not {type(options).__name__}")
-    _no_code_options(options or {}, f"{section}.options")
-
-
-def check_config_lmms(cfg: Mapping[str, Any]) -> None:
-    """The local LMM backend loads a model too: its section may not turn on remote code either."""
-    _no_code_options(dict((cfg.get("lmm") or {}).get("local") or {}), "lmm.local")
-    for stage, section in dict(cfg.get("lmm_overrides") or {}).items():
-        if isinstance(section, Mapping):
-            _no_code_options(dict(section.get("local") or {}), f"lmm_overrides.{stage}.local")
-
-
-def _no_code_options(options: Mapping[str, Any], field: str) -> None:
-    bad = [k for k in CODE_OPTIONS if k in options and options[k] not in (False, None, "false", "False", 0)]
-    if bad:
-        raise ConfigError(f"{field}.{bad[0]} cannot be set in a config file: it lets a model repository run "
-                          "code, which only the user may allow (on the command line of cirbench eval, or "
-                          "in the Python API)")
 
 
 __all__ = [

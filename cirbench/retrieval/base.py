@@ -7,7 +7,8 @@ computes a metric. A Reranker reorders only the first `depth` ids of each query 
 base order (the tail rule, `TAIL_RULE`, recorded in every result). Neither changes the Run it is given.
 
 New ones register with `register_retriever` / `register_reranker` (metadata as data, as Encoders do), so
-adding one is one new module plus its registration.
+adding one is one new module plus its registration (and a line in `cirbench.retrieval.registry`, which
+imports the built-in ones and looks them up by name).
 """
 
 from __future__ import annotations
@@ -179,29 +180,3 @@ def _get(table: dict[str, _Entry], kind: str, name: str, options: Mapping[str, A
         raise ValueError(f"{kind} {name!r} needs {', '.join(f'{flag} {o}=...' for o in missing)} "
                          f"({entry.spec.options.get(missing[0], '')})")
     return entry.factory(**options)
-
-
-def get_retriever(name: str, **options: Any) -> Retriever:
-    _import_builtin()
-    return _get(_RETRIEVERS, "retriever", name, options)
-
-
-def get_reranker(name: str, **options: Any) -> Reranker:
-    _import_builtin()
-    return _get(_RERANKERS, "reranker", name, options)
-
-
-def list_retrievers() -> list[ComponentSpec]:
-    _import_builtin()
-    return [e.spec for _, e in sorted(_RETRIEVERS.items())]
-
-
-def list_rerankers() -> list[ComponentSpec]:
-    _import_builtin()
-    return [e.spec for _, e in sorted(_RERANKERS.items())]
-
-
-def _import_builtin() -> None:
-    """Importing the built-in modules registers them (no string imports of project code)."""
-    from cirbench.retrieval import late_interaction, rerank, rrf  # noqa: F401
-    from cirbench.retrieval.methods import cirevl  # noqa: F401

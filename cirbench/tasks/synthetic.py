@@ -31,7 +31,7 @@ OPTIONS = {
 def pipeline_config() -> dict[str, Any]:
     """The synthetic pipeline config shipped inside the package (cirbench/pipelines/synthetic.yaml; the
     repo's pipelines/synthetic.yaml points at it), so an installed wheel finds it too."""
-    from cirbench.builders import shipped_pipeline_text
+    from cirbench.builders.core.shipped import shipped_pipeline_text
 
     return yaml.safe_load(shipped_pipeline_text("synthetic"))
 

@@ -3,7 +3,7 @@
 A pipeline turns a config into a native dataset: `resolve` checks the config the way the build will read it
 (so a typo fails before minutes of work), `run` builds (or, for shard i of n, builds a share of the work
 units), `merge` exports the union of n finished shards. Each shipped pipeline module calls
-`register_pipeline` at import; `get_pipeline` imports the shipped ones first, as the task registry does.
+`register_pipeline` at import; `cirbench.builders.registry` imports the shipped ones and looks them up.
 What a pipeline accepts is data (`PipelineInfo.accepts`), so the CLI refuses an option a pipeline would
 ignore instead of silently dropping it.
 """
@@ -119,28 +119,6 @@ def register_pipeline(pipeline: Pipeline) -> Pipeline:
     return pipeline
 
 
-def _import_builtin() -> None:
-    import cirbench.builders.edir.pipeline
-    import cirbench.builders.soft_refine.pipeline
-    import cirbench.builders.synthetic.build  # noqa: F401  (each registers its pipeline at import)
-
-
-def list_pipelines() -> list[Pipeline]:
-    _import_builtin()
-    return [_PIPELINES[k] for k in sorted(_PIPELINES)]
-
-
-def get_pipeline(name: str) -> Pipeline:
-    """The registered pipeline `name`; KeyError with a suggestion and the known names otherwise."""
-    from cirbench.core.options import did_you_mean
-
-    _import_builtin()
-    if name not in _PIPELINES:
-        raise KeyError(f"unknown pipeline {name!r}{did_you_mean(name, _PIPELINES)}; known: "
-                       f"{', '.join(sorted(_PIPELINES))}")
-    return _PIPELINES[name]
-
-
 __all__ = [
     "BuildOption",
     "BuildRequest",
@@ -150,7 +128,5 @@ __all__ = [
     "UnsupportedOption",
     "check_request",
     "refusal",
-    "get_pipeline",
-    "list_pipelines",
     "register_pipeline",
 ]

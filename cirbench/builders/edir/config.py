@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from cirbench.builders import check_config_lmms, check_config_model
+from cirbench.builders.core.checks import check_config_lmms, check_config_model
 from cirbench.builders.core.config import merge_defaults, stage_lmm, work_identity
 from cirbench.builders.edir.instructions import INSTRUCTIONS_PROMPT
 from cirbench.builders.edir.rewrite import REWRITE_PROMPT

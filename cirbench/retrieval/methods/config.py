@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from cirbench.core.types import DatasetError
-from cirbench.retrieval.base import Retriever, get_retriever
+from cirbench.retrieval.base import Retriever
+from cirbench.retrieval.registry import get_retriever
 
 KEYS = ("method", "options")
 
