@@ -396,7 +396,7 @@ def test_config_is_checked(ip2p: Path, images: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("family", ["flux-kontext", "qwen-image-edit"])
 def test_editor_families_load_by_directory(family: str, tmp_path: Path) -> None:
-    from tests.helpers.tiny import edit_pipelines as ep
+    from tests.helpers import edit_pipelines as ep
 
     if family == "qwen-image-edit":
         pytest.importorskip("torchvision")
