@@ -205,7 +205,7 @@ def evaluate(
     task = retriever.prepare(task)
     ctx = _context(task, opts)
     out = Path(output) if output is not None else default_output(
-        task, _model_record(retriever, mopts)["name"], "+".join(r.spec.name for r in rerankers) or None)
+        task, _run_name(retriever, mopts), "+".join(r.spec.name for r in rerankers) or None)
     result = _planned_result(task, retriever, rerankers, ctx, opts, mopts)
     existing = _existing(out, result, opts.overwrite)  # every rank decides alike: none waits alone
     if existing is not None:
@@ -278,6 +278,12 @@ def _context(task: Task, opts: EvalOptions) -> Context:
                    use_cache=opts.use_cache, cache_dir=Path(opts.cache_dir) if opts.cache_dir else None,
                    progress=opts.progress, search_dtype=opts.search_dtype, search_backend=opts.search_backend,
                    seed=opts.seed)
+
+
+def _run_name(retriever: Retriever, mopts: Mapping[str, Any]) -> str:
+    """The results folder's leaf: the model for `--model`, else the retriever (and its model, if one)."""
+    name = str(_model_record(retriever, mopts)["name"])
+    return name if retriever.spec.name in ("dense", name) else f"{retriever.spec.name}-{name}"
 
 
 def _model_record(retriever: Retriever, mopts: Mapping[str, Any]) -> dict[str, Any]:

@@ -97,7 +97,7 @@ class EmbeddingCache:
         if hashlib.sha256(data).hexdigest()[:32] != m.group(2):
             raise BadPart("its checksum does not match its bytes")
         try:
-            t = pq.read_table(pa.BufferReader(data))
+            t = pq.ParquetFile(pa.BufferReader(data)).read()
         except (pa.ArrowException, OSError) as e:
             raise BadPart(f"it is not readable parquet ({e})") from None
         vector_type = t.schema.field("vector").type if "vector" in t.column_names else None

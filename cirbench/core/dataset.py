@@ -329,7 +329,7 @@ def _read_table(path: Path, required: Iterable[str]) -> pa.Table:
     if not path.is_file():
         raise DatasetError("file is missing", file=path)
     try:
-        table = pq.read_table(path)
+        table = pq.ParquetFile(path).read()
     except (pa.ArrowInvalid, OSError) as e:
         raise DatasetError(f"malformed parquet: {e}", file=path) from e
     for col in required:

@@ -90,9 +90,9 @@ def read_run_table(path: str | os.PathLike[str], sha256: str | None = None) -> p
                 "it was rewritten by another eval, or damaged); run the eval again",
                 file=path,
             )
-        table = pq.read_table(pa.BufferReader(data))
+        table = pq.ParquetFile(pa.BufferReader(data)).read()
     else:
-        table = pq.read_table(path)
+        table = pq.ParquetFile(path).read()
     for col in ("query_id", "ranked_ids", "relevant_ids"):
         if col not in table.column_names:
             raise DatasetError("required column is missing", file=path, field=col)
