@@ -29,6 +29,12 @@ class LMMRequest:
     temperature: float = 0.0
     json_mode: bool = True
     """Ask the server for a JSON object (OpenAI `response_format`); the answer is validated either way."""
+    top_p: float | None = None
+    """Nucleus sampling (sent only when set)."""
+    seed: int | None = None
+    """This request's sampling seed (sent when set, over the client's own): per-item seeds make sampled
+    artifacts (LDRE's 15 captions) differ from each other yet reproducible, and keep them apart in the
+    response cache."""
 
 
 class LMMError(RuntimeError):

@@ -109,8 +109,11 @@ class OpenAIChatLMM:
             "max_tokens": request.max_tokens,
             **self.extra_body,
         }
-        if self.seed is not None:
-            body["seed"] = self.seed
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        seed = request.seed if request.seed is not None else self.seed
+        if seed is not None:
+            body["seed"] = seed
         if request.json_mode and self.json_mode:
             body["response_format"] = {"type": "json_object"}
         return body
