@@ -448,7 +448,9 @@ def c_native_image_file_missing(w: Path) -> Spec:
 def c_native_image_not_decodable(w: Path) -> Spec:
     d = fixture(w, "native")
     blobs = pq.read_table(d / "test" / "corpus.parquet")["image"].to_pylist()
-    _rewrite(d / "test" / "corpus.parquet", image=[blobs[0], b"not a png", *blobs[2:]])
+    # format 2 stores images as the datasets Image() feature: {"bytes": ..., "path": ...}
+    bad = {**blobs[1], "bytes": b"not a png"} if isinstance(blobs[1], dict) else b"not a png"
+    _rewrite(d / "test" / "corpus.parquet", image=[blobs[0], bad, *blobs[2:]])
     return spec_eval(w, str(d), expect=("'b'", "image", "decoded"))
 
 
