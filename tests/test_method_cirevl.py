@@ -144,3 +144,46 @@ def test_cirevl_from_the_cli_with_a_shipped_config(tmp_path: Path) -> None:
     assert "search" in result["retrieval"]["cost"]
     bad = CliRunner().invoke(app, [*args[:3], "--method", "cirvel"])
     assert bad.exit_code == 2 and "did you mean 'cirevl'" in bad.output
+
+
+def test_cirevl_from_released_files_asks_no_model(tmp_path: Path) -> None:
+    """Released captions and edited descriptions (e.g. LDRE's CIRCO GPT-3.5 edits) replace the LMM: no
+    server runs at all, the result records each file's sha256 and provenance, and the run equals the
+    given texts' vectors against the gallery."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cirbench.cli import app
+
+    data = write_cirr(tmp_path / "cirr")
+    clip = build_tiny_clip(tmp_path / "clip")
+    task = get_task("cirr", "val", data_dir=data)
+    caps = tmp_path / "released" / "captions.json"
+    caps.parent.mkdir()
+    caps.write_text(json.dumps({q.reference_id: "a photo" for q in task.queries}))
+    edits = tmp_path / "released" / "edits.json"
+    edits.write_text(json.dumps({q.id: f"a photo of {q.item.text}" for q in task.queries}))
+    args = ["eval", "--method", "cirevl", "-t", "cirr", "--split", "val", "--data-dir", str(data),
+            "-o", str(tmp_path / "out"), "-q", "--bootstrap", "5"]
+    for opt in (f"encoder=hf-clip:{clip}", "lmm_model=none", "lmm_base_url=http://127.0.0.1:9/v1",
+                "lmm_api_key_env=", f"captions_file={caps}", f"rewrites_file={edits}"):
+        args += ["--method-option", opt]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "provenance" in refused.output
+    res = CliRunner().invoke(app, [*args, "--method-option", "provenance=test fixture"])
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    imported = result["retrieval"]["retriever"]["fingerprint"]["imported_rewrites"]
+    assert imported["provenance"] == "test fixture" and len(imported["sha256"]) == 64
+    assert "rewrite" not in result["retrieval"]["cost"] and "caption" not in result["retrieval"]["cost"]
+    enc = get_model(f"hf-clip:{clip}")
+    q = task.queries[0]
+    tv, _ = encode_items(enc, [Item("t", text=f"a photo of {q.item.text}")], role="query", progress=False)
+    gallery, _ = encode_items(enc, list(task.corpus), role="document", progress=False)
+    import pyarrow.parquet as pq
+
+    row = pq.read_table(tmp_path / "out" / "run.parquet").to_pylist()[0]
+    pos = {it.id: i for i, it in enumerate(task.corpus)}
+    np.testing.assert_allclose(row["scores"], [float(gallery[pos[c]] @ tv[0]) for c in row["ranked_ids"]],
+                               atol=1e-5)

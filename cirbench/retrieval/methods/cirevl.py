@@ -82,6 +82,9 @@ SPEC = ComponentSpec(
         "captioner_model": "str, the lmm_model: a separate model for the captions",
         "prompt_file": "path: a rewrite prompt of your own (its sha256 is recorded)",
         "artifacts": "path, <cache>/artifacts: where captions and rewrites are kept (resumable)",
+        "captions_file": "path: released captions {reference image id: text}, used read-only (no captioner)",
+        "rewrites_file": "path: released edited descriptions {query id: text}, used read-only (no LMM calls)",
+        "provenance": "str (required with a file): where the file was released, e.g. repo@commit path",
         "rewrite_max_tokens": "int, 700: the rewrite's max_tokens (the released code's value)",
         "temperature": "float, 0.0: decoding temperature of both LMM stages",
         "device": "cpu, cuda, ... (default cpu): where the encoder runs",
@@ -226,7 +229,8 @@ def _answer(reply: str | LMMError, stage: str, item_id: str) -> str:
 def _factory(*, encoder: str, lmm_model: str, lmm_base_url: str = "http://127.0.0.1:8000/v1",
              lmm_api_key_env: str | None = "OPENAI_API_KEY", captioner_model: str | None = None,
              prompt_file: str | None = None, artifacts: str | None = None, rewrite_max_tokens: int = 700,
-             temperature: float = 0.0, device: str = "cpu") -> CIReVL:
+             temperature: float = 0.0, device: str = "cpu", captions_file: str | None = None,
+             rewrites_file: str | None = None, provenance: str = "") -> CIReVL:
     """CIReVL from plain options (`--retriever-option`, or a method config's `options:`)."""
     from cirbench.core.cache import default_cache_dir
     from cirbench.core.options import as_float, as_int
@@ -245,7 +249,20 @@ def _factory(*, encoder: str, lmm_model: str, lmm_base_url: str = "http://127.0.
     return CIReVL(encoder=get_model(encoder, **extra), captioner=captioner, rewriter=rewriter,
                   store=ArtifactStore(Path(artifacts) if artifacts else default_cache_dir() / "artifacts"),
                   rewrite_prompt=prompt, rewrite_max_tokens=as_int(rewrite_max_tokens, "rewrite_max_tokens"),
-                  temperature=as_float(temperature, "temperature"))
+                  temperature=as_float(temperature, "temperature"),
+                  imported_captions=_imported(captions_file, provenance),
+                  imported_rewrites=_imported(rewrites_file, provenance))
+
+
+def _imported(path: str | None, provenance: str) -> ImportedArtifacts | None:
+    """A released intermediates file, read-only, with the provenance the user declares for it."""
+    if path is None:
+        return None
+    if not str(provenance).strip():
+        raise ValueError(f"{path}: an imported file needs --method-option provenance=<repo@commit path>, so "
+                         "the result says where its texts came from")
+    p = Path(path)
+    return ImportedArtifacts.load(p.parent, p.name, provenance=str(provenance))
 
 
 register_retriever(SPEC, _factory)
