@@ -12,7 +12,7 @@ from cirbench.core.types import DatasetError
 from cirbench.llm.base import LMM, LMMError, LMMRequest
 from cirbench.llm.openai_client import OpenAIChatLMM
 from cirbench.llm.replay import RecordingLMM, ReplayLMM
-from cirbench.testing.edit_pipelines import FakeChatServer, request_text
+from tests.helpers.edit_pipelines import FakeChatServer, request_text
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
 

@@ -26,7 +26,7 @@ from cirbench.retrieval.methods.artifacts import (
     merge_stores,
     sha256_text,
 )
-from cirbench.testing.edit_pipelines import FakeChatServer, Reply, request_text
+from tests.helpers.edit_pipelines import FakeChatServer, Reply, request_text
 
 SPEC = ArtifactSpec(
     stage="ref_caption",
