@@ -29,6 +29,8 @@ class LMMRequest:
     temperature: float = 0.0
     json_mode: bool = True
     """Ask the server for a JSON object (OpenAI `response_format`); the answer is validated either way."""
+    seed: int | None = None
+    """This request's sampling seed (OpenAI `seed`), e.g. a per-item seed; None: the backend's own."""
 
 
 class LMMError(RuntimeError):
