@@ -189,6 +189,19 @@ def eval_cmd(
     retriever_option: Annotated[
         list[str] | None, typer.Option("--retriever-option", help="retriever option name=value")
     ] = None,
+    method: Annotated[
+        str | None, typer.Option(help="a retrieval method instead of --model: a shipped name or a config "
+                                      "file (cirbench methods)")
+    ] = None,
+    method_option: Annotated[
+        list[str] | None,
+        typer.Option("--method-option", help="override a config field: components.rewriter.model=gpt-4o"),
+    ] = None,
+    prompt_file: Annotated[
+        list[str] | None,
+        typer.Option("--prompt-file", help="STAGE=PATH: send this file as the stage's prompt (caption, "
+                                           "rewrite); its SHA-256 is recorded"),
+    ] = None,
     rerank: Annotated[
         list[str] | None, typer.Option("--rerank", help="a reranker, e.g. soft; repeat for a chain")
     ] = None,
@@ -216,7 +229,13 @@ def eval_cmd(
     from cirbench.retrieval.base import get_retriever
     from cirbench.retrieval.search import SEARCH_BACKENDS, SEARCH_DTYPES
 
-    model_name = None if retriever is not None and not model else _one(model, DEFAULT_MODEL, "--model")
+    if method is not None and (retriever is not None or model):
+        raise typer.BadParameter("give one of --model, --retriever and --method", param_hint="--method")
+    if (method_option or prompt_file) and method is None:
+        raise typer.BadParameter("--method-option and --prompt-file need --method NAME|CONFIG.yaml",
+                                 param_hint="--method-option")
+    direct = retriever is not None or method is not None
+    model_name = None if direct and not model else _one(model, DEFAULT_MODEL, "--model")
     task_name = _one(task, DEFAULT_TASK, "--task")
     _choice(search_dtype, SEARCH_DTYPES, "--search-dtype")
     _choice(search_backend, SEARCH_BACKENDS, "--search-backend")
@@ -247,6 +266,13 @@ def eval_cmd(
     )
     rerankers = _rerankers(rerank or [], rerank_option or [])
     built = get_retriever(retriever, **_kv(retriever_option, "--retriever-option")) if retriever else None
+    if method is not None:
+        from cirbench.evaluation import resolve_eval_device
+        from cirbench.retrieval.methods.config import load_method
+
+        prompts = {k: str(v) for k, v in _kv(prompt_file, "--prompt-file").items()}
+        built = load_method(method, _kv(method_option, "--method-option"), prompts,
+                            device=resolve_eval_device(device))
     result = evaluate(
         model_name,
         task_name,
@@ -447,6 +473,29 @@ def retrievers_cmd(json_: JsonFlag = False) -> None:
     _show(table)
     _say("--model NAME is the dense retriever of that model; --retriever NAME --retriever-option k=v for the "
          "others; --rerank NAME --rerank-option [NAME.]k=v, repeatable for a chain")
+
+
+@app.command("methods")
+def methods_cmd(json_: JsonFlag = False) -> None:
+    """List the shipped retrieval methods (--method NAME) with their components and per-query cost."""
+    from rich.table import Table
+
+    from cirbench.retrieval.methods.config import describe_config, read_method, shipped_methods
+
+    rows = [describe_config(read_method(name)) for name in shipped_methods()]
+    if json_:
+        _print_json({"methods": rows})
+        return
+    table = Table(title="cirbench methods")
+    for col in ("name", "method", "components", "per query", "per gallery item"):
+        table.add_column(col)
+    for r in rows:
+        comps = "; ".join(f"{k}: {v}" for k, v in r["components"].items())
+        table.add_row(*map(escape, (r["name"], r["description"], comps, r["cost"]["per_query"],
+                                    r["cost"]["per_gallery_item"])))
+    _show(table)
+    _say("cirbench eval --method NAME|CONFIG.yaml --task T [--method-option field.path=value] "
+         "[--prompt-file STAGE=PATH]; the configs are in methods/ (shipped in cirbench/methods/)")
 
 
 @app.command("compare")

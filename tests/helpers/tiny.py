@@ -617,10 +617,11 @@ def build_tiny_blip2_opt(out_dir: str | os.PathLike[str], *, image_size: int = 3
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     tok = GPT2TokenizerFast(tokenizer_object=core, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
-                            unk_token="<unk>", model_max_length=64)
+                            unk_token="<unk>", model_max_length=512)
     tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
     improc = _image_processor("BlipImageProcessor", size={"height": image_size, "width": image_size})
-    Blip2Processor(image_processor=improc, tokenizer=tok, num_query_tokens=num_query_tokens).save_pretrained(out)
+    proc = Blip2Processor(image_processor=improc, tokenizer=tok, num_query_tokens=num_query_tokens)
+    proc.save_pretrained(out)
     cfg = Blip2Config(
         vision_config=dict(image_size=image_size, patch_size=8, hidden_size=hidden, intermediate_size=37,
                            num_hidden_layers=layers, num_attention_heads=4, initializer_range=0.02),
@@ -628,7 +629,7 @@ def build_tiny_blip2_opt(out_dir: str | os.PathLike[str], *, image_size: int = 3
                             num_hidden_layers=layers, num_attention_heads=4, encoder_hidden_size=hidden,
                             max_position_embeddings=64),
         text_config=dict(model_type="opt", vocab_size=len(tok), hidden_size=hidden, ffn_dim=37,
-                         num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=128,
+                         num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=512,
                          word_embed_proj_dim=hidden, pad_token_id=tok.pad_token_id,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
         num_query_tokens=num_query_tokens, image_token_index=tok.convert_tokens_to_ids("<image>"),

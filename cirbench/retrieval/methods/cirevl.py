@@ -3,7 +3,7 @@ instruction, and retrieve gallery images with the text feature of the rewrite (n
 
 The instruction is the task's query text as its protocol builds it: CIRR's relative caption, FashionIQ's
 joined captions ("c1 and c2" under the c1-and-c2 protocol, which is CIReVL's), CIRCO's relative caption
-alone (its default protocol; the shared-concept variant is the task's `shared` protocol). The reference image
+alone (its default protocol; `--protocol shared-concept` is the shared-concept variant). The reference image
 is excluded where the protocol says so (CIRR), since the search is the dense retriever's. The prompts are
 cirbench's own wording (`prompts.py`), one per benchmark style; `--prompt-file rewrite=PATH` sends a
 released one, and its SHA-256 is recorded either way.
