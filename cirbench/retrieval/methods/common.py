@@ -82,6 +82,14 @@ def lmm_record(lmm: Any) -> dict[str, Any]:
     return fp
 
 
+def artifact_component(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    """A component's fingerprint as it enters artifact keys: without where it was served from (`base_url`,
+    `host`), which the result records but which does not change an answer; the model, its snapshot,
+    revision and options do."""
+    return {k: artifact_component(v) if isinstance(v, Mapping) else v
+            for k, v in fingerprint.items() if k not in ("base_url", "host")}
+
+
 @contextmanager
 def open_store(ctx: Context, root: Path | None) -> Iterator[ArtifactStore]:
     """The artifact store: `root`, else `<cache>/artifacts`; with --no-cache a temporary one."""
@@ -152,7 +160,8 @@ def caption_stage(
         ref = q.reference_id or q.id
         ref_of[q.id] = ref
         by_ref.setdefault(ref, Item(ref, image=q.item.image))
-    spec = ArtifactSpec(stage, captioner.fingerprint(), prompt.sha256, decoding.record(), ctx.seed)
+    spec = ArtifactSpec(stage, artifact_component(captioner.fingerprint()), prompt.sha256, decoding.record(),
+                        ctx.seed)
     report = reports.setdefault(stage, StageReport(stage, spec.namespace))
 
     def make(jobs: Sequence[ArtifactJob]) -> list[list[str]]:
@@ -194,7 +203,8 @@ def rewrite_stage(
 
     As in the released CIReVL code, a reply without an 'Edited Description:' line falls back to the raw
     instruction (counted as `parse_fallbacks`)."""
-    spec = ArtifactSpec(stage, lmm_record(lmm), prompt.sha256, decoding.record(), ctx.seed)
+    spec = ArtifactSpec(stage, artifact_component(lmm.fingerprint()), prompt.sha256, decoding.record(),
+                        ctx.seed)
     report = reports.setdefault(stage, StageReport(stage, spec.namespace))
     by_id = {r[0]: r for r in rows}
 
