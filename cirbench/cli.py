@@ -190,10 +190,17 @@ def eval_cmd(
         list[str] | None, typer.Option("--retriever-option", help="retriever option name=value")
     ] = None,
     method: Annotated[
-        str | None, typer.Option(help="a retrieval method: a shipped config or a .yaml (cirbench methods)")
+        str | None, typer.Option(help="a retrieval method instead of --model: a shipped name or a config "
+                                      "file (cirbench methods)")
     ] = None,
     method_option: Annotated[
-        list[str] | None, typer.Option("--method-option", help="override a method option name=value")
+        list[str] | None,
+        typer.Option("--method-option", help="override a config field: components.rewriter.model=gpt-4o"),
+    ] = None,
+    prompt_file: Annotated[
+        list[str] | None,
+        typer.Option("--prompt-file", help="STAGE=PATH: send this file as the stage's prompt (caption, "
+                                           "rewrite); its SHA-256 is recorded"),
     ] = None,
     rerank: Annotated[
         list[str] | None, typer.Option("--rerank", help="a reranker, e.g. soft; repeat for a chain")
@@ -222,12 +229,13 @@ def eval_cmd(
     from cirbench.retrieval.registry import get_retriever
     from cirbench.retrieval.search import SEARCH_BACKENDS, SEARCH_DTYPES
 
-    if retriever is not None and method is not None:
-        raise typer.BadParameter("give --retriever or --method, not both", param_hint="--method")
-    if method_option and method is None:
-        raise typer.BadParameter("--method-option needs --method NAME", param_hint="--method-option")
-    without_model = retriever is not None or method is not None
-    model_name = None if without_model and not model else _one(model, DEFAULT_MODEL, "--model")
+    if method is not None and (retriever is not None or model):
+        raise typer.BadParameter("give one of --model, --retriever and --method", param_hint="--method")
+    if (method_option or prompt_file) and method is None:
+        raise typer.BadParameter("--method-option and --prompt-file need --method NAME|CONFIG.yaml",
+                                 param_hint="--method-option")
+    direct = retriever is not None or method is not None
+    model_name = None if direct and not model else _one(model, DEFAULT_MODEL, "--model")
     task_name = _one(task, DEFAULT_TASK, "--task")
     _choice(search_dtype, SEARCH_DTYPES, "--search-dtype")
     _choice(search_backend, SEARCH_BACKENDS, "--search-backend")
@@ -259,9 +267,12 @@ def eval_cmd(
     rerankers = _rerankers(rerank or [], rerank_option or [])
     built = get_retriever(retriever, **_kv(retriever_option, "--retriever-option")) if retriever else None
     if method is not None:
+        from cirbench.evaluation import resolve_eval_device
         from cirbench.retrieval.methods.config import load_method
 
-        built = load_method(method, _kv(method_option, "--method-option"))
+        prompts = {k: str(v) for k, v in _kv(prompt_file, "--prompt-file").items()}
+        built = load_method(method, _kv(method_option, "--method-option"), prompts,
+                            device=resolve_eval_device(device))
     result = evaluate(
         model_name,
         task_name,
@@ -466,24 +477,25 @@ def retrievers_cmd(json_: JsonFlag = False) -> None:
 
 @app.command("methods")
 def methods_cmd(json_: JsonFlag = False) -> None:
-    """List the shipped retrieval-method configs (--method NAME) with their method and options."""
+    """List the shipped retrieval methods (--method NAME) with their components and per-query cost."""
     from rich.table import Table
 
-    from cirbench.retrieval.methods.config import read_method, shipped_methods
+    from cirbench.retrieval.methods.config import describe_config, read_method, shipped_methods
 
-    configs = [read_method(name) for name in sorted(shipped_methods())]
+    rows = [describe_config(read_method(name)) for name in shipped_methods()]
     if json_:
-        _print_json([{"name": Path(c.source).stem, "method": c.method, "options": c.options,
-                      "source": c.source, "description": c.description} for c in configs])
+        _print_json({"methods": rows})
         return
     table = Table(title="cirbench methods")
-    for col in ("name", "method", "options", "about"):
+    for col in ("name", "method", "components", "per query", "per gallery item"):
         table.add_column(col)
-    for c in configs:
-        opts = ", ".join(f"{k}={v}" for k, v in c.options.items())
-        table.add_row(*map(escape, (Path(c.source).stem, c.method, opts, c.description)))
+    for r in rows:
+        comps = "; ".join(f"{k}: {v}" for k, v in r["components"].items())
+        table.add_row(*map(escape, (r["name"], r["description"], comps, r["cost"]["per_query"],
+                                    r["cost"]["per_gallery_item"])))
     _show(table)
-    _say("run one: cirbench eval --method NAME --method-option key=value --task T; a .yaml path works too")
+    _say("cirbench eval --method NAME|CONFIG.yaml --task T [--method-option field.path=value] "
+         "[--prompt-file STAGE=PATH]; the configs are in methods/ (shipped in cirbench/methods/)")
 
 
 @app.command("compare")

@@ -43,11 +43,16 @@ def test_wheel_ships_the_pipeline_configs(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for cfg in sorted((ROOT / "cirbench" / "pipelines").glob("*.yaml")):
         assert f"cirbench/pipelines/{cfg.name}" in names
+    methods = sorted((ROOT / "cirbench" / "methods").glob("*.yaml"))
+    assert methods and all(f"cirbench/methods/{cfg.name}" in names for cfg in methods)
     assert {"cirbench/weights/fusion_head.safetensors", "cirbench/weights/fusion_head.json",
             "cirbench/py.typed", "cirbench/schemas/result.schema.json"} <= names
     # the top-level pipelines/ folder points at the packaged files instead of copying them
-    for link in (ROOT / "pipelines").glob("*.yaml"):
-        assert link.resolve() == (ROOT / "cirbench" / "pipelines" / link.name).resolve()
+    for folder in ("pipelines", "methods"):
+        links = sorted((ROOT / folder).glob("*.yaml"))
+        assert links and all(link.is_symlink() for link in links)
+        for link in links:
+            assert link.resolve() == (ROOT / "cirbench" / folder / link.name).resolve()
 
 
 def test_installed_package_finds_its_configs(wheel: Path, tmp_path: Path) -> None:
@@ -67,6 +72,8 @@ def test_installed_package_finds_its_configs(wheel: Path, tmp_path: Path) -> Non
         "where, cfg = read_pipeline('pipelines/synthetic.yaml')\n"  # the README's command, from a wheel
         "assert where == 'cirbench/pipelines/synthetic.yaml' and cfg['pipeline'] == 'synthetic'\n"
         "assert read_pipeline('edir')[1]['pipeline'] == 'edir'\n"
+        "from cirbench.retrieval.methods.config import read_method\n"
+        "assert read_method('methods/ldre.yaml').kind == 'ldre' and read_method('cirevl').kind == 'cirevl'\n"
         "print('ok')\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -83,7 +83,9 @@ class OpenAIChatLMM:
         self._slots = threading.BoundedSemaphore(self.concurrency)
         self._client: Any = None
         self._lock = threading.Lock()
-        self.stats = {"requests": 0, "cache_hits": 0, "retries": 0}
+        self.stats = {"requests": 0, "cache_hits": 0, "retries": 0, "tokens_in": 0, "tokens_out": 0}
+        self.served: dict[str, Any] = {}
+        """What the server said it ran (`model`, `system_fingerprint`), from its last answer."""
 
     def fingerprint(self) -> dict[str, Any]:
         return {
@@ -128,6 +130,13 @@ class OpenAIChatLMM:
                 return str(hit["content"])
         with self._slots:
             content, meta = self._post(body)
+        raw_usage = meta.get("usage")
+        usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
+        with self._lock:
+            for stat, field in (("tokens_in", "prompt_tokens"), ("tokens_out", "completion_tokens")):
+                if isinstance(usage.get(field), int):
+                    self.stats[stat] += usage[field]
+            self.served.update({k: meta[k] for k in ("model", "system_fingerprint") if meta.get(k)})
         if self.cache is not None:
             self.cache.put(key, {"content": content, **meta})
         return content
@@ -220,6 +229,7 @@ class OpenAIChatLMM:
             raise ValueError("choices[0].message.content is not text")
         return content, {
             "model": data.get("model"),
+            "system_fingerprint": data.get("system_fingerprint"),
             "finish_reason": choice.get("finish_reason"),
             "usage": data.get("usage"),
         }

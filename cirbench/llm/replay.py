@@ -40,6 +40,8 @@ def replay_key(request: LMMRequest) -> str:
         "temperature": request.temperature,
         "json_mode": request.json_mode,
     }
+    if request.seed is not None:  # absent when unset, so files recorded before seeds existed still match
+        blob["seed"] = request.seed
     return hashlib.sha256(json.dumps(blob, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 

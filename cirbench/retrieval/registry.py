@@ -10,7 +10,6 @@ from typing import Any
 
 from cirbench.retrieval import late_interaction, rerank, rrf  # noqa: F401  (importing registers them)
 from cirbench.retrieval.base import _RERANKERS, _RETRIEVERS, ComponentSpec, Reranker, Retriever, _get
-from cirbench.retrieval.methods import cirevl, ldre  # noqa: F401
 
 
 def get_retriever(name: str, **options: Any) -> Retriever:

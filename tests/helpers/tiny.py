@@ -598,3 +598,49 @@ def build_tiny_qwen25vl(out_dir: str | os.PathLike[str], qwen2vl_dir: str | os.P
     torch.manual_seed(seed)
     Qwen2_5_VLForConditionalGeneration(cfg).eval().save_pretrained(out)
     return out
+
+
+def build_tiny_blip2_opt(out_dir: str | os.PathLike[str], *, image_size: int = 32, hidden: int = 32,
+                         layers: int = 2, num_query_tokens: int = 4, seed: int = 0) -> Path:
+    """A random Blip2ForConditionalGeneration over a tiny OPT decoder (LDRE's and CVSI's captioner family:
+    BLIP-2 OPT) + Blip2Processor whose GPT-2-style byte-level tokenizer has an `<image>` token."""
+    import torch
+    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, GPT2TokenizerFast
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    specials = ["<pad>", "</s>", "<unk>", "<image>"]
+    vocab = byte_vocab(specials)
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    tok = GPT2TokenizerFast(tokenizer_object=core, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
+                            unk_token="<unk>", model_max_length=512)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    improc = _image_processor("BlipImageProcessor", size={"height": image_size, "width": image_size})
+    proc = Blip2Processor(image_processor=improc, tokenizer=tok, num_query_tokens=num_query_tokens)
+    proc.save_pretrained(out)
+    cfg = Blip2Config(
+        vision_config=dict(image_size=image_size, patch_size=8, hidden_size=hidden, intermediate_size=37,
+                           num_hidden_layers=layers, num_attention_heads=4, initializer_range=0.02),
+        qformer_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=37,
+                            num_hidden_layers=layers, num_attention_heads=4, encoder_hidden_size=hidden,
+                            max_position_embeddings=64),
+        text_config=dict(model_type="opt", vocab_size=len(tok), hidden_size=hidden, ffn_dim=37,
+                         num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=512,
+                         word_embed_proj_dim=hidden, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+        num_query_tokens=num_query_tokens, image_token_index=tok.convert_tokens_to_ids("<image>"),
+    )
+    torch.manual_seed(seed)
+    model = Blip2ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # as in build_tiny_blip2: zeroed query tokens make every image look alike
+        model.query_tokens.normal_(0.0, 0.5)
+        for m in model.modules():
+            if isinstance(m, torch.nn.LayerNorm):
+                m.weight.normal_(1.0, 0.1)
+                m.bias.normal_(0.0, 0.1)
+    model.save_pretrained(out)
+    return out

@@ -142,9 +142,11 @@ class ImportedArtifacts:
     values: Mapping[str, Value]
 
     @classmethod
-    def load(cls, root: str | os.PathLike[str], rel: str | os.PathLike[str], *,
-             provenance: str) -> ImportedArtifacts:
-        """Read `rel` below `root` (it may not leave it); refuse anything that is not {id: value}."""
+    def load(cls, root: str | os.PathLike[str], rel: str | os.PathLike[str], *, provenance: str,
+             id_field: str | None = None, value_field: str | None = None) -> ImportedArtifacts:
+        """Read `rel` below `root` (it may not leave it): a JSON object {item_id: value}, or, with `id_field`
+        and `value_field`, a JSON list of records (LDRE's `test_multi_gpt3-5.json`: one record per query,
+        `id` and `multi_gpt-3.5_opt`). Anything else is refused naming the file, record and field."""
         path = Root(root, what="the artifact import folder").join(rel, field="path")
         try:
             blob = path.read_bytes()
@@ -154,13 +156,19 @@ class ImportedArtifacts:
             data = json.loads(blob)
         except ValueError as e:
             raise DatasetError(f"imported artifacts are not JSON: {e}", file=path) from None
+        if (id_field is None) != (value_field is None):
+            raise ValueError("an import of a list of records needs both id_field and value_field")
+        if id_field is not None and value_field is not None:
+            data = _records_to_mapping(data, path, id_field, value_field)
         if not isinstance(data, dict):
-            raise DatasetError("imported artifacts must be a JSON object {item_id: value}", file=path)
+            raise DatasetError("imported artifacts must be a JSON object {item_id: value} (or a list of "
+                               "records with id_field and value_field)", file=path)
         for k, v in data.items():
             ok = isinstance(v, str) or (isinstance(v, list) and all(isinstance(t, str) for t in v)) \
                 or isinstance(v, dict)
             if not ok:
-                raise DatasetError("value must be a text, a list of texts or an object", file=path, record=k)
+                raise DatasetError("value must be a text, a list of texts or an object", file=path, record=k,
+                                   field=value_field)
         if not provenance.strip():
             raise ValueError("an import needs its provenance (where the file was released, repo@commit)")
         return cls(path, hashlib.sha256(blob).hexdigest(), provenance.strip(), dict(data))
@@ -261,6 +269,25 @@ class ArtifactStore:
             if p != merged:
                 p.unlink()
         return merged
+
+
+def _records_to_mapping(data: Any, path: Path, id_field: str, value_field: str) -> dict[str, Any]:
+    if not isinstance(data, list):
+        raise DatasetError(f"expected a JSON list of records with {id_field!r} and {value_field!r}",
+                           file=path)
+    out: dict[str, Any] = {}
+    for n, rec in enumerate(data):
+        if not isinstance(rec, dict):
+            raise DatasetError("a record must be a JSON object", file=path, record=str(n))
+        if id_field not in rec or isinstance(rec[id_field], bool) or not isinstance(rec[id_field], str | int):
+            raise DatasetError("missing or non-scalar id", file=path, record=str(n), field=id_field)
+        if value_field not in rec:
+            raise DatasetError("missing field", file=path, record=str(rec[id_field]), field=value_field)
+        key = str(rec[id_field])
+        if key in out:
+            raise DatasetError("the same id twice", file=path, record=key, field=id_field)
+        out[key] = rec[value_field]
+    return out
 
 
 def merge_stores(target: ArtifactStore, sources: Sequence[ArtifactStore], spec: ArtifactSpec) -> int:

@@ -1,76 +1,417 @@
-"""Method configs: a YAML file naming a registered retrieval method and its options (`--method`).
+"""Method configs: a method as data (YAML), turned into a Retriever.
 
-    method: cirevl            # a registered retriever (cirbench retrievers); never an import path
-    options: {encoder: clip-l14, lmm_model: gpt-4o-mini, ...}
+    method: cirevl                      # a registered method kind (METHOD_KINDS), never a code path
+    components:
+      encoder: hf-clip:openai/clip-vit-large-patch14      # a cirbench model name
+      captioner: {kind: blip2, model: Salesforce/blip2-flan-t5-xxl}
+      rewriter: {backend: openai, model: gpt-3.5-turbo, base_url: https://api.openai.com/v1}
+    prompts: {caption: caption-detailed, rewrite: {cirr: cirevl-contextual, default: cirevl-structural}}
+    decoding: {caption: {max_tokens: 60}, rewrite: {max_tokens: 700, temperature: 0}}
+    options: {}                         # the method kind's own (LDRE: ensemble, ...)
+    imports: {rewrites: {file: mods.json, provenance: "repo@commit path"}}
 
-Shipped configs live in cirbench/methods/ (linked from the repository's methods/); `--method NAME` finds
-one by name, `--method path.yaml` reads a file. A config is read with `yaml.safe_load` and can only name
-registered methods and their declared options, so it can never make cirbench import or run code.
+The file is read with `yaml.safe_load`, every component is named by a registered id, and an encoder named
+`package.module:factory` is refused (a config can never make cirbench import code). Any field can be
+overridden from the command line (`--method-option components.rewriter.model=gpt-4o`), and a stage's prompt
+replaced by a file (`--prompt-file rewrite=PATH`). Shipped configs live in `cirbench/methods/` (and the
+top-level `methods/` folder links to them); `cirbench methods` lists them.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
-from importlib import resources
+import importlib.resources
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cirbench.core.types import DatasetError
+from cirbench.core.options import did_you_mean
 from cirbench.retrieval.base import Retriever
-from cirbench.retrieval.registry import get_retriever
+from cirbench.retrieval.methods.artifacts import ImportedArtifacts
+from cirbench.retrieval.methods.components import Decoding, build_captioner, build_lmm
+from cirbench.retrieval.methods.prompts import Prompt, get_prompt, prompt_from_file
 
-KEYS = ("method", "options")
+SECTIONS = (
+    "method",
+    "description",
+    "components",
+    "prompts",
+    "decoding",
+    "options",
+    "imports",
+    "artifacts_dir",
+)
+COMPONENTS = ("encoder", "encoder_options", "captioner", "rewriter")
+STAGES = ("caption", "rewrite")
+IMPORTS = ("captions", "rewrites")
+
+
+class MethodConfigError(ValueError):
+    """A method config that cannot be used: one line naming the file and the field."""
 
 
 @dataclass(frozen=True)
 class MethodConfig:
-    method: str
-    options: dict[str, Any] = field(default_factory=dict)
-    source: str = ""
-    description: str = ""
+    """A parsed method config with the command line's overrides applied."""
+
+    name: str
+    where: str
+    data: dict[str, Any]
+    base: Path | None
+    """The config's folder, against which relative files (imports, replay files) are read."""
+    prompt_files: Mapping[str, str]
+
+    @property
+    def kind(self) -> str:
+        return str(self.data["method"])
+
+    def section(self, name: str) -> dict[str, Any]:
+        value = self.data.get(name) or {}
+        if not isinstance(value, dict):
+            raise MethodConfigError(
+                f"{self.where}: field {name!r} must be a mapping, not {type(value).__name__}"
+            )
+        return value
 
 
-def shipped_methods() -> dict[str, Any]:
-    """name -> the packaged config file (works from a checkout and from an installed wheel)."""
-    root = resources.files("cirbench") / "methods"
-    return {p.name.removesuffix(".yaml"): p for p in root.iterdir() if p.name.endswith(".yaml")}
+# ------------------------------------------------------------------------------------------ reading
 
 
-def read_method(name_or_path: str | os.PathLike[str]) -> MethodConfig:
+def shipped_methods() -> dict[str, str]:
+    """name -> YAML text of the configs shipped in cirbench/methods/."""
+    root = importlib.resources.files("cirbench") / "methods"
+    return {
+        p.name.removesuffix(".yaml"): p.read_text(encoding="utf-8")
+        for p in sorted(root.iterdir(), key=lambda p: p.name)
+        if p.name.endswith(".yaml")
+    }
+
+
+def read_method(
+    source: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    prompt_files: Mapping[str, str] | None = None,
+) -> MethodConfig:
+    """A config file, or the name of a shipped config (`cirevl`, `methods/ldre.yaml`)."""
     import yaml
 
-    p = Path(name_or_path)
+    p = Path(source)
     if p.is_file():
-        where, text = str(p), p.read_text(encoding="utf-8")
+        where, base, name = str(p), p.resolve().parent, p.name.removesuffix(".yaml").removesuffix(".yml")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise MethodConfigError(f"cannot read method config {where!r}: {e}") from None
     else:
-        from cirbench.core.options import did_you_mean
-
+        name = p.name.removesuffix(".yaml").removesuffix(".yml")
         shipped = shipped_methods()
-        stem = p.name.removesuffix(".yaml")
-        if stem not in shipped:
-            raise KeyError(f"no method config {str(name_or_path)!r}{did_you_mean(stem, shipped)}; shipped: "
-                           f"{', '.join(sorted(shipped))} (or give a .yaml path)")
-        where, text = f"cirbench/methods/{stem}.yaml", shipped[stem].read_text(encoding="utf-8")
+        if name not in shipped:
+            raise MethodConfigError(
+                f"method {str(source)!r} is neither a config file nor a shipped method"
+                f"{did_you_mean(name, shipped)}; shipped: {', '.join(sorted(shipped))} "
+                "(cirbench methods)"
+            )
+        where, base, text = f"cirbench/methods/{name}.yaml", None, shipped[name]
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise DatasetError(f"not valid YAML: {str(e).splitlines()[0]}", file=where) from None
-    if not isinstance(data, dict) or not isinstance(data.get("method"), str):
-        raise DatasetError("a method config is a mapping with a `method:` name", file=where, field="method")
-    unknown = sorted(set(data) - set(KEYS))
-    if unknown:
-        raise DatasetError(f"unknown key(s) {unknown}; a method config has {list(KEYS)}", file=where,
-                           field=unknown[0])
-    options = data.get("options") or {}
-    if not isinstance(options, dict):
-        raise DatasetError("`options:` must be a mapping", file=where, field="options")
-    first = text.lstrip().splitlines()[0] if text.strip() else ""
-    about = first.lstrip("# ") if first.startswith("#") else ""
-    return MethodConfig(data["method"], dict(options), where, about)
+        raise MethodConfigError(
+            f"{where}: not valid YAML (or a tag that could run code): {' '.join(str(e).split())}"
+        ) from None
+    if not isinstance(data, dict):
+        raise MethodConfigError(f"{where}: a method config is a YAML mapping with a 'method' key")
+    for key in data:
+        if key not in SECTIONS:
+            raise MethodConfigError(
+                f"{where}: unknown field {key!r}{did_you_mean(str(key), SECTIONS)}; "
+                f"known: {', '.join(SECTIONS)}"
+            )
+    for dotted, value in (overrides or {}).items():
+        _set(data, dotted, value, where)
+    kind = data.get("method")
+    if kind not in METHOD_KINDS:
+        raise MethodConfigError(
+            f"{where}: field 'method' must name a method kind, not {kind!r}"
+            f"{did_you_mean(str(kind), METHOD_KINDS)}; known: {', '.join(METHOD_KINDS)}"
+        )
+    for stage in prompt_files or {}:
+        if stage not in STAGES:
+            raise MethodConfigError(
+                f"--prompt-file {stage}=...: unknown stage{did_you_mean(stage, STAGES)}; "
+                f"stages: {', '.join(STAGES)}"
+            )
+    return MethodConfig(name, where, data, base, dict(prompt_files or {}))
 
 
-def load_method(name_or_path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> Retriever:
-    """The Retriever a method config describes, with `overrides` (from `--method-option`) on top."""
-    cfg = read_method(name_or_path)
-    return get_retriever(cfg.method, **{**cfg.options, **(overrides or {})})
+def _set(data: dict[str, Any], dotted: str, value: Any, where: str) -> None:
+    """`--method-option a.b.c=value`: set a field, creating mappings below a known section."""
+    keys = [k for k in dotted.split(".") if k]
+    if not keys or keys[0] not in SECTIONS:
+        head = keys[0] if keys else dotted
+        raise MethodConfigError(
+            f"--method-option {dotted}: unknown field {head!r}"
+            f"{did_you_mean(head, SECTIONS)}; known: {', '.join(SECTIONS)}"
+        )
+    node = data
+    for k in keys[:-1]:
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise MethodConfigError(f"--method-option {dotted}: {k!r} in {where} is not a mapping")
+        node = nxt
+    node[keys[-1]] = value
+
+
+# ------------------------------------------------------------------------------------------ building
+
+
+def _decoding(cfg: MethodConfig, stage: str, default: Decoding) -> Decoding:
+    given = cfg.section("decoding").get(stage) or {}
+    if not isinstance(given, dict):
+        raise MethodConfigError(f"{cfg.where}: decoding.{stage} must be a mapping")
+    fields = set(default.record())
+    for k in given:
+        if k not in fields:
+            raise MethodConfigError(
+                f"{cfg.where}: decoding.{stage}.{k}: unknown{did_you_mean(k, fields)}; "
+                f"known: {', '.join(sorted(fields))}"
+            )
+    merged = {**default.record(), **given}
+    try:
+        return Decoding(
+            max_tokens=int(merged["max_tokens"]),
+            temperature=float(merged["temperature"]),
+            top_p=None if merged["top_p"] is None else float(merged["top_p"]),
+            num_beams=int(merged["num_beams"]),
+            n=int(merged["n"]),
+        )
+    except (TypeError, ValueError) as e:
+        raise MethodConfigError(f"{cfg.where}: decoding.{stage}: {e}") from None
+
+
+def _prompt(cfg: MethodConfig, stage: str, default: str) -> Prompt:
+    if stage in cfg.prompt_files:
+        return prompt_from_file(cfg.prompt_files[stage])
+    value = cfg.section("prompts").get(stage, default)
+    if not isinstance(value, str):
+        raise MethodConfigError(f"{cfg.where}: prompts.{stage} must be a prompt id")
+    return get_prompt(value, f"{cfg.where}: prompts.{stage}")
+
+
+def _prompt_map(cfg: MethodConfig, stage: str, defaults: Mapping[str, str]) -> dict[str, Prompt]:
+    """A per-benchmark prompt table ({task family: id, default: id}); a --prompt-file replaces all of it."""
+    if stage in cfg.prompt_files:
+        return {"default": prompt_from_file(cfg.prompt_files[stage])}
+    value = cfg.section("prompts").get(stage, dict(defaults))
+    if isinstance(value, str):
+        return {"default": get_prompt(value, f"{cfg.where}: prompts.{stage}")}
+    if not isinstance(value, dict):
+        raise MethodConfigError(
+            f"{cfg.where}: prompts.{stage} must be a prompt id or {{task: id, default: id}}"
+        )
+    return {str(k): get_prompt(str(v), f"{cfg.where}: prompts.{stage}.{k}") for k, v in value.items()}
+
+
+def _imports(cfg: MethodConfig) -> dict[str, ImportedArtifacts]:
+    out: dict[str, ImportedArtifacts] = {}
+    for stage, spec in cfg.section("imports").items():
+        where = f"{cfg.where}: imports.{stage}"
+        if stage not in IMPORTS:
+            raise MethodConfigError(
+                f"{where}: unknown stage{did_you_mean(stage, IMPORTS)}; known: {', '.join(IMPORTS)}"
+            )
+        if not isinstance(spec, dict) or not spec.get("file") or not spec.get("provenance"):
+            raise MethodConfigError(f"{where}: needs 'file' and 'provenance' (where it was released)")
+        extra = set(spec) - {"file", "provenance", "id_field", "value_field"}
+        if extra:
+            raise MethodConfigError(f"{where}: unknown field(s) {sorted(extra)}")
+        path = Path(str(spec["file"]))
+        if not path.is_absolute():
+            path = (cfg.base or Path.cwd()) / path
+        out[stage] = ImportedArtifacts.load(
+            path.parent,
+            path.name,
+            provenance=str(spec["provenance"]),
+            id_field=spec.get("id_field"),
+            value_field=spec.get("value_field"),
+        )
+    return out
+
+
+def _components(cfg: MethodConfig, device: str) -> dict[str, Any]:
+    from cirbench.models.registry import get_model
+
+    comps = cfg.section("components")
+    for key in comps:
+        if key not in COMPONENTS:
+            raise MethodConfigError(
+                f"{cfg.where}: components.{key}: unknown component"
+                f"{did_you_mean(str(key), COMPONENTS)}; known: {', '.join(COMPONENTS)}"
+            )
+    encoder = comps.get("encoder")
+    if not isinstance(encoder, str) or not encoder:
+        raise MethodConfigError(
+            f"{cfg.where}: components.encoder must name a cirbench model (cirbench models)"
+        )
+    eopts = dict(comps.get("encoder_options") or {})
+    if device != "cpu":
+        eopts.setdefault("device", device)
+    out: dict[str, Any] = {
+        "clip": get_model(encoder, allow_plugins=False, **eopts)
+    }  # never the config's code
+    if comps.get("captioner") is not None:
+        out["captioner"] = build_captioner(
+            comps["captioner"], f"{cfg.where}: components.captioner", device=device, base=cfg.base
+        )
+    if comps.get("rewriter") is not None:
+        out["rewriter"] = build_lmm(comps["rewriter"], f"{cfg.where}: components.rewriter", base=cfg.base)
+    return out
+
+
+def _options(cfg: MethodConfig, known: Mapping[str, type]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in cfg.section("options").items():
+        if k not in known:
+            raise MethodConfigError(
+                f"{cfg.where}: options.{k}: unknown option of {cfg.kind}"
+                f"{did_you_mean(k, known)}"
+                + (f"; known: {', '.join(known)}" if known else f"; {cfg.kind} takes none")
+            )
+        try:
+            out[k] = known[k](v)
+        except (TypeError, ValueError):
+            raise MethodConfigError(f"{cfg.where}: options.{k}: {v!r} is not a {known[k].__name__}") from None
+    return out
+
+
+def _artifacts_dir(cfg: MethodConfig) -> Path | None:
+    value = cfg.data.get("artifacts_dir")
+    return None if value in (None, "") else Path(str(value))
+
+
+def _build_cirevl(cfg: MethodConfig, device: str) -> Retriever:
+    from cirbench.retrieval.methods.cirevl import DEFAULT_REWRITE_PROMPTS, CIReVL
+
+    _options(cfg, {})
+    imports = _imports(cfg)
+    return CIReVL(
+        **_components(cfg, device),
+        artifacts_dir=_artifacts_dir(cfg),
+        name=cfg.name,
+        caption_prompt=_prompt(cfg, "caption", "caption-detailed"),
+        rewrite_prompts=_prompt_map(cfg, "rewrite", DEFAULT_REWRITE_PROMPTS),
+        caption_decoding=_decoding(cfg, "caption", Decoding(max_tokens=60)),
+        rewrite_decoding=_decoding(cfg, "rewrite", Decoding(max_tokens=700)),
+        imported_captions=imports.get("captions"),
+        imported_rewrites=imports.get("rewrites"),
+    )
+
+
+def _build_ldre(cfg: MethodConfig, device: str) -> Retriever:
+    from cirbench.retrieval.methods.ldre import LDRE
+
+    opts = _options(cfg, {"ensemble": str, "ensemble_topk": int, "ensemble_temperature": float})
+    imports = _imports(cfg)
+    return LDRE(
+        **_components(cfg, device),
+        artifacts_dir=_artifacts_dir(cfg),
+        name=cfg.name,
+        caption_prompt=_prompt(cfg, "caption", "caption-none"),
+        rewrite_prompt=_prompt(cfg, "rewrite", "ldre-divergent"),
+        caption_decoding=_decoding(cfg, "caption", Decoding(max_tokens=30, top_p=0.9, n=15)),
+        rewrite_decoding=_decoding(cfg, "rewrite", Decoding(max_tokens=256, temperature=1.0)),
+        imported_captions=imports.get("captions"),
+        imported_rewrites=imports.get("rewrites"),
+        **opts,
+    )
+
+
+@dataclass(frozen=True)
+class MethodKind:
+    build: Callable[[MethodConfig, str], Retriever]
+    summary: str
+    cost: Callable[[MethodConfig], dict[str, str]]
+
+
+def _n(cfg: MethodConfig, stage: str, default: int) -> int:
+    return int((cfg.section("decoding").get(stage) or {}).get("n", default))
+
+
+METHOD_KINDS: dict[str, MethodKind] = {
+    "cirevl": MethodKind(
+        _build_cirevl,
+        "caption -> LLM rewrite -> text feature vs gallery images",
+        lambda cfg: {
+            "per_query": "1 caption + 1 LMM call + 1 text encode",
+            "per_gallery_item": "1 image encode",
+        },
+    ),
+    "ldre": MethodKind(
+        _build_ldre,
+        "n sampled captions -> n LLM rewrites -> ensemble of text features",
+        lambda cfg: {
+            "per_query": f"{_n(cfg, 'caption', 15)} captions + {_n(cfg, 'caption', 15)} "
+            f"LMM calls + {_n(cfg, 'caption', 15)} text encodes (x2 for "
+            "the adaptive ensemble)",
+            "per_gallery_item": "1 image encode",
+        },
+    ),
+}
+
+
+def build_method(cfg: MethodConfig, *, device: str = "cpu") -> Retriever:
+    """The Retriever a config describes (components loaded, prompts and imports read, nothing generated)."""
+    try:
+        return METHOD_KINDS[cfg.kind].build(cfg, device)
+    except MethodConfigError:
+        raise
+    except (ValueError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        if cfg.where in str(msg):
+            raise MethodConfigError(str(msg)) from None
+        raise MethodConfigError(f"{cfg.where}: {msg}") from None
+
+
+def load_method(
+    source: str | Path,
+    overrides: Mapping[str, Any] | None = None,
+    prompt_files: Mapping[str, str] | None = None,
+    *,
+    device: str = "cpu",
+) -> Retriever:
+    """`cirbench eval --method SOURCE`: read the config (shipped name or file), apply overrides, build."""
+    return build_method(read_method(source, overrides, prompt_files), device=device)
+
+
+def describe_config(cfg: MethodConfig) -> dict[str, Any]:
+    """What `cirbench methods` shows: the kind, its components, prompts and per-query cost."""
+    comps = cfg.section("components")
+
+    def comp(v: Any) -> str:
+        if isinstance(v, dict):
+            return ", ".join(f"{k}={v[k]}" for k in v if k not in ("lmm",)) + (
+                f" ({comp(v['lmm'])})" if isinstance(v.get("lmm"), dict) else ""
+            )
+        return str(v)
+
+    return {
+        "name": cfg.name,
+        "where": cfg.where,
+        "method": cfg.kind,
+        "description": str(cfg.data.get("description") or METHOD_KINDS[cfg.kind].summary),
+        "components": {k: comp(v) for k, v in comps.items() if k != "encoder_options"},
+        "cost": METHOD_KINDS[cfg.kind].cost(cfg),
+    }
+
+
+__all__ = [
+    "METHOD_KINDS",
+    "MethodConfig",
+    "MethodConfigError",
+    "build_method",
+    "describe_config",
+    "load_method",
+    "read_method",
+    "shipped_methods",
+]

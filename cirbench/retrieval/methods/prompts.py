@@ -1,0 +1,165 @@
+"""The prompts methods send, by id: cirbench's own wording of each method's documented structure.
+
+A method's released prompt text is its authors' and is not copied here; a user who needs it exactly points
+`--prompt-file STAGE=PATH` at the file in that method's repository. Either way the prompt's id and SHA-256
+go into every artifact key and the result, so two runs with different prompts never share an artifact.
+
+The rewrite prompts follow CIReVL's structure (methods.md §4.1): a preamble that explains the
+"Image Content: / Instruction: / Edited Description:" format, then rules and examples in one of three
+styles: short CIRR-style edits ("contextual"), one example per kind of change ("structural"), and the same
+for garments ("structural-fashion").
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cirbench.core.types import DatasetError
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt as sent: its id, the user-turn template, an optional system message, and its SHA-256."""
+
+    id: str
+    text: str
+    system: str | None = None
+    source: str = "cirbench"
+    """'cirbench' for a built-in, else the file it was read from."""
+
+    @property
+    def sha256(self) -> str:
+        blob = self.text if self.system is None else f"{self.system}\x00{self.text}"
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+    def record(self) -> dict[str, Any]:
+        return {"id": self.id, "sha256": self.sha256, "source": self.source}
+
+
+_PREAMBLE = (
+    "You will get the description of a photo and an instruction saying how the photo should change. "
+    "Write the description of the photo after the change.\n"
+    "The input has two lines: 'Image Content:' describes the photo, 'Instruction:' says what to change.\n"
+    "Describe only what the changed photo shows, not the change itself, and keep whatever the instruction "
+    "does not touch. Answer with one line that starts with 'Edited Description:'.\n"
+)
+
+_CONTEXTUAL = _PREAMBLE + (
+    "Keep it short: one plain sentence, as a person would caption the new photo.\n"
+    "Examples:\n"
+    "Image Content: two brown dogs running on a beach\n"
+    "Instruction: show only one of them, lying in the grass\n"
+    "Edited Description: a brown dog lying in the grass\n"
+    "Image Content: a plate of pasta on a wooden table\n"
+    "Instruction: seen from above, with a glass of red wine next to it\n"
+    "Edited Description: a plate of pasta and a glass of red wine on a wooden table, seen from above\n"
+    "Image Content: a red bus driving down a city street\n"
+    "Instruction: make it a yellow school bus that is parked\n"
+    "Edited Description: a yellow school bus parked on a city street"
+)
+
+_STRUCTURAL = _PREAMBLE + (
+    "Handle each kind of change as in these examples, one per kind:\n"
+    "- number: Image Content: a cat on a sofa / Instruction: has three cats / "
+    "Edited Description: three cats on a sofa\n"
+    "- adding: Image Content: a man reading / Instruction: also has a dog at his feet / "
+    "Edited Description: a man reading with a dog at his feet\n"
+    "- removing: Image Content: a kitchen with a woman cooking / Instruction: nobody is in it / "
+    "Edited Description: an empty kitchen\n"
+    "- replacing: Image Content: a boy holding a ball / Instruction: the ball is a kite / "
+    "Edited Description: a boy holding a kite\n"
+    "- comparing: Image Content: a small white boat / Instruction: the boat is bigger and darker / "
+    "Edited Description: a large dark boat\n"
+    "- place and background: Image Content: a horse in a field / Instruction: is on a snowy mountain / "
+    "Edited Description: a horse on a snowy mountain\n"
+    "- viewpoint: Image Content: a car from the side / Instruction: seen from the front at night / "
+    "Edited Description: the front of a car at night"
+)
+
+_STRUCTURAL_FASHION = _PREAMBLE + (
+    "The photo shows one garment. Describe the garment after the change: its type, colour, pattern, "
+    "sleeves, neckline and fit.\n"
+    "Examples:\n"
+    "Image Content: a short black dress with long sleeves\n"
+    "Instruction: is red and sleeveless and more fitted\n"
+    "Edited Description: a short fitted red sleeveless dress\n"
+    "Image Content: a plain grey t-shirt\n"
+    "Instruction: has a graphic print and is darker\n"
+    "Edited Description: a dark t-shirt with a graphic print\n"
+    "Image Content: a white blouse with a round neck\n"
+    "Instruction: has a v-neck and a floral pattern\n"
+    "Edited Description: a white floral blouse with a v-neck"
+)
+
+_DIVERGENT_SYSTEM = "You describe images after an edit: given an instruction, describe the edited image."
+
+_DIVERGENT = (
+    "Answer in one line that starts with 'Edited Description:', as simply as you can, describing only what "
+    "the edited image shows.\n"
+    "Example:\n"
+    "Image Content: a green apple on a table\n"
+    "Instruction: cut in half\n"
+    "Edited Description: a green apple cut in half on a table"
+)
+
+_CAPTION_DETAILED = (
+    "Write one complete, detailed description of this image. Mention every object you can see, its colour, "
+    "its position and what it is doing. Answer with the description only."
+)
+
+BUILTIN: dict[str, Prompt] = {
+    p.id: p
+    for p in (
+        Prompt("caption-detailed", _CAPTION_DETAILED),
+        Prompt("caption-none", ""),
+        Prompt("cirevl-contextual", _CONTEXTUAL),
+        Prompt("cirevl-structural", _STRUCTURAL),
+        Prompt("cirevl-structural-fashion", _STRUCTURAL_FASHION),
+        Prompt("ldre-divergent", _DIVERGENT, system=_DIVERGENT_SYSTEM),
+    )
+}
+"""caption-none is the empty prompt: BLIP-2 captions the image unprompted (LDRE's dense captions)."""
+
+
+def get_prompt(prompt_id: str, where: str) -> Prompt:
+    from cirbench.core.options import did_you_mean
+
+    if prompt_id not in BUILTIN:
+        raise ValueError(
+            f"{where}: unknown prompt {prompt_id!r}{did_you_mean(prompt_id, BUILTIN)}; "
+            f"known: {', '.join(sorted(BUILTIN))} (or --prompt-file STAGE=PATH)"
+        )
+    return BUILTIN[prompt_id]
+
+
+def prompt_from_file(path: str | Path, *, system: str | None = None) -> Prompt:
+    """A prompt read from a file (e.g. a method's released prompt), recorded by its name and hash."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(
+            f"cannot read the prompt file: {getattr(e, 'strerror', None) or e}", file=p
+        ) from None
+    if not text.strip():
+        raise DatasetError("the prompt file is empty", file=p)
+    return Prompt(f"file:{p.name}", text.rstrip("\n"), system=system, source=str(p))
+
+
+def select(spec: str | Mapping[str, str], task_name: str, where: str) -> Prompt:
+    """A prompt id, or {task family: id, ..., default: id} resolved for this task (CIReVL's per-benchmark
+    prompts); the family is the task name before any ':' or '-' variant suffix."""
+    if isinstance(spec, str):
+        return get_prompt(spec, where)
+    family = task_name.split(":")[0]
+    for key in (task_name, family, family.split("-")[0], "default"):
+        if key in spec:
+            return get_prompt(str(spec[key]), f"{where}.{key}")
+    raise ValueError(f"{where}: no prompt for task {task_name!r} and no 'default' (given: {', '.join(spec)})")
+
+
+__all__ = ["BUILTIN", "Prompt", "get_prompt", "prompt_from_file", "select"]
