@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -137,6 +138,9 @@ class E5VEncoder:
         self.image_tokens_from = complete_processor(self.processor, model.config)
         self.model = model.to(self.device).eval()
         self.tokenizer = self.processor.tokenizer
+        self._tokenizer_lock = threading.Lock()
+        """A fast tokenizer keeps its padding and truncation settings as state: the decode workers'
+        `preprocess` and `encode` must not use it at the same time."""
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:  # retrieval.py: pad_token_id = eos_token_id
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -173,7 +177,8 @@ class E5VEncoder:
 
     def preprocess(self, image: Any) -> dict[str, Any]:
         """Anyres tiles + the number of `<image>` tokens the processor gives this image (worker threads)."""
-        out = self.processor(text=[IMAGE], images=[image.convert("RGB")], return_tensors="pt")
+        with self._tokenizer_lock:
+            out = self.processor(text=[IMAGE], images=[image.convert("RGB")], return_tensors="pt")
         n = int((out["input_ids"] == self.image_token_id).sum())
         return {"pixel_values": out["pixel_values"][0], "image_sizes": out["image_sizes"], "n_tokens": n}
 
@@ -216,8 +221,9 @@ class E5VEncoder:
                     n_image_tokens += pre["n_tokens"]
                 texts.append(p)
                 owner.append(i)
-        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
+        with self._tokenizer_lock:
+            tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
         ids, mask = tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device)
         if int((ids == self.image_token_id).sum()) != n_image_tokens:
             raise ValueError("an input was truncated inside its image tokens at "
