@@ -60,12 +60,8 @@ class Batch:
 class Encoder(Protocol):
     """Anything that embeds Items. Implementations live in cirbench/models/ or in user plugins.
 
-    Optional members the encode loop looks for: `needs_images` (False: no image is decoded for it),
-    `read_image(item)` (ReadImageFn) or else `preprocess(pil_image)` (PreprocessFn), both run in its worker
-    threads, and `vectors_by_id` (True: a vector belongs to the item's id rather than to its content, so
-    items are never de-duplicated or cached by content). The eval flow also looks for `for_task(task)`
-    (see `bind_task`), and the late-interaction retriever for `encode_tokens(batch, role=, instruction=)`:
-    (n, tokens, dim) normalised token vectors (BLIP-2's query tokens).
+    Beyond these two methods the eval flow looks for the optional members that `EncoderHooks` declares
+    (`OPTIONAL_HOOKS`); an encoder has any of them or none.
     """
 
     spec: ModelSpec
@@ -77,6 +73,36 @@ class Encoder(Protocol):
     def encode(self, batch: Batch, *, role: Role, instruction: str | None = None) -> np.ndarray:
         """(len(batch.items), dim) float32, L2-normalised rows."""
         ...
+
+
+class EncoderHooks(Protocol):
+    """The optional Encoder members, typed: what the encode loop and the retrievers look up if present."""
+
+    needs_images: bool
+    """False: no image is decoded for this encoder (its vectors come from elsewhere)."""
+    vectors_by_id: bool
+    """True: a vector belongs to the item's id, not its content: never de-duplicated or cached by content."""
+
+    def read_image(self, item: Item) -> Any:
+        """Run in the decode workers instead of `item.load_image()` + `preprocess` (see ReadImageFn)."""
+        ...
+
+    def preprocess(self, image: Any) -> Any:
+        """PIL image -> what `encode` takes, in the decode workers (see PreprocessFn)."""
+        ...
+
+    def for_task(self, task: Task) -> tuple[Encoder, Task]:
+        """The encoder and task to evaluate, where the model's inputs follow the benchmark (`bind_task`)."""
+        ...
+
+    def encode_tokens(self, batch: Batch, *, role: Role, instruction: str | None = None) -> np.ndarray:
+        """(n, tokens, dim) normalised token vectors, for the late-interaction retriever."""
+        ...
+
+
+OPTIONAL_HOOKS: tuple[str, ...] = tuple(dict.fromkeys(
+    n for n in (*EncoderHooks.__annotations__, *vars(EncoderHooks)) if not n.startswith("_")))
+"""The names of `EncoderHooks`' members, in declaration order."""
 
 
 PreprocessFn = Callable[[Any], Any]

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cirbench.core.options import as_int
+from cirbench.core.options import Option, OptionTable, as_int, parse_options
 from cirbench.core.types import DatasetError, Role
 from cirbench.models import _checkpoints as C
 from cirbench.models import _torch as T
@@ -58,7 +58,13 @@ DIRECTION_VIEWS = {"g": "ground", "s": "satellite", "t": "text", "c": "gps"}
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TEXT_LENGTH = 77
-MML_OPTIONS = ("backbone", "revision", "device", "dtype", "image_view", "image_size")
+MML_OPTIONS: OptionTable = (
+    Option("backbone", help="the CLIP whose architecture and tokenizer the checkpoint uses",
+           default=BACKBONE),
+    T.REVISION, T.DEVICE, T.DTYPE,
+    Option("image_view", "choice", "the head an image takes outside MMLandmarks", "ground", VIEWS),
+    Option("image_size", "int", "input side in pixels (default: the backbone's)", low=1),
+)
 EQUAL_EARTH = (1.340264, -0.081106, 0.000893, 0.003796)
 
 
@@ -147,8 +153,7 @@ class MmlClipEncoder:
     def __init__(self, spec: ModelSpec | None = None, *, model_id: str | None = None, **options: Any) -> None:
         from transformers import AutoTokenizer, CLIPConfig
 
-        opts = {**dict((spec.extra.get("options") or {}) if spec else {}), **options}
-        T.check_options("mml-clip adapter", opts, MML_OPTIONS)
+        opts = parse_options("the mml-clip adapter", {**T.stored_options(spec), **options}, MML_OPTIONS)
         target = model_id or (spec.id if spec else None)
         if not target:
             raise ValueError("mml-clip needs a checkpoint file or a directory holding weights_best.pth")
@@ -287,8 +292,8 @@ class MmlClipEncoder:
         return T.to_numpy_f32(out)
 
 
-def _family(target: str, **options: Any) -> MmlClipEncoder:
-    return MmlClipEncoder(None, model_id=target, **options)
+def _mml_clip(spec: ModelSpec | None, target: str | None, **options: Any) -> MmlClipEncoder:
+    return MmlClipEncoder(spec, model_id=target, **options)
 
 
-register_family("mml-clip", _family)
+register_family("mml-clip", _mml_clip, options=MML_OPTIONS)
