@@ -226,8 +226,8 @@ def eval_cmd(
     """Score a model on a task: prints the table and writes result.json, run.parquet (+ submission)."""
     from cirbench.display import result_table
     from cirbench.evaluation import EvalOptions, evaluate
+    from cirbench.retrieval.base import SEARCH_BACKENDS, SEARCH_DTYPES
     from cirbench.retrieval.registry import get_retriever
-    from cirbench.retrieval.search import SEARCH_BACKENDS, SEARCH_DTYPES
 
     if method is not None and (retriever is not None or model):
         raise typer.BadParameter("give one of --model, --retriever and --method", param_hint="--method")

@@ -91,8 +91,13 @@ class EncoderHooks(Protocol):
         """PIL image -> what `encode` takes, in the decode workers (see PreprocessFn)."""
         ...
 
+    def for_views(self, views: Mapping[str, str]) -> Encoder:
+        """The encoder for a task whose sides show these views (`TaskMetadata.views`, role -> view): for
+        models with one head per kind of input. Called by `bind_task` when the task declares views."""
+        ...
+
     def for_task(self, task: Task) -> tuple[Encoder, Task]:
-        """The encoder and task to evaluate, where the model's inputs follow the benchmark (`bind_task`)."""
+        """E5-V only, for now: the encoder and task E5-V's own FashionIQ run uses (`bind_task`)."""
         ...
 
     def encode_tokens(self, batch: Batch, *, role: Role, instruction: str | None = None) -> np.ndarray:
@@ -116,12 +121,17 @@ batches itself (on the GPU, from the files' bytes); it must raise DatasetError f
 
 
 def bind_task(encoder: Encoder, task: Task) -> tuple[Encoder, Task]:
-    """The encoder and task to evaluate: an encoder whose inputs follow the benchmark (E5-V's per-category
-    FashionIQ prompts and caption joining) rewrites both in an optional `for_task(task)`; others pass as is.
+    """The encoder and task to evaluate.
 
-    Whatever such a rewrite changes in a vector must be in the items' content and the encoder's fingerprint,
-    and what it changes in the protocol in the returned task's protocol, so results and caches record it.
+    A task that declares what its sides show (`TaskMetadata.views`) hands that data to an encoder with
+    `for_views` (MML-CLIP's heads); the encoder never sees the task. E5-V's per-category FashionIQ prompts
+    and caption joining still rewrite the task's items in its `for_task(task)`. Whatever either changes in
+    a vector must be in the items' content and the encoder's fingerprint, and what it changes in the
+    protocol in the returned task's protocol, so results and caches record it.
     """
+    views = getattr(encoder, "for_views", None)
+    if task.metadata.views and callable(views):
+        encoder = views(dict(task.metadata.views))
     hook = getattr(encoder, "for_task", None)
     return hook(task) if callable(hook) else (encoder, task)
 
