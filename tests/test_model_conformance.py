@@ -128,3 +128,21 @@ def test_check_encoder_checks_the_declaration(monkeypatch: pytest.MonkeyPatch) -
                         registry.ModelEntry(entry.spec, baselines._random, bad_default))
     with pytest.raises(ConformanceError, match="its declared default does not parse"):
         check_encoder("random")
+
+
+def test_cirbench_models_name_lists_the_declared_options() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from cirbench.cli import app
+
+    r = CliRunner().invoke(app, ["models", "image-only", "--json"])
+    assert r.exit_code == 0, r.output
+    options = {o["name"]: o for o in json.loads(r.output)["options"]}
+    assert set(options) == {"resolution", "channels_last", "device", "dtype"}
+    assert options["resolution"]["type"] == "int" and options["resolution"]["default"] == 96
+    r = CliRunner().invoke(app, ["models", "hf-clip"])
+    assert r.exit_code == 0 and "alpha" in r.output and "choice: pil, torchvision" in r.output
+    r = CliRunner().invoke(app, ["models", "hf-clipp"])
+    assert r.exit_code != 0 and "did you mean 'hf-clip'" in r.output

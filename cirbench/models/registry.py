@@ -62,8 +62,11 @@ def register_family(name: str, factory: Factory, *, options: OptionTable) -> Non
 
 
 def model_options(name: str) -> OptionTable | None:
-    """The option table of an alias or `family:target`; None for a plugin (its code declares nothing)."""
+    """The option table of an alias, a family (`hf-clip` or `hf-clip:target`); None for a plugin or an
+    entry point (their code declares nothing). An unknown name raises KeyError with a suggestion."""
     _import_builtin()
+    if name in _FAMILIES:
+        return _FAMILIES[name].options
     kind, key = model_kind(name, allow_plugins=True)
     if kind == "alias":
         return _MODELS[key].options
