@@ -12,6 +12,7 @@ import datetime as _dt
 import os
 import platform
 import re
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -97,7 +98,7 @@ def resolve_eval_device(device: str) -> str:
         return device
     gpu_nodes = (any(Path("/dev").glob("nvidia[0-9]*")) or Path("/proc/driver/nvidia").exists()
                  or Path("/dev/dxg").exists() or Path("/dev/kfd").exists())
-    if platform.system() == "Linux" and not gpu_nodes:
+    if "torch" not in sys.modules and platform.system() == "Linux" and not gpu_nodes:
         return "cpu"
     import torch
 
