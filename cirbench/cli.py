@@ -226,8 +226,8 @@ def eval_cmd(
     """Score a model on a task: prints the table and writes result.json, run.parquet (+ submission)."""
     from cirbench.display import result_table
     from cirbench.evaluation import EvalOptions, evaluate
+    from cirbench.retrieval.base import SEARCH_BACKENDS, SEARCH_DTYPES
     from cirbench.retrieval.registry import get_retriever
-    from cirbench.retrieval.search import SEARCH_BACKENDS, SEARCH_DTYPES
 
     if method is not None and (retriever is not None or model):
         raise typer.BadParameter("give one of --model, --retriever and --method", param_hint="--method")
@@ -419,12 +419,38 @@ def _describe_task(spec: Any) -> None:
 
 
 @app.command("models")
-def models_cmd(json_: JsonFlag = False) -> None:
-    """List the registered models (aliases) and model families."""
+def models_cmd(
+    name: Annotated[str | None, typer.Argument(help="an alias or a family: list the --option names it "
+                                                     "accepts")] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """List the registered models (aliases) and model families, or the options one of them accepts."""
     from rich.table import Table
 
-    from cirbench.models.registry import _FAMILIES, list_models
+    from cirbench.models.registry import _FAMILIES, list_models, model_options
 
+    if name is not None:
+        try:
+            options = model_options(name)
+        except KeyError as e:
+            raise typer.BadParameter(str(e.args[0]), param_hint="NAME") from None
+        rows = [{"name": o.name, "type": o.kind, "choices": list(o.choices), "default": o.default,
+                 "help": o.help} for o in options or ()]
+        if json_:
+            _print_json({"model": name, "options": rows if options is not None else None})
+            return
+        if options is None:
+            _say(f"{name} is a plugin: its factory's signature is what it accepts")
+            return
+        table = Table(title=f"--option names of {escape(name)}")
+        for col in ("option", "type", "default", "what it does"):
+            table.add_column(col)
+        for r in rows:
+            kind = f"{r['type']}: {', '.join(r['choices'])}" if r["choices"] else str(r["type"])
+            default = "–" if r["default"] is None else str(r["default"])
+            table.add_row(*map(escape, (str(r["name"]), kind, default, str(r["help"]))))
+        _show(table)
+        return
     if json_:
         _print_json({"models": [s.to_dict() for s in list_models()], "families": sorted(_FAMILIES)})
         return

@@ -12,9 +12,11 @@ import datetime as _dt
 import os
 import platform
 import re
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -74,22 +76,30 @@ def _hardware(device: str) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "device": device,
     }
-    try:
+    try:  # from the package metadata: a warm eval (every vector cached) never imports torch
+        info["torch"] = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return info
+    if not device.startswith("cpu"):  # the GPU of a GPU run (torch is loaded for it anyway)
         import torch
 
-        info["torch"] = torch.__version__
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
             info["gpu_count"] = torch.cuda.device_count()
-    except ImportError:
-        pass
     return info
 
 
 def resolve_eval_device(device: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; anything else is kept as given."""
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; anything else is kept as given.
+
+    A Linux machine without NVIDIA device nodes (nor WSL's /dev/dxg, nor ROCm's /dev/kfd) has no GPU for
+    torch to see: that is answered without importing torch (2 s, more than a warm re-eval takes)."""
     if device.strip().lower() != "auto":
         return device
+    gpu_nodes = (any(Path("/dev").glob("nvidia[0-9]*")) or Path("/proc/driver/nvidia").exists()
+                 or Path("/dev/dxg").exists() or Path("/dev/kfd").exists())
+    if "torch" not in sys.modules and platform.system() == "Linux" and not gpu_nodes:
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

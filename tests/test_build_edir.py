@@ -442,3 +442,15 @@ def test_images_as_files_or_inline(
         assert files == sorted(Path(p).name for p in t.column("image_path").to_pylist() + refs)
     task = load_native(out, "test")
     assert task.queries[0].item.load_image().size == (40, 40) and task.corpus[0].load_image().size == (32, 32)
+
+
+def test_card_escapes_the_config(ip2p: Path, images: Path, tmp_path: Path) -> None:
+    """A hostile name and description (YAML keys, HTML, a heading, a link) stay text on the EDIR card."""
+    from tests.test_data_cards import DESCRIPTION, NAME, _card, _check_body
+
+    cfg = config(ip2p, name=NAME, description=DESCRIPTION, instructions={"subcategories": ["Color"],
+                                                                         "per_source": 1})
+    out = run_edir(cfg, tmp_path / "edir", sources=f"folder:{images}", progress=False)
+    front, body = _card(out)
+    assert front["pretty_name"] == NAME and "extra_key" not in front
+    _check_body(body)

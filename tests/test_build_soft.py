@@ -159,7 +159,7 @@ def test_refine_with_an_lmm_over_http(source: Path, tmp_path: Path) -> None:
         "single",
     }
     card = (out / "README.md").read_text()
-    assert "| test |" in card and "| test_single |" in card and "confidence >=" in card
+    assert "| test |" in card and "| test\\_single |" in card and "confidence >=" in card
 
 
 def test_refine_offline_with_template_stand_ins(source: Path, tmp_path: Path) -> None:

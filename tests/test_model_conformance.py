@@ -84,3 +84,65 @@ def test_the_check_can_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(ConformanceError, match="does not change the fingerprint"):
         check_encoder("leaky_plugin:factory", vector_options=[{"scale": 2.0}], allow_plugins=True, leak=False)
     check_encoder("leaky_plugin:factory", allow_plugins=True, leak=False)  # otherwise it conforms
+
+
+def test_options_are_typed_before_the_family_loads(tmp_path: Path) -> None:
+    """A mistyped value is refused by the family's declared table before its code runs: `alpha` only
+    matters with fusion=weighted, so before the tables `alpha=abc` passed silently (here the loader would
+    then fail on the missing directory instead)."""
+    from cirbench import get_model
+
+    with pytest.raises(ValueError, match="option 'alpha' must be a number, not 'abc'"):
+        get_model(f"hf-clip:{tmp_path / 'missing'}", alpha="abc")
+    with pytest.raises(ValueError, match="model 'random': option 'dim' must be an integer >= 1"):
+        get_model("random", dim=0)
+    with pytest.raises(TypeError, match="did you mean 'resolution'"):
+        get_model("image-only", resoluton=64)
+
+
+def test_every_alias_declares_its_options() -> None:
+    from cirbench.models.registry import list_models, model_options
+
+    for spec in list_models():
+        table = model_options(spec.name)
+        assert table, spec.name
+        for option in table:
+            assert option.help, (spec.name, option.name)
+            option.parse(option.default)  # a declared default is a valid value
+
+
+def test_check_encoder_checks_the_declaration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An alias whose table lacks an option the caller uses, or whose option has no help, fails."""
+    from cirbench.core.options import Option
+    from cirbench.models import baselines, registry
+
+    entry = registry._MODELS["random"]
+    with pytest.raises(ConformanceError, match=r"options \['scale'\] are used but not declared"):
+        check_encoder("random", vector_options=[{"scale": 2}])
+    bare = (Option("seed", "int"), Option("dim", "int", "width", 64))
+    monkeypatch.setitem(registry._MODELS, "random", registry.ModelEntry(entry.spec, baselines._random, bare))
+    with pytest.raises(ConformanceError, match="option 'seed' has no help text"):
+        check_encoder("random")
+    bad_default = (Option("seed", "int", "seed", "zero"),)
+    monkeypatch.setitem(registry._MODELS, "random",
+                        registry.ModelEntry(entry.spec, baselines._random, bad_default))
+    with pytest.raises(ConformanceError, match="its declared default does not parse"):
+        check_encoder("random")
+
+
+def test_cirbench_models_name_lists_the_declared_options() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from cirbench.cli import app
+
+    r = CliRunner().invoke(app, ["models", "image-only", "--json"])
+    assert r.exit_code == 0, r.output
+    options = {o["name"]: o for o in json.loads(r.output)["options"]}
+    assert set(options) == {"resolution", "channels_last", "device", "dtype"}
+    assert options["resolution"]["type"] == "int" and options["resolution"]["default"] == 96
+    r = CliRunner().invoke(app, ["models", "hf-clip"])
+    assert r.exit_code == 0 and "alpha" in r.output and "choice: pil, torchvision" in r.output
+    r = CliRunner().invoke(app, ["models", "hf-clipp"])
+    assert r.exit_code != 0 and "did you mean 'hf-clip'" in r.output

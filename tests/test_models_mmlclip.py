@@ -133,7 +133,7 @@ def test_vectors_match_mml_codebase_by_hand(dirs: tuple[Path, Path], state: dict
     items = [Item("a", image=_png(images[0])), Item("b", image=_png(images[1]))]
     got = enc.encode(Batch(items, [enc.preprocess(im) for im in images]), role="query")
     np.testing.assert_allclose(got, _unit(_mlp(img_raw, state, "ground_projector")), atol=1e-5)
-    enc.views = {"query": "satellite", "document": "gps"}  # what for_task sets for s2c under gps-gallery
+    enc.views = {"query": "satellite", "document": "gps"}  # what for_views sets for s2c under gps-gallery
     sat = enc.encode(Batch(items, [enc.preprocess(im) for im in images]), role="query")
     np.testing.assert_allclose(sat, _unit(_mlp(img_raw, state, "satellite_projector")), atol=1e-5)
     assert not np.allclose(sat, got, atol=1e-3)  # the view picks the head
@@ -163,10 +163,15 @@ def test_views_follow_the_task_direction(dirs: tuple[Path, Path], tmp_path: Path
         ("mmlandmarks-s2c", "satellite-tiles"): ("satellite", "satellite"),
     }
     for (name, protocol), (q, d) in expect.items():
-        bound, _ = bind_task(enc, get_task(name, data_dir=data, protocol=protocol))
+        task = get_task(name, data_dir=data, protocol=protocol)
+        assert task.metadata.views == {"query": q, "document": d}, name  # declared by the task, as data
+        bound, _ = bind_task(enc, task)
         assert bound.views == {"query": q, "document": d}, name  # type: ignore[attr-defined]
         assert bound.fingerprint()["views"] == {"query": q, "document": d}
     assert enc.views == {"query": "ground", "document": "ground"}  # binding copies, never mutates
+    assert not hasattr(enc, "for_task")  # the encoder receives the views, never the task
+    with pytest.raises(ValueError, match="no head for the view"):
+        enc.for_views({"query": "sketch"})
     assert (
         get_model(f"mml-clip:{dirs[1]}", backbone=str(dirs[0]), image_view="satellite").fingerprint()
         != enc.fingerprint()

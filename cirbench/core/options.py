@@ -9,8 +9,9 @@ suggestion the registries add to an unknown task or model name.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 
 class UnknownOptionError(ValueError, TypeError):
@@ -93,5 +94,78 @@ def as_choice(value: Any, name: str, choices: Sequence[str]) -> str:
     return s
 
 
-__all__ = ["UnknownOptionError", "as_bool", "as_choice", "as_float", "as_int", "check_options",
-           "did_you_mean"]
+# ------------------------------------------------------------------------------------------------------
+# Declared options: what a model family (or a task) accepts, typed, checked before any of its code runs
+# ------------------------------------------------------------------------------------------------------
+
+Kind = Literal["bool", "int", "float", "str", "choice"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One accepted option: its name, type and what it does (shown by `cirbench models NAME`).
+
+    `default` is documentation: the family applies its own defaults, some of which depend on the device or
+    on the loaded checkpoint. A `choice` is matched in lower case, as the adapters compare it.
+    """
+
+    name: str
+    kind: Kind = "str"
+    help: str = ""
+    default: Any = None
+    choices: tuple[str, ...] = ()
+    low: int | None = None
+    """For `int`: the smallest accepted value."""
+    parser: Callable[[Any], Any] | None = None
+    """The family's own parser, where its refusal explains more than the kind's (e.g. what each decode mode
+    does); it raises ValueError."""
+
+    def parse(self, value: Any) -> Any:
+        """The typed value, or ValueError naming the option; None stays None (the family's default)."""
+        if value is None:
+            return None
+        if self.parser is not None:
+            return self.parser(value)
+        if self.kind == "bool":
+            return as_bool(value, self.name)
+        if self.kind == "int":
+            return as_int(value, self.name, low=self.low)
+        if self.kind == "float":
+            return as_float(value, self.name)
+        if self.kind == "choice":
+            return as_choice(str(value).strip().lower(), self.name, self.choices)
+        if not isinstance(value, str | bytes) and hasattr(value, "__fspath__"):
+            return value  # a path stays a path
+        return str(value)
+
+
+OptionTable = tuple[Option, ...]
+"""What a model family accepts; the registry parses every option through it before the factory runs."""
+
+
+def option_names(table: OptionTable) -> tuple[str, ...]:
+    return tuple(o.name for o in table)
+
+
+def parse_options(owner: str, given: Mapping[str, Any], table: OptionTable, *,
+                  flag: str = "--option") -> dict[str, Any]:
+    """`given` checked against `table` (unknown names refused with a suggestion) and each value typed."""
+    check_options(owner, given, option_names(table), flag=flag)
+    by_name = {o.name: o for o in table}
+    try:
+        return {k: by_name[k].parse(v) for k, v in given.items()}
+    except ValueError as e:
+        raise ValueError(f"{owner}: {e}") from None
+
+
+def merge_tables(*tables: OptionTable, without: Iterable[str] = ()) -> OptionTable:
+    """Several tables as one (a later option replaces an earlier one of the same name), less `without`."""
+    drop = set(without)
+    merged: dict[str, Option] = {}
+    for table in tables:
+        merged.update((o.name, o) for o in table)
+    return tuple(o for name, o in merged.items() if name not in drop)
+
+
+__all__ = ["Option", "OptionTable", "UnknownOptionError", "as_bool", "as_choice", "as_float", "as_int",
+           "check_options", "did_you_mean", "merge_tables", "option_names", "parse_options"]

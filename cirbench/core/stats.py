@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
 __all__ = ["PairedTest", "bootstrap_ci", "paired_bootstrap", "paired_permutation", "stratified_mean"]
 
@@ -97,6 +96,8 @@ def _bootstrap(groups: list[np.ndarray], statistic: str, n_resamples: int, confi
         return (np.sum([reduce(s, axis=axis) for s in samples], axis=0) + sum(fixed)) / k
 
     with np.errstate(invalid="ignore"):  # inf - inf inside scipy for MedR's misses; handled below
+        from scipy import stats as sps  # 1 s to import: only when intervals are asked for
+
         res = sps.bootstrap(tuple(varying), stat, n_resamples=n_resamples, batch=_BATCH, vectorized=True,
                             paired=False, confidence_level=confidence, method="percentile", rng=seed)
     dist = np.asarray(res.bootstrap_distribution, dtype=np.float64)
@@ -231,6 +232,8 @@ def paired_permutation(
     if n == 1:
         p = 1.0  # a single query can never be significant under sign flips: p = 2/2
     else:
+        from scipy import stats as sps
+
         res = sps.permutation_test((weighted,), _mean, permutation_type="samples", vectorized=True,
                                    n_resamples=n_resamples, batch=_BATCH, alternative="two-sided", rng=seed)
         p = float(res.pvalue)

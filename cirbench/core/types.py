@@ -168,6 +168,10 @@ class TaskMetadata:
     pitfalls: tuple[str, ...] = ()
     instructions: Mapping[str, str] = field(default_factory=dict)
     """Default instruction per role ("query", "document") for instruction-following models."""
+    views: Mapping[str, str] = field(default_factory=dict)
+    """What each side's inputs show, per role ("query", "document"): "ground", "satellite", "text" or
+    "gps". Models with one head per kind of input (MML-CLIP) take it through `for_views`; empty: the
+    model's default."""
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from cirbench.core.markdown import escape as md_escape
 from cirbench.leaderboard.collect import SOURCE_CLASSES, Board, lower_is_better
 from cirbench.leaderboard.ties import PairedTester
 
@@ -205,15 +206,6 @@ REPORTED_POLICY = (
 # ------------------------------------------------------------------------------------------------------
 # Markdown
 # ------------------------------------------------------------------------------------------------------
-
-
-def md_escape(text: object) -> str:
-    """Text for a Markdown table cell: no pipes, no raw HTML, no accidental emphasis or links."""
-    s = " ".join(str(text).split())
-    s = s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    for ch in "\\|*_`[]":
-        s = s.replace(ch, "\\" + ch)
-    return s
 
 
 def board_markdown(board: Board, cells: Sequence[Cell]) -> str:

@@ -16,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from cirbench.core.options import Option, OptionTable, parse_options
 
 if TYPE_CHECKING:
     import torch
@@ -50,30 +52,39 @@ def opt_str(value: Any) -> str | None:
     return None if value is None or (isinstance(value, str) and value.strip() == "") else str(value)
 
 
-def check_options(adapter: str, given: Mapping[str, Any], accepted: Iterable[str]) -> None:
-    """A misspelt option must fail loudly: a silently ignored `fusion=imgae` would mislabel a result.
+IMAGE_BACKENDS = ("pil", "torchvision")
+"""How a transformers image processor resizes and normalises: PIL + numpy (transformers 4's default, which
+the models' own code ran) or torchvision (transformers 5's default). Pixels differ by about 1e-4."""
 
-    The shared check (`cirbench.core.options`): an UnknownOptionError, a ValueError and a TypeError, whose
-    message suggests the closest accepted name and lists them all."""
-    from cirbench.core.options import check_options as check
-
-    check(f"the {adapter}", given, accepted)
+REVISION = Option("revision", help="hub revision (commit, branch or tag); a local directory has none")
+DEVICE = Option("device", help="cpu, cuda, cuda:N, mps or auto")
+DTYPE = Option("dtype", help="float32, float16 or bfloat16 (the default depends on the family and device)")
+TRUST_REMOTE_CODE = Option("trust_remote_code", "bool", "run Python code that ships with the checkpoint",
+                           False)
+ALLOW_PICKLE = Option("allow_pickle", "bool", "accept pickled weights (.bin/.pt), whose loading runs code",
+                      False)
+ATTN_IMPLEMENTATION = Option("attn_implementation", help="transformers attention kernel (eager, sdpa, ...)")
 
 
 def adapter_target(name: str, spec: ModelSpec | None, model_id: str | None, options: Mapping[str, Any],
-                   accepted: Iterable[str]) -> tuple[dict[str, Any], str, str | None]:
+                   table: OptionTable) -> tuple[dict[str, Any], str, str | None]:
     """(options, source, revision) of what an adapter was asked to load, the same way for every adapter.
 
-    Options are the spec's stored ones overridden by the caller's, checked against `accepted`; the source is
-    `model_id` or the spec's id; a local path has no revision (its files are fingerprinted instead).
+    Options are the spec's stored ones overridden by the caller's, parsed through the family's `table`
+    (the registry did so for the caller's already; a class built directly is checked the same); the
+    source is `model_id` or the spec's id; a local path has no revision (its files are fingerprinted).
     """
-    opts = {**dict((spec.extra.get("options") or {}) if spec else {}), **options}
-    check_options(f"{name} adapter", opts, accepted)
+    opts = parse_options(f"the {name} adapter", {**stored_options(spec), **options}, table)
     source = model_id or (spec.id if spec else None)
     if not source:
         raise ValueError(f"{name} needs a hub id or a local directory")
     revision = None if is_local(source) else opt_str(opts.get("revision", spec.revision if spec else None))
     return opts, source, revision
+
+
+def stored_options(spec: ModelSpec | None) -> dict[str, Any]:
+    """Options an alias stores with its spec (`extra["options"]`, e.g. SigLIP2's lowercase=True)."""
+    return dict((spec.extra.get("options") or {}) if spec else {})
 
 
 def safety_options(opts: Mapping[str, Any]) -> tuple[bool, bool]:
@@ -299,9 +310,6 @@ def state_hash(obj: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- runtime and image backends
-IMAGE_BACKENDS = ("pil", "torchvision")
-"""How a transformers image processor resizes and normalises: PIL + numpy (transformers 4's default, which
-the models' own code ran) or torchvision (transformers 5's default). Pixels differ by about 1e-4."""
 
 
 def transformers_version() -> str:
@@ -328,6 +336,12 @@ def parse_image_backend(value: Any) -> str:
                          "numpy, as transformers 4 and the models' own code; torchvision: transformers 5's "
                          "default)")
     return name
+
+
+IMAGE_BACKEND = Option("image_backend", "choice", "transformers image processor backend", "pil",
+                       IMAGE_BACKENDS, parser=parse_image_backend)
+LOADING: OptionTable = (REVISION, DEVICE, DTYPE, TRUST_REMOTE_CODE, ALLOW_PICKLE)
+"""What every transformers-loaded family accepts."""
 
 
 def backend_kwargs(backend: str) -> dict[str, Any]:

@@ -60,12 +60,8 @@ class Batch:
 class Encoder(Protocol):
     """Anything that embeds Items. Implementations live in cirbench/models/ or in user plugins.
 
-    Optional members the encode loop looks for: `needs_images` (False: no image is decoded for it),
-    `read_image(item)` (ReadImageFn) or else `preprocess(pil_image)` (PreprocessFn), both run in its worker
-    threads, and `vectors_by_id` (True: a vector belongs to the item's id rather than to its content, so
-    items are never de-duplicated or cached by content). The eval flow also looks for `for_task(task)`
-    (see `bind_task`), and the late-interaction retriever for `encode_tokens(batch, role=, instruction=)`:
-    (n, tokens, dim) normalised token vectors (BLIP-2's query tokens).
+    Beyond these two methods the eval flow looks for the optional members that `EncoderHooks` declares
+    (`OPTIONAL_HOOKS`); an encoder has any of them or none.
     """
 
     spec: ModelSpec
@@ -79,6 +75,41 @@ class Encoder(Protocol):
         ...
 
 
+class EncoderHooks(Protocol):
+    """The optional Encoder members, typed: what the encode loop and the retrievers look up if present."""
+
+    needs_images: bool
+    """False: no image is decoded for this encoder (its vectors come from elsewhere)."""
+    vectors_by_id: bool
+    """True: a vector belongs to the item's id, not its content: never de-duplicated or cached by content."""
+
+    def read_image(self, item: Item) -> Any:
+        """Run in the decode workers instead of `item.load_image()` + `preprocess` (see ReadImageFn)."""
+        ...
+
+    def preprocess(self, image: Any) -> Any:
+        """PIL image -> what `encode` takes, in the decode workers (see PreprocessFn)."""
+        ...
+
+    def for_views(self, views: Mapping[str, str]) -> Encoder:
+        """The encoder for a task whose sides show these views (`TaskMetadata.views`, role -> view): for
+        models with one head per kind of input. Called by `bind_task` when the task declares views."""
+        ...
+
+    def for_task(self, task: Task) -> tuple[Encoder, Task]:
+        """E5-V only, for now: the encoder and task E5-V's own FashionIQ run uses (`bind_task`)."""
+        ...
+
+    def encode_tokens(self, batch: Batch, *, role: Role, instruction: str | None = None) -> np.ndarray:
+        """(n, tokens, dim) normalised token vectors, for the late-interaction retriever."""
+        ...
+
+
+OPTIONAL_HOOKS: tuple[str, ...] = tuple(dict.fromkeys(
+    n for n in (*EncoderHooks.__annotations__, *vars(EncoderHooks)) if not n.startswith("_")))
+"""The names of `EncoderHooks`' members, in declaration order."""
+
+
 PreprocessFn = Callable[[Any], Any]
 """Optional `Encoder.preprocess(pil_image)`: runs in the decode workers, so the model only does math."""
 
@@ -90,12 +121,17 @@ batches itself (on the GPU, from the files' bytes); it must raise DatasetError f
 
 
 def bind_task(encoder: Encoder, task: Task) -> tuple[Encoder, Task]:
-    """The encoder and task to evaluate: an encoder whose inputs follow the benchmark (E5-V's per-category
-    FashionIQ prompts and caption joining) rewrites both in an optional `for_task(task)`; others pass as is.
+    """The encoder and task to evaluate.
 
-    Whatever such a rewrite changes in a vector must be in the items' content and the encoder's fingerprint,
-    and what it changes in the protocol in the returned task's protocol, so results and caches record it.
+    A task that declares what its sides show (`TaskMetadata.views`) hands that data to an encoder with
+    `for_views` (MML-CLIP's heads); the encoder never sees the task. E5-V's per-category FashionIQ prompts
+    and caption joining still rewrite the task's items in its `for_task(task)`. Whatever either changes in
+    a vector must be in the items' content and the encoder's fingerprint, and what it changes in the
+    protocol in the returned task's protocol, so results and caches record it.
     """
+    views = getattr(encoder, "for_views", None)
+    if task.metadata.views and callable(views):
+        encoder = views(dict(task.metadata.views))
     hook = getattr(encoder, "for_task", None)
     return hook(task) if callable(hook) else (encoder, task)
 

@@ -10,17 +10,29 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from cirbench.core.options import as_int, check_options
+from cirbench.core.options import Option, OptionTable
 from cirbench.core.types import DatasetError, Role
+from cirbench.models._torch import DEVICE, DTYPE
 from cirbench.models.base import Batch, ModelSpec, l2_normalise
 from cirbench.models.registry import register_family, register_model
+
+UNUSED = " (accepted, so an eval's --device / --dtype apply to every model; it computes no float)"
+RANDOM_OPTIONS: OptionTable = (
+    Option("seed", "int", "seed of the random vectors", 0),
+    Option("dim", "int", "width of the vectors", 64, low=1),
+    Option("device", help=DEVICE.help + UNUSED), Option("dtype", help=DTYPE.help + UNUSED),
+)
+PRECOMPUTED_OPTIONS: OptionTable = (
+    Option("dim", "int", "the width the file's vectors must have (checked, not changed)", low=1),
+    Option("device", help=DEVICE.help + UNUSED), Option("dtype", help=DTYPE.help + UNUSED),
+)
 
 
 class RandomEncoder:
     """Seeded random unit vectors per (item content, role): the chance-level floor of every table."""
 
-    def __init__(self, spec: ModelSpec, *, seed: int = 0, dim: int = 64, **_: Any) -> None:
-        self.spec, self.seed, self.dim = spec, seed, dim
+    def __init__(self, spec: ModelSpec, *, seed: int = 0, dim: int = 64) -> None:
+        self.spec, self.seed, self.dim = spec, int(seed), _opt_dim(dim)
 
     def fingerprint(self) -> dict[str, Any]:
         return {"model": "random", "seed": self.seed, "dim": self.dim}
@@ -51,8 +63,7 @@ class PrecomputedEncoder:
     needs_images = False
     """The vectors were made elsewhere: the encode loop decodes no image for it (none need exist here)."""
 
-    def __init__(self, path: str | os.PathLike[str], *, dim: int | str | None = None, **options: Any) -> None:
-        check_options("model 'precomputed'", options, ("device", "dtype"))  # accepted, and unused
+    def __init__(self, path: str | os.PathLike[str], *, dim: int | str | None = None) -> None:
         self.path = Path(path)
         if self.path.is_dir():
             self.table, width = _read_npy_dir(self.path)
@@ -225,11 +236,18 @@ RANDOM = ModelSpec(
     parameters=0,
     description="Seeded random vectors: chance level.",
 )
-def _random_factory(spec: ModelSpec, **options: Any) -> RandomEncoder:
-    check_options("model 'random'", options, ("seed", "dim", "device", "dtype"))  # device, dtype: unused
-    return RandomEncoder(spec, seed=as_int(options.get("seed", 0), "seed"),
-                         dim=_opt_dim(options.get("dim", RANDOM.dim)))
 
 
-register_model(RANDOM, _random_factory)
-register_family("precomputed", lambda target, **o: PrecomputedEncoder(target, **o))
+def _random(spec: ModelSpec | None, target: str | None, *, seed: int = 0, dim: int | None = None,
+            device: str | None = None, dtype: str | None = None) -> RandomEncoder:
+    spec = spec or RANDOM
+    return RandomEncoder(spec, seed=seed, dim=dim or spec.dim or 64)
+
+
+def _precomputed(spec: ModelSpec | None, target: str | None, *, dim: int | None = None,
+                 device: str | None = None, dtype: str | None = None) -> PrecomputedEncoder:
+    return PrecomputedEncoder(str(target), dim=dim)
+
+
+register_model(RANDOM, _random, options=RANDOM_OPTIONS)
+register_family("precomputed", _precomputed, options=PRECOMPUTED_OPTIONS)

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cirbench.core.options import as_bool, as_int
+from cirbench.core.options import Option, OptionTable, as_bool, as_int
 from cirbench.core.types import Role
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
@@ -65,8 +65,12 @@ if TYPE_CHECKING:
 
 ADAPTER_VERSION = "1"
 POOLING = "mean-of-normalised-query-tokens"
-BLIP2_OPTIONS = ("revision", "device", "dtype", "max_length", "pre_caption", "max_words", "image_backend",
-                 "trust_remote_code", "allow_pickle")
+BLIP2_OPTIONS: OptionTable = (
+    *T.LOADING, T.IMAGE_BACKEND,
+    Option("max_length", "int", "text tokens", 64, low=1),
+    Option("pre_caption", "bool", "clean texts as LAVIS's pre_caption does", True),
+    Option("max_words", "int", "words kept by pre_caption", 30, low=1),
+)
 SCORER = ("dot product of the normalised means of normalised query tokens (CoVR's CIRCO / FashionIQ test "
           "scorer up to normalisation; not its CIRR max over token pairs)")
 
@@ -253,12 +257,8 @@ class Blip2Encoder:
         return torch.nn.functional.normalize(proj(h.to(proj.weight.dtype)).float(), dim=-1)
 
 
-def _factory(spec: ModelSpec, **options: Any) -> Blip2Encoder:
-    return Blip2Encoder(spec, **options)
-
-
-def _family(target: str, **options: Any) -> Blip2Encoder:
-    return Blip2Encoder(None, model_id=target, **options)
+def _blip2(spec: ModelSpec | None, target: str | None, **options: Any) -> Blip2Encoder:
+    return Blip2Encoder(spec, model_id=target, **options)
 
 
 _UNPINNED = "Revision unpinned (main): no pinned commit was found in public sources."
@@ -276,6 +276,6 @@ BLIP2_ITM_COCO = dataclasses.replace(
                                               "fine-tunes the ViT-L variant of this, which is not on the "
                                               "hub in transformers format)"))
 
-register_model(BLIP2_ITM, _factory)
-register_model(BLIP2_ITM_COCO, _factory)
-register_family("blip2", _family)
+register_model(BLIP2_ITM, _blip2, options=BLIP2_OPTIONS)
+register_model(BLIP2_ITM_COCO, _blip2, options=BLIP2_OPTIONS)
+register_family("blip2", _blip2, options=BLIP2_OPTIONS)

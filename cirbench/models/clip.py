@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cirbench.core.options import as_bool, as_float, as_int
+from cirbench.core.options import Option, OptionTable, as_bool, as_float, as_int
 from cirbench.core.types import DatasetError, Item, Role
 from cirbench.models import _images as I
 from cirbench.models import _torch as T
@@ -190,8 +190,16 @@ MAX_LENGTH_PADDING = ("siglip", "siglip2")
 """Model types whose text tower was trained on text padded to a fixed length (64 for SigLIP/SigLIP2):
 their pooled token is the last position, so padding to the longest text in a batch would change vectors."""
 
-HF_OPTIONS = ("revision", "fusion", "alpha", "device", "dtype", "trust_remote_code", "allow_pickle",
-              "lowercase", "max_length", "decode")
+FUSION = Option("fusion", help="how a composed query is embedded: sum, weighted, image or text",
+                default="sum")
+ALPHA = Option("alpha", "float", "weight of the text in [0, 1] with fusion=weighted", 0.5)
+DECODE = Option("decode", "choice", "where images are resized: pil (decode workers) or torchvision (on "
+                "the model's device)", "pil", I.DECODE_MODES, parser=I.parse_decode)
+HF_OPTIONS: OptionTable = (
+    *T.LOADING, FUSION, ALPHA, DECODE,
+    Option("lowercase", "bool", "lowercase texts (SigLIP2's training default)", False),
+    Option("max_length", "int", "text tokens (default: the text tower's position limit)", low=1),
+)
 _PIL_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 """PIL resample codes (transformers' `resample`) that torch resizes the same way."""
 
@@ -323,12 +331,8 @@ def _pooled(out: Any) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- registry
-def _hf_factory(spec: ModelSpec, **options: Any) -> HFTwoTowerEncoder:
-    return HFTwoTowerEncoder(spec, **options)
-
-
-def _hf_family(target: str, **options: Any) -> HFTwoTowerEncoder:
-    return HFTwoTowerEncoder(None, model_id=target, **options)
+def _hf(spec: ModelSpec | None, target: str | None, **options: Any) -> HFTwoTowerEncoder:
+    return HFTwoTowerEncoder(spec, model_id=target, **options)
 
 
 _TWO_TOWER = ("image", "text", "image+text")
@@ -370,5 +374,5 @@ ALIASES = [
               extra={"family": "hf-clip", "options": {"lowercase": True}}),
 ]
 for _spec in ALIASES:
-    register_model(_spec, _hf_factory)
-register_family("hf-clip", _hf_family)
+    register_model(_spec, _hf, options=HF_OPTIONS)
+register_family("hf-clip", _hf, options=HF_OPTIONS)

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cirbench.core.options import as_int
+from cirbench.core.options import Option, OptionTable, as_int
 from cirbench.core.types import Role
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
@@ -71,11 +71,24 @@ for _cat, _name in (("dress", "dress"), ("shirt", "shirt"), ("toptee", "shirt"))
         f"<image>\n Describe this {_name} in one word based on its style:",
         f"<image> change the style of this {_name} to {{text}}\n Desribe this modified {_name} in one word "
         "based on its style:")
-E5V_OPTIONS = ("revision", "device", "dtype", "attn_implementation", "prompts", "fashioniq_captions",
-               "max_length", "image_backend", "trust_remote_code", "allow_pickle")
 FIQ_CAPTIONS = ("e5v", "task")
+E5V_OPTIONS: OptionTable = (
+    *T.LOADING, T.ATTN_IMPLEMENTATION, T.IMAGE_BACKEND,
+    Option("prompts", "choice", "prompt set: task (chosen by the task), or one fixed set", "task",
+           ("task", *PROMPTS), parser=lambda v: parse_prompts(v)),
+    Option("fashioniq_captions", "choice", "FashionIQ captions: e5v (both orders, raw states summed) or "
+           "task (the task's join)", "e5v", FIQ_CAPTIONS),
+    Option("max_length", "int", "tokens per input", 8192, low=1),
+)
 FIQ_STRIP = ".?, "
 """retrieval.py strips these from both ends of each FashionIQ caption: `cc.strip('.?, ')`."""
+
+
+def parse_prompts(value: Any) -> str:
+    name = str(value).lower()
+    if name not in PROMPTS and name != "task":
+        raise ValueError(f"prompts must be 'task' or one of {sorted(PROMPTS)}, not {name!r}")
+    return name
 
 
 def e5v_body(text: str | None, has_image: bool, prompts: str = "e5v") -> str:
@@ -113,9 +126,7 @@ class E5VEncoder:
         self.dtype = T.canonical_dtype(opts.get("dtype"), "float16" if self.device.startswith("cuda") else
                                        "float32")
         self.attn_implementation = T.opt_str(opts.get("attn_implementation"))
-        self.prompts = str(opts.get("prompts", "task")).lower()
-        if self.prompts not in PROMPTS and self.prompts != "task":
-            raise ValueError(f"prompts must be 'task' or one of {sorted(PROMPTS)}, not {self.prompts!r}")
+        self.prompts = parse_prompts(opts.get("prompts", "task"))
         self.fashioniq_captions = str(opts.get("fashioniq_captions", "e5v")).lower()
         if self.fashioniq_captions not in FIQ_CAPTIONS:
             raise ValueError(f"fashioniq_captions must be one of {list(FIQ_CAPTIONS)}, not "
@@ -340,13 +351,9 @@ E5V = ModelSpec(
     extra={"family": "e5v"})
 
 
-def _factory(spec: ModelSpec, **options: Any) -> E5VEncoder:
-    return E5VEncoder(spec, **options)
+def _e5v(spec: ModelSpec | None, target: str | None, **options: Any) -> E5VEncoder:
+    return E5VEncoder(spec, model_id=target, **options)
 
 
-def _family(target: str, **options: Any) -> E5VEncoder:
-    return E5VEncoder(None, model_id=target, **options)
-
-
-register_model(E5V, _factory)
-register_family("e5v", _family)
+register_model(E5V, _e5v, options=E5V_OPTIONS)
+register_family("e5v", _e5v, options=E5V_OPTIONS)

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cirbench.core.options import as_bool, as_int, check_options
+from cirbench.core.options import Option, OptionTable, as_bool, as_int
 from cirbench.core.types import DatasetError, Item, Role
+from cirbench.models._torch import DEVICE
 from cirbench.models.base import Batch, ModelSpec, l2_normalise
 from cirbench.models.registry import register_model
 
@@ -490,7 +491,7 @@ class FusionEncoder(_ImageInput):
 
     def __init__(self, spec: ModelSpec, *, head: str | os.PathLike[str] | None = None,
                  resolution: int | str | None = None, channels_last: bool | str | None = None,
-                 device: str | None = None, dtype: Any = None, **_: Any) -> None:
+                 device: str | None = None, dtype: Any = None) -> None:
         _check_dtype(dtype)
         self.device = _torch_device(device)
         self.head_path = Path(head) if head is not None else DEFAULT_HEAD
@@ -534,7 +535,7 @@ class ImageOnlyEncoder(_ImageInput):
 
     def __init__(self, spec: ModelSpec, *, resolution: int | str = DEFAULT_RESOLUTION,
                  channels_last: bool | str = DEFAULT_CHANNELS_LAST, device: str | None = None,
-                 dtype: Any = None, **_: Any) -> None:
+                 dtype: Any = None) -> None:
         _check_dtype(dtype)
         self.device = _torch_device(device)
         self.resolution, self.channels_last = _as_int(resolution), _as_bool(channels_last)
@@ -552,7 +553,7 @@ class TextOnlyEncoder:
     """`text-only`: MiniLM of the modification text against MiniLM of each gallery item's caption; images
     are never looked at. It measures how far a benchmark can be solved from the text alone."""
 
-    def __init__(self, spec: ModelSpec, *, device: str | None = None, dtype: Any = None, **_: Any) -> None:
+    def __init__(self, spec: ModelSpec, *, device: str | None = None, dtype: Any = None) -> None:
         _check_dtype(dtype)
         self.device = _torch_device(device)
         self.spec = spec
@@ -630,14 +631,32 @@ TEXT_ONLY = ModelSpec(
     extra={"backbones": {"text": _BACKBONES["text"]}, "query_input": "text", "document_input": "caption"},
 )
 
-def _factory(cls: Any, accepted: tuple[str, ...]) -> Any:
-    """A registry factory that refuses an option the encoder does not take (no silent `resolutoin=`)."""
-    def make(spec: ModelSpec, **options: Any) -> Any:
-        check_options(f"model {spec.name!r}", options, accepted)
-        return cls(spec, **options)
-    return make
+_DTYPE = Option("dtype", help="float32 only (the embedded models are not run in half precision)")
+_RESOLUTION = Option("resolution", "int", "input side in pixels", DEFAULT_RESOLUTION, low=1)
+_CHANNELS_LAST = Option("channels_last", "bool", "channels_last memory format (faster on CPU)",
+                        DEFAULT_CHANNELS_LAST)
+TEXT_ONLY_OPTIONS: OptionTable = (DEVICE, _DTYPE)
+IMAGE_ONLY_OPTIONS: OptionTable = (_RESOLUTION, _CHANNELS_LAST, DEVICE, _DTYPE)
+FUSION_OPTIONS: OptionTable = (
+    Option("head", help="a fusion head written by `cirbench train` (default: the shipped one)"),
+    Option("resolution", "int", "input side in pixels (default: the one the head was trained at)", low=1),
+    Option("channels_last", "bool", "channels_last memory format (default: as the head was trained)"),
+    DEVICE, _DTYPE,
+)
 
 
-register_model(FUSION, _factory(FusionEncoder, ("head", "resolution", "channels_last", "device", "dtype")))
-register_model(IMAGE_ONLY, _factory(ImageOnlyEncoder, ("resolution", "channels_last", "device", "dtype")))
-register_model(TEXT_ONLY, _factory(TextOnlyEncoder, ("device", "dtype")))
+def _fusion(spec: ModelSpec | None, target: str | None, **options: Any) -> FusionEncoder:
+    return FusionEncoder(spec or FUSION, **options)
+
+
+def _image_only(spec: ModelSpec | None, target: str | None, **options: Any) -> ImageOnlyEncoder:
+    return ImageOnlyEncoder(spec or IMAGE_ONLY, **options)
+
+
+def _text_only(spec: ModelSpec | None, target: str | None, **options: Any) -> TextOnlyEncoder:
+    return TextOnlyEncoder(spec or TEXT_ONLY, **options)
+
+
+register_model(FUSION, _fusion, options=FUSION_OPTIONS)
+register_model(IMAGE_ONLY, _image_only, options=IMAGE_ONLY_OPTIONS)
+register_model(TEXT_ONLY, _text_only, options=TEXT_ONLY_OPTIONS)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cirbench.core.options import as_bool, as_int
+from cirbench.core.options import Option, OptionTable, as_bool, as_int
 from cirbench.core.types import Role
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
@@ -59,9 +59,19 @@ FETCH_MIN_PIXELS = 4 * 28 * 28
 FETCH_MAX_PIXELS = 16384 * 28 * 28
 MAX_RATIO = 200
 
-GME_OPTIONS = ("revision", "device", "dtype", "attn_implementation", "min_image_tokens", "max_image_tokens",
-               "min_pixels", "max_pixels", "max_length", "position_ids", "instruct_documents",
-               "image_backend", "trust_remote_code", "allow_pickle")
+PIXEL_OPTIONS: OptionTable = (
+    Option("min_image_tokens", "int", "fewest visual tokens per image (28x28-pixel units)", low=1),
+    Option("max_image_tokens", "int", "most visual tokens per image (28x28-pixel units)", low=1),
+    Option("min_pixels", "int", "fewest pixels per image (overrides min_image_tokens)", low=1),
+    Option("max_pixels", "int", "most pixels per image (overrides max_image_tokens)", low=1),
+)
+POSITION_IDS = Option("position_ids", "choice", "decoder positions: sequential (the released inference code) "
+                      "or mrope (Qwen2-VL's 3-D positions)", "sequential", ("sequential", "mrope"))
+GME_OPTIONS: OptionTable = (
+    *T.LOADING, T.ATTN_IMPLEMENTATION, T.IMAGE_BACKEND, *PIXEL_OPTIONS, POSITION_IDS,
+    Option("max_length", "int", "tokens per input", 1800, low=1),
+    Option("instruct_documents", "bool", "give gallery items the instruction too", False),
+)
 
 # The GME authors' instructions (izhx's MIEB contribution to mteb, mteb/models/instructions.py, Jan 2025):
 # M-BEIR's first instruction per task; the FashionIQ one differs from the MMEB wording cirbench's task uses.
@@ -268,12 +278,8 @@ class GMEEncoder:
         return T.to_numpy_f32(emb)
 
 
-def _gme_factory(spec: ModelSpec, **options: Any) -> GMEEncoder:
-    return GMEEncoder(spec, **options)
-
-
-def _gme_family(target: str, **options: Any) -> GMEEncoder:
-    return GMEEncoder(None, model_id=target, **options)
+def _gme(spec: ModelSpec | None, target: str | None, **options: Any) -> GMEEncoder:
+    return GMEEncoder(spec, model_id=target, **options)
 
 
 GME_2B = ModelSpec(
@@ -291,6 +297,6 @@ GME_7B = dataclasses.replace(
     revision="477027a6480f8630363be77751f169cc3434b673", dim=3584, parameters=8_290_000_000,
     description=GME_2B.description.replace("2B", "7B"))
 
-register_model(GME_2B, _gme_factory)
-register_model(GME_7B, _gme_factory)
-register_family("gme", _gme_family)
+register_model(GME_2B, _gme, options=GME_OPTIONS)
+register_model(GME_7B, _gme, options=GME_OPTIONS)
+register_family("gme", _gme, options=GME_OPTIONS)

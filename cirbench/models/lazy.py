@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import re
 import sys
 import threading
@@ -31,12 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from cirbench.core.io import write_json
-from cirbench.models.base import Batch, Encoder, ModelSpec
+from cirbench.models.base import OPTIONAL_HOOKS, Batch, Encoder, ModelSpec
 from cirbench.models.registry import get_model, get_model_spec, model_kind
 
 RECORD_FORMAT = 1
-OPTIONAL_HOOKS = ("needs_images", "read_image", "preprocess", "vectors_by_id", "for_task")
-"""The optional Encoder members the eval flow looks up (see `Encoder`); a record says which ones exist."""
 VALUE_HOOKS = ("needs_images", "vectors_by_id")
 """Hooks that are plain values, recorded with the spec, so asking for them loads nothing."""
 ENV_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH_", "CUDA_", "CIRBENCH_", "OPENCLIP",
@@ -197,11 +196,18 @@ def _packages() -> list[str]:
 
 
 def _gpus() -> list[str]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    """The accelerators a model could pick (device auto), without importing torch (2 s, more than a warm
+    eval): the NVIDIA driver's boards and device nodes, ROCm's node, and the platform (Apple's MPS).
+    CUDA_VISIBLE_DEVICES is among the recorded environment variables."""
+    found = [platform.system(), platform.machine()]
+    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+        try:
+            found += [line for line in info.read_text().splitlines() if line.startswith("Model")]
+        except OSError:
+            continue
+    found += sorted(p.name for p in Path("/dev").glob("nvidia[0-9]*"))
+    found += ["/dev/kfd"] if Path("/dev/kfd").exists() else []
+    return found
 
 
 def _files(strings: list[str]) -> dict[str, Any]:

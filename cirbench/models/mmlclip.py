@@ -22,10 +22,12 @@ The checkpoint is what train.py writes, `torch.save(model.state_dict())` (`weigh
 architecture and tokenizer come from the backbone (option `backbone`, default the hub id mml-codebase
 uses). A file whose keys are not that layout is refused, naming the missing and unexpected keys.
 
-Views: on an MMLandmarks task, `for_task` reads them off the direction (g2s: ground queries, satellite
-gallery; t2c: text queries, GPS gallery; ...). GPS galleries exist under the geolocalisation protocol
-`gps-gallery` (mml-codebase's gallery of coordinates); under the default `satellite-tiles` the gallery is
-satellite tiles through the satellite head. On other tasks, images take the head named by `image_view`.
+Views: a task that declares what each side shows (`TaskMetadata.views`; MMLandmarks reads them off the
+direction: g2s, ground queries and a satellite gallery; t2c, text queries and a GPS gallery; ...) gives
+them to `for_views`, and each side takes its view's head. GPS galleries exist under the geolocalisation
+protocol `gps-gallery` (mml-codebase's gallery of coordinates); under the default `satellite-tiles` the
+gallery is satellite tiles through the satellite head. On other tasks, images take the head named by
+`image_view`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cirbench.core.options import as_int
+from cirbench.core.options import Option, OptionTable, as_int, parse_options
 from cirbench.core.types import DatasetError, Role
 from cirbench.models import _checkpoints as C
 from cirbench.models import _torch as T
@@ -45,20 +47,26 @@ from cirbench.models.base import Batch, ModelSpec
 from cirbench.models.registry import register_family
 
 if TYPE_CHECKING:
-    import torch
+    from collections.abc import Mapping
 
-    from cirbench.core.types import Task
+    import torch
 
 ADAPTER_VERSION = "1"
 BACKBONE = "openai/clip-vit-large-patch14-336"
 CHECKPOINT_NAMES = ("weights_best.pth", "model.safetensors", "weights_best.safetensors")
 VIEWS = ("ground", "satellite")
-DIRECTION_VIEWS = {"g": "ground", "s": "satellite", "t": "text", "c": "gps"}
-"""MMLandmarks' task letters (g2s, t2c, ...) -> the head that side uses."""
+SIDE_VIEWS = (*VIEWS, "text", "gps")
+"""What a task may declare a side to show (`TaskMetadata.views`)."""
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 TEXT_LENGTH = 77
-MML_OPTIONS = ("backbone", "revision", "device", "dtype", "image_view", "image_size")
+MML_OPTIONS: OptionTable = (
+    Option("backbone", help="the CLIP whose architecture and tokenizer the checkpoint uses",
+           default=BACKBONE),
+    T.REVISION, T.DEVICE, T.DTYPE,
+    Option("image_view", "choice", "the head an image takes outside MMLandmarks", "ground", VIEWS),
+    Option("image_size", "int", "input side in pixels (default: the backbone's)", low=1),
+)
 EQUAL_EARTH = (1.340264, -0.081106, 0.000893, 0.003796)
 
 
@@ -147,8 +155,7 @@ class MmlClipEncoder:
     def __init__(self, spec: ModelSpec | None = None, *, model_id: str | None = None, **options: Any) -> None:
         from transformers import AutoTokenizer, CLIPConfig
 
-        opts = {**dict((spec.extra.get("options") or {}) if spec else {}), **options}
-        T.check_options("mml-clip adapter", opts, MML_OPTIONS)
+        opts = parse_options("the mml-clip adapter", {**T.stored_options(spec), **options}, MML_OPTIONS)
         target = model_id or (spec.id if spec else None)
         if not target:
             raise ValueError("mml-clip needs a checkpoint file or a directory holding weights_best.pth")
@@ -201,18 +208,16 @@ class MmlClipEncoder:
         model.load_state_dict(state, strict=False)  # strict on layout above; position_ids are buffers
         return model
 
-    # ------------------------------------------------------------------ binding to a task
-    def for_task(self, task: Task) -> tuple[MmlClipEncoder, Task]:
-        """On an MMLandmarks task, each side's head follows the task's direction (g2s, t2c, ...)."""
-        direction = str(task.extra.get("direction") or "")
-        if not task.name.startswith("mmlandmarks-") or len(direction) != 3:
-            return self, task
-        views = {"query": DIRECTION_VIEWS[direction[0]], "document": DIRECTION_VIEWS[direction[2]]}
-        if task.metadata.corpus_modality != "gps" and views["document"] == "gps":
-            views["document"] = "satellite"  # protocol satellite-tiles: the GPS points are tiles
+    # ------------------------------------------------------------------ the task's declared views
+    def for_views(self, views: Mapping[str, str]) -> MmlClipEncoder:
+        """A copy whose sides take the heads of the views a task declares (`TaskMetadata.views`)."""
+        chosen = {role: views[role] for role in ("query", "document") if role in views}
+        bad = sorted(v for v in chosen.values() if v not in SIDE_VIEWS)
+        if bad:
+            raise ValueError(f"MML-CLIP has no head for the view(s) {bad}; it knows {list(SIDE_VIEWS)}")
         bound = copy.copy(self)
-        bound.views = views
-        return bound, task
+        bound.views = {**self.views, **chosen}
+        return bound
 
     def fingerprint(self) -> dict[str, Any]:
         return {"adapter": f"{self.family}/{ADAPTER_VERSION}", **self.weights, "dtype": self.dtype,
@@ -287,8 +292,8 @@ class MmlClipEncoder:
         return T.to_numpy_f32(out)
 
 
-def _family(target: str, **options: Any) -> MmlClipEncoder:
-    return MmlClipEncoder(None, model_id=target, **options)
+def _mml_clip(spec: ModelSpec | None, target: str | None, **options: Any) -> MmlClipEncoder:
+    return MmlClipEncoder(spec, model_id=target, **options)
 
 
-register_family("mml-clip", _family)
+register_family("mml-clip", _mml_clip, options=MML_OPTIONS)

@@ -23,19 +23,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cirbench.core.options import as_bool
+from cirbench.core.options import Option, OptionTable, as_bool, parse_options
 from cirbench.models import _images as I
 from cirbench.models import _torch as T
 from cirbench.models.base import ModelSpec
-from cirbench.models.clip import TwoTowerEncoder, fusion_modalities, parse_fusion
+from cirbench.models.clip import ALPHA, DECODE, FUSION, TwoTowerEncoder, fusion_modalities, parse_fusion
 from cirbench.models.registry import register_family, register_model
 
 if TYPE_CHECKING:
     import torch
 
 ADAPTER_VERSION = "1"
-OC_OPTIONS = ("revision", "fusion", "alpha", "device", "dtype", "allow_pickle", "pretrained", "quick_gelu",
-              "trust_remote_code", "decode")
+OC_OPTIONS: OptionTable = (
+    *T.LOADING, FUSION, ALPHA, DECODE,
+    Option("pretrained", help="open_clip pretrained tag or weights file (default: from the target)"),
+    Option("quick_gelu", "bool", "force QuickGELU activations (default: as the model config says)"),
+)
 PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 SAFE_HUB_FILES = ["open_clip_config.json", "open_clip_model.safetensors", "tokenizer*",
                   "special_tokens_map.json", "vocab*", "merges.txt", "spiece.model", "*.tiktoken"]
@@ -81,8 +84,7 @@ class OpenCLIPEncoder(TwoTowerEncoder):
     def __init__(self, spec: ModelSpec | None = None, *, target: str | None = None, **options: Any) -> None:
         import open_clip
 
-        opts = {**dict((spec.extra.get("options") or {}) if spec else {}), **options}
-        T.check_options("open_clip adapter", opts, OC_OPTIONS)
+        opts = parse_options("the open_clip adapter", {**T.stored_options(spec), **options}, OC_OPTIONS)
         target = target or (str(spec.extra.get("target", spec.id)) if spec else None)
         if not target:
             raise ValueError("open_clip needs a target: NAME/TAG, NAME//file, hf-hub:org/repo or "
@@ -237,12 +239,8 @@ def _embed_dim(model: Any) -> int | None:
     return getattr(getattr(model, "visual", None), "output_dim", None)
 
 
-def _oc_factory(spec: ModelSpec, **options: Any) -> OpenCLIPEncoder:
-    return OpenCLIPEncoder(spec, **options)
-
-
-def _oc_family(target: str, **options: Any) -> OpenCLIPEncoder:
-    return OpenCLIPEncoder(None, target=target, **options)
+def _oc(spec: ModelSpec | None, target: str | None, **options: Any) -> OpenCLIPEncoder:
+    return OpenCLIPEncoder(spec, target=target, **options)
 
 
 def _laion(name: str, repo: str, revision: str, dim: int, parameters: int) -> ModelSpec:
@@ -264,5 +262,5 @@ ALIASES = [
            "bc7788f151930d91b58474715fdce5524ad9a189", 1280, 2_540_000_000),
 ]
 for _spec in ALIASES:
-    register_model(_spec, _oc_factory)
-register_family("open_clip", _oc_family)
+    register_model(_spec, _oc, options=OC_OPTIONS)
+register_family("open_clip", _oc, options=OC_OPTIONS)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from cirbench.core.options import merge_tables
 from cirbench.core.types import Item, Role
 from cirbench.models.base import ModelSpec
 from cirbench.models.gme import IMAGE_PAD
@@ -41,7 +42,7 @@ SYSTEM = ("You are a multimodal retrieval encoder (not a conversational assistan
           "nearest-neighbor retrieval in a shared space.")
 QUERY_PROMPT = "Modify this image with <{text}>\nRepresent the modified image in one word:"
 IMAGE_PROMPT = "Represent the given image in one word:"
-RECALL_OPTIONS = tuple(o for o in VLM2VEC_OPTIONS if o not in ("prompt_style", "document_newline"))
+RECALL_OPTIONS = merge_tables(VLM2VEC_OPTIONS, without=("prompt_style", "document_newline"))
 
 
 def recall_prompt(text: str | None, has_image: bool) -> str:
@@ -80,8 +81,8 @@ class RecallEncoder(VLM2VecEncoder):
                 "prompts": {"system": SYSTEM, "query": QUERY_PROMPT, "document": IMAGE_PROMPT}}
 
 
-def _family(target: str, **options: Any) -> RecallEncoder:
-    return RecallEncoder(None, model_id=target, **options)
+def _recall(spec: ModelSpec | None, target: str | None, **options: Any) -> RecallEncoder:
+    return RecallEncoder(spec, model_id=target, **options)
 
 
-register_family("recall", _family)
+register_family("recall", _recall, options=RECALL_OPTIONS)

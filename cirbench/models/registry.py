@@ -6,6 +6,12 @@ Names resolve in this order:
 3. an entry point in the `cirbench.models` group whose name matches (installed on purpose: allowed);
 4. `package.module:factory`, a user plugin, only with `allow_plugins=True` (`--allow-plugins`):
    `factory(**options)` must return an Encoder. A config file or a dataset can never ask for it.
+
+Every alias and family registers with its option table (`cirbench.core.options.Option`s): `get_model`
+parses the options through it, so a misspelt or mistyped option is refused with a suggestion before the
+family's code runs, and the family's factory receives typed values. One factory signature serves aliases
+and families alike: `factory(spec, target, **options)`, with the alias's spec and no target, or no spec
+and the family's target.
 """
 
 from __future__ import annotations
@@ -17,33 +23,56 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-from cirbench.core.options import did_you_mean
+from cirbench.core.options import OptionTable, did_you_mean, parse_options
 from cirbench.models.base import Encoder, ModelSpec
 
 Factory = Callable[..., Encoder]
+"""factory(spec: ModelSpec | None, target: str | None, **options) -> Encoder, options already parsed."""
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     spec: ModelSpec
     factory: Factory
-    """factory(spec, **options) -> Encoder; options include device, dtype, trust_remote_code."""
+    options: OptionTable
+
+
+@dataclass(frozen=True)
+class FamilyEntry:
+    name: str
+    factory: Factory
+    options: OptionTable
 
 
 _MODELS: dict[str, ModelEntry] = {}
-_FAMILIES: dict[str, Callable[..., Encoder]] = {}
-"""family name -> loader(target: str, **options) -> Encoder."""
+_FAMILIES: dict[str, FamilyEntry] = {}
 
 
-def register_model(spec: ModelSpec, factory: Factory) -> ModelSpec:
+def register_model(spec: ModelSpec, factory: Factory, *, options: OptionTable) -> ModelSpec:
+    """Register an alias: `factory(spec, None, **options)` builds it; `options` is what it accepts."""
     if spec.name in _MODELS:
         raise ValueError(f"model {spec.name!r} is already registered")
-    _MODELS[spec.name] = ModelEntry(spec, factory)
+    _MODELS[spec.name] = ModelEntry(spec, factory, tuple(options))
     return spec
 
 
-def register_family(name: str, loader: Callable[..., Encoder]) -> None:
-    _FAMILIES[name] = loader
+def register_family(name: str, factory: Factory, *, options: OptionTable) -> None:
+    """Register `name:target`: `factory(None, target, **options)` builds it; `options` is what it accepts."""
+    _FAMILIES[name] = FamilyEntry(name, factory, tuple(options))
+
+
+def model_options(name: str) -> OptionTable | None:
+    """The option table of an alias, a family (`hf-clip` or `hf-clip:target`); None for a plugin or an
+    entry point (their code declares nothing). An unknown name raises KeyError with a suggestion."""
+    _import_builtin()
+    if name in _FAMILIES:
+        return _FAMILIES[name].options
+    kind, key = model_kind(name, allow_plugins=True)
+    if kind == "alias":
+        return _MODELS[key].options
+    if kind == "family":
+        return _FAMILIES[key].options
+    return None
 
 
 def list_models() -> list[ModelSpec]:
@@ -69,10 +98,12 @@ def get_model(name: str, *, allow_plugins: bool = False, **options: Any) -> Enco
     kind, key = model_kind(name, allow_plugins=allow_plugins)
     if kind == "alias":
         entry = _MODELS[key]
-        return entry.factory(entry.spec, **options)
+        return entry.factory(entry.spec, None, **parse_options(f"model {entry.spec.name!r}", options,
+                                                               entry.options))
     if kind == "family":
-        family, target = name.split(":", 1)
-        return _FAMILIES[family](target, **options)
+        target = name.split(":", 1)[1]
+        fam = _FAMILIES[key]
+        return fam.factory(None, target, **parse_options(f"model family {fam.name!r}", options, fam.options))
     if kind == "entry_point":
         ep = next(ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name)
         return _checked(ep.load(), name, options)

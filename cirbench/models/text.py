@@ -21,15 +21,19 @@ from typing import Any
 
 import numpy as np
 
-from cirbench.core.options import as_bool, as_int
+from cirbench.core.options import Option, OptionTable, as_bool, as_int
 from cirbench.core.types import DatasetError, Item, Role
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
 from cirbench.models.registry import register_family, register_model
 
 ADAPTER_VERSION = "1"
-ST_OPTIONS = ("revision", "device", "dtype", "use_captions", "use_instructions", "trust_remote_code",
-              "allow_pickle", "max_seq_length")
+ST_OPTIONS: OptionTable = (
+    *T.LOADING,
+    Option("use_captions", "bool", "embed a gallery image through its caption", True),
+    Option("use_instructions", "bool", "prefix texts with the task's instruction", False),
+    Option("max_seq_length", "int", "tokens per text (default: the model's)", low=1),
+)
 
 
 class SentenceTransformerEncoder:
@@ -99,12 +103,8 @@ class SentenceTransformerEncoder:
         return np.asarray(out, dtype=np.float32)
 
 
-def _st_factory(spec: ModelSpec, **options: Any) -> SentenceTransformerEncoder:
-    return SentenceTransformerEncoder(spec, **options)
-
-
-def _st_family(target: str, **options: Any) -> SentenceTransformerEncoder:
-    return SentenceTransformerEncoder(None, model_id=target, **options)
+def _st(spec: ModelSpec | None, target: str | None, **options: Any) -> SentenceTransformerEncoder:
+    return SentenceTransformerEncoder(spec, model_id=target, **options)
 
 
 MINILM = ModelSpec(
@@ -114,5 +114,5 @@ MINILM = ModelSpec(
     description="all-MiniLM-L6-v2 text embedder: modification text vs gallery captions (text-only baseline). "
                 "Revision as pinned by several public projects.",
     extra={"family": "st", "needs_captions": True})
-register_model(MINILM, _st_factory)
-register_family("st", _st_family)
+register_model(MINILM, _st, options=ST_OPTIONS)
+register_family("st", _st, options=ST_OPTIONS)

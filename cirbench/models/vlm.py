@@ -43,11 +43,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cirbench.core.options import as_bool, as_int
+from cirbench.core.options import Option, OptionTable, as_bool, as_int, merge_tables
 from cirbench.core.types import Item, Role
 from cirbench.models import _torch as T
 from cirbench.models.base import Batch, ModelSpec
-from cirbench.models.gme import DEFAULT_INSTRUCTION, IMAGE_PAD, GMEEncoder, load_image_processor, pixel_budget
+from cirbench.models.gme import (
+    DEFAULT_INSTRUCTION,
+    GME_OPTIONS,
+    IMAGE_PAD,
+    PIXEL_OPTIONS,
+    POSITION_IDS,
+    GMEEncoder,
+    load_image_processor,
+    pixel_budget,
+)
 from cirbench.models.registry import register_family, register_model
 
 if TYPE_CHECKING:
@@ -96,10 +105,18 @@ class RzenEmbedEncoder(GMEEncoder):
 
 
 # ============================================================================= VLM2Vec-V2
-VLM2VEC_OPTIONS = ("revision", "base_model", "base_revision", "device", "dtype", "attn_implementation",
-                   "min_image_tokens", "max_image_tokens", "min_pixels", "max_pixels", "pixel_budget",
-                   "max_length", "prompt_style", "document_newline", "position_ids", "image_backend",
-                   "trust_remote_code", "allow_pickle")
+VLM2VEC_OPTIONS: OptionTable = (
+    *T.LOADING, T.ATTN_IMPLEMENTATION, T.IMAGE_BACKEND, *PIXEL_OPTIONS, POSITION_IDS,
+    Option("base_model", help="the model a peft adapter applies to (default: the adapter config's)"),
+    Option("base_revision", help="hub revision of base_model"),
+    Option("pixel_budget", "choice", "image size limits: eval (VLM2Vec's eval.py), checkpoint (the "
+           "processor config's) or eval-min-checkpoint-max", choices=("eval", "checkpoint",
+                                                                     "eval-min-checkpoint-max")),
+    Option("max_length", "int", "tokens per input", 8192, low=1),
+    Option("prompt_style", "choice", "vlm2vec (its MMEB parser's prompts) or mteb", "vlm2vec",
+           ("vlm2vec", "mteb")),
+    Option("document_newline", "bool", "end gallery prompts with a newline", False),
+)
 PROMPT_STYLES = ("vlm2vec", "mteb")
 PIXEL_BUDGETS = ("eval", "checkpoint", "eval-min-checkpoint-max")
 EVAL_BUDGET = (4 * 28 * 28, 1280 * 28 * 28)
@@ -135,7 +152,7 @@ class VLM2VecEncoder:
     """VLM2Vec-V2 embeddings from a Qwen2-VL checkpoint or a peft adapter on one (see module docstring)."""
 
     family = "vlm2vec"
-    accepted_options: tuple[str, ...] = VLM2VEC_OPTIONS
+    accepted_options: OptionTable = VLM2VEC_OPTIONS
     default_pixel_budget = "eval"
     model_types: dict[str, tuple[str, str]] = {
         "qwen2_vl": ("Qwen2VLModel", "Qwen2VLForConditionalGeneration")}
@@ -431,26 +448,21 @@ VLM2VEC_V2 = ModelSpec(
     extra={"family": "vlm2vec"})
 
 
-def _rzen_factory(spec: ModelSpec, **options: Any) -> RzenEmbedEncoder:
+def _rzen(spec: ModelSpec | None, target: str | None, **options: Any) -> RzenEmbedEncoder:
+    if spec is None:
+        spec = dataclasses.replace(RZEN, name=f"rzen:{target}", id=str(target), revision=None, dim=None,
+                                   parameters=None, license="unknown",
+                                   description=f"RzenEmbed-style Qwen2-VL embeddings from {target}")
     return RzenEmbedEncoder(spec, **options)
 
 
-def _rzen_family(target: str, **options: Any) -> RzenEmbedEncoder:
-    spec = dataclasses.replace(RZEN, name=f"rzen:{target}", id=target, revision=None, dim=None,
-                               parameters=None, license="unknown",
-                               description=f"RzenEmbed-style Qwen2-VL embeddings from {target}")
-    return RzenEmbedEncoder(spec, **options)
+def _vlm2vec(spec: ModelSpec | None, target: str | None, **options: Any) -> VLM2VecEncoder:
+    return VLM2VecEncoder(spec, model_id=target, **options)
 
 
-def _vlm2vec_factory(spec: ModelSpec, **options: Any) -> VLM2VecEncoder:
-    return VLM2VecEncoder(spec, **options)
-
-
-def _vlm2vec_family(target: str, **options: Any) -> VLM2VecEncoder:
-    return VLM2VecEncoder(None, model_id=target, **options)
-
-
-register_model(RZEN, _rzen_factory)
-register_model(VLM2VEC_V2, _vlm2vec_factory)
-register_family("rzen", _rzen_family)
-register_family("vlm2vec", _vlm2vec_family)
+RZEN_OPTIONS = merge_tables(GME_OPTIONS, without=("instruct_documents",))
+"""GME's, less instruct_documents: RzenEmbed instructs both sides."""
+register_model(RZEN, _rzen, options=RZEN_OPTIONS)
+register_model(VLM2VEC_V2, _vlm2vec, options=VLM2VEC_OPTIONS)
+register_family("rzen", _rzen, options=RZEN_OPTIONS)
+register_family("vlm2vec", _vlm2vec, options=VLM2VEC_OPTIONS)

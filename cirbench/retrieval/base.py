@@ -25,6 +25,9 @@ import numpy as np
 from cirbench.core.run import Run
 from cirbench.core.types import Task
 
+SEARCH_DTYPES = ("float32", "bfloat16")
+SEARCH_BACKENDS = ("torch", "faiss", "auto")
+"""What `--search-dtype` and `--search-backend` accept (here, not in `search`, which imports torch)."""
 TAIL_RULE = "ids below the reranker's depth keep the base run's order and scores, after the reranked head"
 
 

@@ -9,6 +9,7 @@ candidate subsets get their own ranking from the same scores.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,9 +20,9 @@ from cirbench.core.run import Run
 from cirbench.core.types import Item, Role, Task, query_exclusions
 from cirbench.core.video import expand_corpus
 from cirbench.models.base import Encoder, bind_task, check_modalities
+from cirbench.retrieval import run_cache
 from cirbench.retrieval.base import ComponentSpec, Context
 from cirbench.retrieval.encode import encode_items
-from cirbench.retrieval.search import exact_search, subset_search
 
 SPEC = ComponentSpec(name="dense", description="one embedding model: encode queries and gallery (cached), "
                      "exact inner-product top-K")
@@ -79,7 +80,25 @@ def subset_depth(task: Task) -> int:
 
 
 def search_task(task: Task, qv: np.ndarray, cv: np.ndarray, k: int, ctx: Context) -> Run:
-    """Exact top-k per query within its gallery, reference/exclusions removed per the protocol."""
+    """Exact top-k per query within its gallery, reference/exclusions removed per the protocol; a CPU
+    search under the cache is read from `run_cache` when it was computed before (no torch import)."""
+    root = (ctx.cache_dir or default_cache_dir()) if ctx.use_cache and ctx.device == "cpu" else None
+    key = None
+    if root is not None:
+        key = run_cache.search_key(task, qv, cv, k, subset_depth=subset_depth(task), dtype=ctx.search_dtype,
+                                   backend=ctx.search_backend)
+        cached = run_cache.load(Path(root), key, task, k)
+        if cached is not None:
+            return cached
+    run = _search(task, qv, cv, k, ctx)
+    if root is not None and key is not None:
+        run_cache.store(Path(root), key, run)
+    return run
+
+
+def _search(task: Task, qv: np.ndarray, cv: np.ndarray, k: int, ctx: Context) -> Run:
+    from cirbench.retrieval.search import exact_search, subset_search  # torch: only when searching
+
     pos = task.corpus_positions
     excl = query_exclusions(task)
     relevant = [[pos[c] for c in q.relevant_ids] for q in task.queries]

@@ -9,17 +9,17 @@ a single-process one. Only rank 0 writes result files.
 from __future__ import annotations
 
 import os
+import sys
 
 
 def world() -> tuple[int, int]:
-    """(rank, world size): from torch.distributed when initialised, else from the launcher's env vars."""
-    try:
-        import torch.distributed as dist
+    """(rank, world size): from torch.distributed when initialised, else from the launcher's env vars.
 
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-    except ImportError:  # pragma: no cover
-        pass
+    A process group exists only once torch is imported, so an eval that never imported torch (every vector
+    cached) does not import it here either."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,7 +21,9 @@ from cirbench.core.types import Task, query_exclusions
 from cirbench.models.base import check_modalities
 from cirbench.retrieval.base import ComponentSpec, Context, register_retriever
 from cirbench.retrieval.dense import TIE_BREAK, encode, query_items, resolve_instruction, subset_depth
-from cirbench.retrieval.search import SearchResult
+
+if TYPE_CHECKING:
+    from cirbench.retrieval.search import SearchResult
 
 _PAIR_BUDGET = 32 << 20
 """Token-pair scores held at once (float32: 128 MiB)."""
@@ -89,6 +91,8 @@ def rank_scores(
             is_rel = np.isin(order, np.asarray(relevant[i], dtype=np.int64))
             hits = np.flatnonzero(is_rel)
             first[i] = hits[0] + 1 if len(hits) else 0
+    from cirbench.retrieval.search import SearchResult  # torch: only when ranking
+
     return SearchResult(indices=indices, scores=top, first_relevant_rank=first)
 
 

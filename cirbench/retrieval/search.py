@@ -28,14 +28,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cirbench.retrieval.base import SEARCH_BACKENDS, SEARCH_DTYPES
+
 __all__ = ["SearchResult", "exact_search", "subset_search"]
 
 ArrayLike = np.ndarray | torch.Tensor
 
-_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-_BACKENDS = ("torch", "faiss", "auto")
-SEARCH_DTYPES, SEARCH_BACKENDS = tuple(_DTYPES), _BACKENDS
-"""What `--search-dtype` and `--search-backend` accept."""
+_DTYPES: dict[str, torch.dtype] = dict(zip(SEARCH_DTYPES, (torch.float32, torch.bfloat16), strict=True))
+_BACKENDS = SEARCH_BACKENDS
 # GEMMs with fewer rows than this on either side are padded (see module docstring); faiss switches
 # from BLAS to its own SIMD loop below 20 queries, so its query blocks are padded to this too.
 _MIN_GEMM = 32

@@ -121,7 +121,19 @@ PITFALLS = (
 )
 
 
-def _metadata(direction: str) -> TaskMetadata:
+DIRECTION_VIEWS = {"g": "ground", "s": "satellite", "t": "text", "c": "gps"}
+"""The letters of a direction (g2s, t2c, ...) -> what that side's inputs show (`TaskMetadata.views`)."""
+
+
+def _views(direction: str, *, gps_gallery: bool) -> dict[str, str]:
+    """Per role, what the inputs show; under satellite-tiles a GPS gallery is satellite tiles."""
+    views = {"query": DIRECTION_VIEWS[direction[0]], "document": DIRECTION_VIEWS[direction[2]]}
+    if views["document"] == "gps" and not gps_gallery:
+        views["document"] = "satellite"
+    return views
+
+
+def _metadata(direction: str, *, gps_gallery: bool = False) -> TaskMetadata:
     if direction in RETRIEVAL:
         qmod, gmod = RETRIEVAL[direction]
         desc = (f"MMLandmarks {qmod} -> {gmod} retrieval: 1,000 US landmarks; gallery = index distractors "
@@ -136,7 +148,7 @@ def _metadata(direction: str) -> TaskMetadata:
         license="ground images CC / public domain (Wikimedia Commons); aerial images public domain (USDA "
                 "NAIP); code MIT",
         citation=CITATION, query_modality="text" if qmod == "text" else "image", corpus_modality="image",
-        pitfalls=PITFALLS,
+        pitfalls=PITFALLS, views=_views(direction, gps_gallery=gps_gallery),
     )
 
 
@@ -523,7 +535,8 @@ def _geo_gps(rel: _Release, direction: str, protocol: str, check: bool, text_sam
     if qmod == "text":
         notes["text_sampling"] = text_sampling
     return Task(
-        metadata=dataclasses.replace(_metadata(direction), corpus_modality=GPS_CORPUS), split="query",
+        metadata=dataclasses.replace(_metadata(direction, gps_gallery=True), corpus_modality=GPS_CORPUS),
+        split="query",
         queries=queries, corpus=corpus,
         protocol=Protocol(name=protocol, metrics=GEO_METRICS, main_metric="R@1", top_k=10,
                           ap_normaliser="|G|", exclude_reference=False,

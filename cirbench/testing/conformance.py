@@ -205,16 +205,21 @@ def check_encoder(name: str, *, vector_options: Sequence[dict[str, Any]] = (), a
     per item, of the declared width; the same vectors twice and whatever the batch size (no item's vector
     depends on its batch neighbours); a JSON fingerprint that is stable. A modality it does not declare is
     refused before encoding. Each dict of `vector_options` must change the fingerprint (it changes the
-    vectors, so it must change the cache key). Raises `ConformanceError`.
+    vectors, so it must change the cache key). A registered alias or family must declare its options
+    (`register_model` / `register_family`'s table): every option given here and in `vector_options` is
+    declared, each declared default parses, and a misspelt option is refused with a suggestion before the
+    family's code runs. Raises `ConformanceError`.
     """
     import numpy as np
 
     from cirbench.models.base import check_modalities
     from cirbench.models.registry import get_model
+
+    where = f"model {name!r}"
+    _check_declaration(name, where, [options, *vector_options])
     from cirbench.retrieval.encode import encode_items
 
     enc = get_model(name, **options)
-    where = f"model {name!r}"
     spec = enc.spec
     if not spec.name or not set(spec.modalities) <= set(MODALITIES) or not spec.modalities:
         raise _fail(where, f"spec names modalities {spec.modalities!r}; each must be one of {MODALITIES}")
@@ -254,6 +259,38 @@ def check_encoder(name: str, *, vector_options: Sequence[dict[str, Any]] = (), a
         other = get_model(name, **{**options, **variant}).fingerprint()
         if json.dumps(other, sort_keys=True) == key:
             raise _fail(where, f"option {variant} does not change the fingerprint (the cache key)")
+
+
+def _check_declaration(name: str, where: str, used: Sequence[dict[str, Any]]) -> None:
+    """The option table of an alias or family: declared, well-formed, and enforced by the registry."""
+    from cirbench.core.options import Option
+    from cirbench.models.registry import get_model, model_options
+
+    table = model_options(name)
+    if table is None:
+        return  # a plugin's own factory: its signature is what it accepts
+    names = [o.name for o in table]
+    if not all(isinstance(o, Option) for o in table) or len(set(names)) != len(names):
+        raise _fail(where, f"its option table must hold Options with distinct names, not {names}")
+    for option in table:
+        if not option.help:
+            raise _fail(where, f"option {option.name!r} has no help text (`cirbench models` shows it)")
+        try:
+            option.parse(option.default)
+        except ValueError as e:
+            raise _fail(where, f"option {option.name!r}: its declared default does not parse ({e})") from None
+    for given in used:
+        undeclared = sorted(set(given) - set(names) - {"allow_plugins"})
+        if undeclared:
+            raise _fail(where, f"options {undeclared} are used but not declared (declared: {names})")
+    misspelt = names[0] + "x" if names else MISSPELT
+    try:
+        get_model(name, **dict[str, Any]({misspelt: "1"}))
+    except UnknownOptionError as e:
+        if names and "did you mean" not in str(e):
+            raise _fail(where, f"the misspelt option {misspelt!r} is refused without a suggestion") from None
+    else:
+        raise _fail(where, f"the misspelt option {misspelt!r} was accepted")
 
 
 __all__ += ["check_encoder"]

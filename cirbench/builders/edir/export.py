@@ -13,10 +13,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cirbench.builders.core.card import write_card
 from cirbench.builders.core.sheet import NEGATIVE, TARGET, Sheet
 from cirbench.builders.core.workdir import LazyFiles, WorkDir
 from cirbench.builders.edir.negatives import gallery_ids, hard_negatives
 from cirbench.core.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
+from cirbench.core.markdown import code, escape, fenced, table
 from cirbench.core.types import Protocol
 from cirbench.llm.templates import SUBCATEGORIES, TAXONOMY
 
@@ -235,12 +237,6 @@ def export_edir(
 # ---------------------------------------------------------------------------------------------- data card
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _pct(a: int, b: int) -> str:
     return f"{100 * a / b:.1f}%" if b else "–"
 
@@ -305,63 +301,45 @@ def data_card(
     n_partial = sum(len(q.meta.get("partial_edits", ())) for q in queries)
     dist = pool.get("distractors", [])
     model_text = "\n".join(
-        f"- `{k}`:\n```json\n{json.dumps(v, indent=1, sort_keys=True)}\n```" for k, v in models.items()
+        f"- {code(k)}:\n{fenced(json.dumps(v, indent=1, sort_keys=True), 'json')}" for k, v in models.items()
     )
-    prompt_text = "\n\n".join(f"### {k}\n```text\n{v}\n```" for k, v in prompts.items())
-    front = f"""---
-license: {cfg["license"]}
-pretty_name: {cfg["name"]}
-task_categories:
-- image-to-image
-tags:
-- composed-image-retrieval
-- image-editing
-- cirbench
-configs:
-- config_name: queries
-  data_files:
-  - split: {split}
-    path: {split}/queries.parquet
-- config_name: corpus
-  data_files:
-  - split: {split}
-    path: {split}/corpus.parquet
----
-"""
-    return (
-        front
-        + f"""
-# {cfg["name"]}
-
-{cfg["description"]}
-
+    prompt_text = "\n\n".join(f"### {escape(k)}\n{fenced(v, 'text')}" for k, v in prompts.items())
+    front = {
+        "license": cfg["license"], "pretty_name": cfg["name"], "task_categories": ["image-to-image"],
+        "tags": ["composed-image-retrieval", "image-editing", "cirbench"],
+        "configs": [{"config_name": kind, "data_files": [{"split": split, "path": f"{split}/{kind}.parquet"}]}
+                    for kind in ("queries", "corpus")],
+    }
+    sp = code(split)
+    q_file, c_file, r_file = (code(f"{split}/{kind}.parquet") for kind in ("queries", "corpus", "references"))
+    return write_card(front=front, title=cfg["name"], description=cfg["description"], body=f"""
 Built by `cirbench build` with the EDIR recipe (`cirbench.builders.edir`): source images are edited per EDIR's
 taxonomy by an instruction-guided image editor, every edit is verified, and its instruction is rewritten into
 a natural CIR query. A query is the source (reference) image plus the query text; its one target is the edit.
 
-- sources: `{pool["spec"]}`; {pool["scanned"]} images scanned, {len(pool["images"])} kept after decoding, size
-  filter and near-duplicate removal ({pool["method"]}, Hamming distance <= {pool["max_distance"]}),
+- sources: {code(pool["spec"])}; {pool["scanned"]} images scanned, {len(pool["images"])} kept after decoding,
+  size filter and near-duplicate removal ({pool["method"]}, Hamming distance <= {pool["max_distance"]}),
   {len(dist)} of them used as distractors{f"; limited to the first {limit} sources" if limit else ""}.
-- split `{split}`: {len(queries)} queries from {len(refs)} source images; gallery {len(corpus)} images
+- split {sp}: {len(queries)} queries from {len(refs)} source images; gallery {len(corpus)} images
   ({len(queries)} targets, {n_partial} partial edits, {len(dist)} distractors).
 - seed {cfg["seed"]}; each edit's seed is derived from it and the edit id (recorded per query in `meta.seed`).
 
 ## Queries per category
 
-{_table(("category", "subcategory", "queries", "attempted", "pass rate"), sub_rows)}
+{table(("category", "subcategory", "queries", "attempted", "pass rate"), sub_rows)}
 
-{_table(("category", "queries"), cat_rows)}
+{table(("category", "queries"), cat_rows)}
 
 ## Filters (edits remaining after each stage)
 
-{_table(("stage", "edits", "pass rate"), funnel_rows)}
+{table(("stage", "edits", "pass rate"), funnel_rows)}
 
 Most frequent rejection reasons (every rejection is in `rejections.jsonl` with its full reason):
 
-{_table(("stage", "reason", "count"), reason_rows) if reason_rows else "(none)"}
+{table(("stage", "reason", "count"), reason_rows) if reason_rows else "(none)"}
 
-Thresholds: embedding check {json.dumps(cfg["verify"]["embedding"], sort_keys=True)};
-LMM check {json.dumps(cfg["verify"]["lmm"], sort_keys=True)}.
+Thresholds: embedding check {code(json.dumps(cfg["verify"]["embedding"], sort_keys=True))};
+LMM check {code(json.dumps(cfg["verify"]["lmm"], sort_keys=True))}.
 
 ## Hard negatives
 
@@ -382,15 +360,14 @@ Recall@K (K = 1, 5, 10, 50), main metric R@1, one target per query; reference im
 
 ## Files
 
-- `{split}/queries.parquet`: id, reference_id, text (the rewritten query), relevant_ids, hard_negative_ids,
+- {q_file}: id, reference_id, text (the rewritten query), relevant_ids, hard_negative_ids,
   category, subcategory, meta (JSON: raw `instruction`, `seed`, `checks` with the verification scores,
   `components` and `partial_edits` for Complex, `target_caption`).
-- `{split}/corpus.parquet`: edited images and distractors; `{split}/references.parquet`: the sources (images
+- {c_file}: edited images and distractors; {r_file}: the sources (images
   inline as bytes, or as `image_path` into `images/`, per `export.images`).
 - `rejections.jsonl`: every dropped source and rejected edit, with the stage and the reason.
 - `contact_sheet.png`: reference | query | target | hard negatives, one row per subcategory.
-"""
-    )
+""")
 
 
 # ---------------------------------------------------------------------------------------------- contact sheet

@@ -17,9 +17,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from cirbench.builders.core.card import write_card
 from cirbench.builders.core.images import safe_id
 from cirbench.builders.core.workdir import LazyFiles, WorkDir
 from cirbench.core.dataset import ImageRecord, QueryRecord, SplitData, write_dataset
+from cirbench.core.markdown import code, escape, fenced, table
 from cirbench.core.types import Item, Protocol, Task
 from cirbench.llm.base import image_mime
 
@@ -213,44 +215,27 @@ def data_card(
     for name, sd in splits.items():
         n = [len(q.relevant_ids) for q in sd.queries]
         kept = sum(1 for q in sd.queries if set(q.meta.get("original_targets", ())) & set(q.relevant_ids))
-        rows.append(
-            f"| {name} | {len(sd.queries)} | {len(sd.corpus)} | {sum(n) / len(n):.2f} | {max(n)} | "
-            + (f"{kept} |" if not name.endswith("_single") else "– |")
-        )
+        rows.append((name, len(sd.queries), len(sd.corpus), f"{sum(n) / len(n):.2f}", max(n),
+                     kept if not name.endswith("_single") else "–"))
     described = sum(1 for r in recs if r.get("description"))
     with_multi = sum(1 for r in recs if r.get("multi"))
     with_single = sum(1 for r in recs if r.get("single"))
     reasons = Counter((x["stage"], x["reason"].split(" (")[0].split(":")[0]) for x in rejections)
-    reason_rows = (
-        "\n".join(f"| {st} | {why} | {c} |" for (st, why), c in reasons.most_common(15)) or "| – | – | 0 |"
-    )
-    model_text = "\n".join(
-        f"```json\n{json.dumps(v, indent=1, sort_keys=True)}\n```" for v in models.values()
-    )
-    prompt_text = "\n\n".join(f"### {k}\n```text\n{v}\n```" for k, v in prompts.items())
-    return f"""---
-license: {cfg["license"]}
-pretty_name: {cfg["name"]}
-tags:
-- composed-image-retrieval
-- multi-target
-- cirbench
----
-
-# {cfg["name"]}
-
-{cfg["description"]}
-
-Refined from `{spec}` ({task.name}, split {task.split}, revision {task.revision}) by `cirbench build` with the
+    reason_rows = [(st, why, c) for (st, why), c in reasons.most_common(15)] or [("–", "–", 0)]
+    model_text = "\n".join(fenced(json.dumps(v, indent=1, sort_keys=True), "json") for v in models.values())
+    prompt_text = "\n\n".join(f"### {escape(k)}\n{fenced(v, 'text')}" for k, v in prompts.items())
+    front = {"license": cfg["license"], "pretty_name": cfg["name"],
+             "tags": ["composed-image-retrieval", "multi-target", "cirbench"]}
+    source = f"{escape(task.name)}, split {escape(task.split)}, revision {escape(task.revision)}"
+    return write_card(front=front, title=cfg["name"], description=cfg["description"], body=f"""
+Refined from {code(spec)} ({source}) by `cirbench build` with the
 SoFT recipe (`cirbench.builders.soft_refine`): candidates mined with an embedding model (top
-{cfg["mining"]["top_k"]} per query for each of {", ".join(cfg["mining"]["query_types"])}), the top
+{cfg["mining"]["top_k"]} per query for each of {escape(", ".join(cfg["mining"]["query_types"]))}), the top
 {cfg["scoring"]["top_n"]} of each list scored by an LMM, candidates with confidence >=
 {cfg["scoring"]["threshold"]} kept as targets (max over lists), then one target per query drawn
 (seed {cfg["seed"]}) and its text rewritten against the other targets.
 
-| split | queries | gallery | targets/query (mean) | max | original target kept |
-|---|---|---|---|---|---|
-{chr(10).join(rows)}
+{table(("split", "queries", "gallery", "targets/query (mean)", "max", "original target kept"), rows)}
 
 ## Filters
 
@@ -261,9 +246,7 @@ SoFT recipe (`cirbench.builders.soft_refine`): candidates mined with an embeddin
 | multi-target set (>= threshold) | {with_multi} |
 | single-target text | {with_single} |
 
-| stage | reason | count |
-|---|---|---|
-{reason_rows}
+{table(("stage", "reason", "count"), reason_rows)}
 
 Every rejection is in `rejections.jsonl`.
 
@@ -277,7 +260,7 @@ Every rejection is in `rejections.jsonl`.
 
 ## Protocol
 
-Multi-target splits: mAP@5/10/25/50 (normaliser `{cfg["export"]["ap_normaliser"]}`) and hit-rate R@K;
+Multi-target splits: mAP@5/10/25/50 (normaliser {code(cfg["export"]["ap_normaliser"])}) and hit-rate R@K;
 single-target splits: R@1/5/10/50. The reference handling follows the source benchmark
 (`exclude_reference: {str(task.protocol.exclude_reference).lower()}`).
-"""
+""")

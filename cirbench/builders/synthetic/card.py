@@ -8,11 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from cirbench.builders.core.card import write_card
 from cirbench.builders.core.sheet import NEGATIVE, TARGET, Sheet
 from cirbench.builders.synthetic.edits import SUBCATEGORIES, TAXONOMY
 from cirbench.builders.synthetic.generate import BuiltQuery, BuiltSplit
 from cirbench.core.datacard import size_category
 from cirbench.core.dataset import QueryRecord
+from cirbench.core.markdown import code, escape
 from cirbench.core.types import Protocol
 
 RENDERING: dict[str, str] = {
@@ -78,9 +80,10 @@ def _examples(test: Sequence[QueryRecord], single: Sequence[QueryRecord], per: i
         picked = [q for q in test if q.subcategory == sub][:per]
         for q in picked:
             s = single_by_parent.get(q.id)
-            line = f'  - "{q.text}" ({len(q.relevant_ids)} target{"s" if len(q.relevant_ids) > 1 else ""})'
+            n = len(q.relevant_ids)
+            line = f'  - "{escape(q.text)}" ({n} target{"s" if n > 1 else ""})'
             if s is not None and s.text != q.text:
-                line += f'; single-target: "{s.text}"'
+                line += f'; single-target: "{escape(s.text)}"'
             out.append(line)
     return "\n".join(out)
 
@@ -101,29 +104,15 @@ def data_card(
     """README.md: front matter for the hub, then what is in the data, how it was made and how it is scored."""
     total = sum(len(r) for r in records.values())
     split_names = list(records)
-    configs = "\n".join(
-        f"- config_name: {kind}\n  data_files:\n"
-        + "\n".join(f"  - split: {s}\n    path: {s}/{kind}.parquet" for s in split_names)
-        for kind in ("queries", "corpus")
-    )
-    front = f"""---
-license: {license}
-pretty_name: cirbench synthetic CIR ({preset})
-task_categories:
-- image-to-image
-- text-to-image
-tags:
-- composed-image-retrieval
-- image-retrieval
-- synthetic
-- multi-target
-- cirbench
-size_categories:
-- {size_category(total)}
-configs:
-{configs}
----
-"""
+    front = {
+        "license": license, "pretty_name": f"cirbench synthetic CIR ({preset})",
+        "task_categories": ["image-to-image", "text-to-image"],
+        "tags": ["composed-image-retrieval", "image-retrieval", "synthetic", "multi-target", "cirbench"],
+        "size_categories": [size_category(total)],
+        "configs": [{"config_name": kind, "data_files": [{"split": s, "path": f"{s}/{kind}.parquet"}
+                                                         for s in split_names]}
+                    for kind in ("queries", "corpus")],
+    }
     gen = "\n".join(
         f"- `{s}`: " + ", ".join(f"{k}={v}" for k, v in cfg.items()) for s, cfg in split_configs.items()
     )
@@ -132,18 +121,14 @@ configs:
     )
     limited = f", limited to {limit} test queries" if limit else ""
     size = render.get("size", 128)
-    return (
-        front
-        + f"""
-# {name}
-
+    return write_card(front=front, title=name, description=None, body=f"""
 An embedded, fully synthetic Composed Image Retrieval (CIR) benchmark. A query is a reference image
 plus a modification text; the task is to retrieve every gallery image that the text describes. Scenes
 are drawn with PIL from scene graphs (objects with shape, colour, size, texture, material and motion in
 a row of five slots; a background with time of day and weather; a rendering style; a camera view), so
 the ground truth is exact: it is computed from the scene graphs, not from pixels or annotators.
 
-- preset `{preset}`, seed `{seed}`{limited}; deterministic: the same preset and seed give
+- preset {code(preset)}, seed `{seed}`{limited}; deterministic: the same preset and seed give
   byte-identical files.
 - images: {size}x{size} PNG in `<split>/corpus.parquet`, each with a caption generated from its scene
   graph (for caption-based, text-only baselines).
@@ -216,8 +201,7 @@ Generation settings:
 Procedural 2D scenes are far simpler than photographs; the benchmark tests whether a model follows the
 edit (attribute, object, relation, environment, compositions), not photographic realism. The
 interpretations chosen for 2D (material, action, viewpoint) are described above.
-"""
-    )
+""")
 
 
 def contact_sheet(
