@@ -263,8 +263,8 @@ class Ask:
 
     def content_key(self) -> str:
         h = hashlib.sha256(self.text.encode("utf-8"))
-        for it in self.images:
-            h.update(b"\x00" + it.content_key().encode())
+        for it in self.images:  # an image's key, not its item's (whose text the request does not carry)
+            h.update(b"\x00" + Item(it.id, image=it.image).content_key().encode())
         return h.hexdigest()
 
 
@@ -466,8 +466,8 @@ class XR(TextQueryMethod):
                 _charge(ctx, stage, captioner, before, **{captioner.calls_per_caption: len(jobs)})
                 return [c[0] for c in caps]
 
-            got = store.generate(spec, [(i, it.content_key()) for i, it in by_id.items()], make,
-                                 batch_size=ctx.batch_size)
+            keys = [(i, Item(i, image=it.image).content_key()) for i, it in by_id.items()]  # the image only
+            got = store.generate(spec, keys, make, batch_size=ctx.batch_size)
             report.items += len(got)
             return {k: str(v) for k, v in got.items()}
 
@@ -590,7 +590,7 @@ class XRQuestions:
 
     def describe(self, task: Task, ctx: Context) -> dict[str, Any]:
         o = self.owner
-        return {"name": "xr-questions", "depth": self.depth, "mode": o.s2_mode,
+        return {"rerank": "xr-questions", "depth": self.depth, "mode": o.s2_mode,
                 "num_questions": o.num_questions or "all",
                 "score": "(0.5 count_qa + 0.5 count_caption) x minmax(s1) over the head"
                 if o.s2_mode == "both" else f"count_{o.s2_mode} x minmax(s1) over the head",
@@ -702,7 +702,7 @@ class XRPairwise:
                 "prompt": self.owner.prompts["pairwise"].record()}
 
     def describe(self, task: Task, ctx: Context) -> dict[str, Any]:
-        return {"name": "xr-pairwise", "depth": self.depth,
+        return {"rerank": "xr-pairwise", "depth": self.depth,
                 "rule": "accepted candidates first, each group in its current order",
                 "candidate_subset": "stage 1's (not reranked)"}
 
