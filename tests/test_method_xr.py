@@ -171,7 +171,6 @@ def expected_ranking(task: Any, clip: Path, *, source: str = "aug", stage2: bool
     gv, _ = encode_items(enc, task.corpus, role="document", progress=False)
     gv = np.asarray(gv, dtype=np.float64)
     cv = text_vecs([caps[it.id] for it in task.corpus])
-    pos = task.corpus_positions
     excl_ref = task.protocol.exclude_reference if exclude_reference is None else exclude_reference
     out = []
     for q in task.queries:
