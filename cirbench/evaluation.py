@@ -212,6 +212,7 @@ def evaluate(
     started, t0 = _dt.datetime.now(_dt.timezone.utc), time.perf_counter()
     task = _load_task(task, split, data_dir, protocol, limit, task_options)
     retriever, mopts = _retriever(model, retriever, opts, model_options)
+    rerankers = [*getattr(retriever, "rerankers", ()), *rerankers]  # a method's own chain (XR) runs first
     task = retriever.prepare(task)
     ctx = _context(task, opts)
     out = Path(output) if output is not None else default_output(

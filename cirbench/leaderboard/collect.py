@@ -333,6 +333,8 @@ def _labels(results: Sequence[Result]) -> list[str]:
 def _rerank_suffix(protocol: dict[str, Any]) -> str:
     """" + soft (soft, λ=1.0)" for a re-ranked run, so it never reads as the plain model."""
     rr = protocol.get("rerank")
+    if isinstance(rr, list):  # a chain (XR's question agents, then its pairwise check): each in turn
+        return "".join(_rerank_suffix({"rerank": r}) for r in rr if isinstance(r, dict))
     info = rr if isinstance(rr, dict) else protocol
     name = info.get("rerank") if isinstance(rr, dict) else rr
     if not name:

@@ -90,7 +90,10 @@ class ComponentSpec:
 
 @runtime_checkable
 class Retriever(Protocol):
-    """Task -> Run: the top-K corpus positions and scores of every query, per the task's protocol."""
+    """Task -> Run: the top-K corpus positions and scores of every query, per the task's protocol.
+
+    A method whose later stages are rerankers (XR's question agents) lists them in an optional
+    `rerankers` attribute: `evaluate()` runs them first in the chain, before any `--rerank`."""
 
     spec: ComponentSpec
 

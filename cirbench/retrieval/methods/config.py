@@ -42,7 +42,8 @@ SECTIONS = (
     "artifacts_dir",
 )
 COMPONENTS = ("encoder", "encoder_options", "captioner", "rewriter")
-STAGES = ("caption", "rewrite")
+XR_COMPONENTS = ("encoder", "encoder_options", "captioner", "reasoner", "verifier", "judge", "evaluator")
+STAGES = ("caption", "rewrite", "imagine_text", "imagine_visual", "questions", "verify", "judge", "pairwise")
 IMPORTS = ("captions", "rewrites")
 
 
@@ -239,15 +240,18 @@ def _imports(cfg: MethodConfig) -> dict[str, ImportedArtifacts]:
     return out
 
 
-def _components(cfg: MethodConfig, device: str) -> dict[str, Any]:
+def _components(
+    cfg: MethodConfig, device: str, known: tuple[str, ...] = COMPONENTS
+) -> dict[str, Any]:
+    """The encoder, the captioner and every LMM role of `known` the config names (each built once)."""
     from cirbench.models.registry import get_model
 
     comps = cfg.section("components")
     for key in comps:
-        if key not in COMPONENTS:
+        if key not in known:
             raise MethodConfigError(
                 f"{cfg.where}: components.{key}: unknown component"
-                f"{did_you_mean(str(key), COMPONENTS)}; known: {', '.join(COMPONENTS)}"
+                f"{did_you_mean(str(key), known)}; known: {', '.join(known)}"
             )
     encoder = comps.get("encoder")
     if not isinstance(encoder, str) or not encoder:
@@ -264,12 +268,14 @@ def _components(cfg: MethodConfig, device: str) -> dict[str, Any]:
         out["captioner"] = build_captioner(
             comps["captioner"], f"{cfg.where}: components.captioner", device=device, base=cfg.base
         )
-    if comps.get("rewriter") is not None:
-        out["rewriter"] = build_lmm(comps["rewriter"], f"{cfg.where}: components.rewriter", base=cfg.base)
+    for role in known:
+        if role in ("encoder", "encoder_options", "captioner") or comps.get(role) is None:
+            continue
+        out[role] = build_lmm(comps[role], f"{cfg.where}: components.{role}", base=cfg.base)
     return out
 
 
-def _options(cfg: MethodConfig, known: Mapping[str, type]) -> dict[str, Any]:
+def _options(cfg: MethodConfig, known: Mapping[str, Callable[[Any], Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in cfg.section("options").items():
         if k not in known:
@@ -327,6 +333,62 @@ def _build_ldre(cfg: MethodConfig, device: str) -> Retriever:
     )
 
 
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _stage_list(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    return tuple(str(s).strip() for s in items if str(s).strip())
+
+
+XR_OPTIONS: dict[str, Callable[[Any], Any]] = {
+    "tau": float, "rrf_k": float, "stages": _stage_list, "stage2_source": str, "top_k": int,
+    "num_questions": int, "s2_mode": str, "alpha": int, "exclude_reference": _as_bool,
+}
+
+
+def _build_xr(cfg: MethodConfig, device: str) -> Retriever:
+    from cirbench.retrieval.methods.xr import DEFAULT_DECODING, PROMPT_STAGES, XR
+
+    opts = _options(cfg, XR_OPTIONS)
+    if cfg.section("imports"):
+        raise MethodConfigError(f"{cfg.where}: imports: xr takes no released intermediates (none exist)")
+    return XR(
+        **_components(cfg, device, XR_COMPONENTS),
+        artifacts_dir=_artifacts_dir(cfg),
+        name=cfg.name,
+        prompts={s: _prompt(cfg, s, p) for s, p in PROMPT_STAGES.items()},
+        decoding={s: _decoding(cfg, s, d) for s, d in DEFAULT_DECODING.items()},
+        **opts,
+    )
+
+
+def _xr_cost(cfg: MethodConfig) -> dict[str, str]:
+    opts = cfg.section("options")
+    stages = _stage_list(opts.get("stages", "s1,s2"))
+    k, nq = int(opts.get("top_k", 100)), int(opts.get("num_questions", 0))
+    mode = str(opts.get("s2_mode", "both"))
+    q = str(nq) if nq else "|Q|"
+    per = "4 LMM calls (v1, v2, rewrite, questions)" if "s2" in stages else "3 LMM calls (v1, v2, rewrite)"
+    if "s2" in stages:
+        calls = {"both": 2, "qa": 1, "caption": 1}[mode]
+        per += f" + {calls}x{k}x{q} yes/no calls"
+    if "s3" in stages:
+        per += f" + {int(opts.get('alpha', 100))} two-image MLLM calls"
+    return {
+        "per_query": per + " + 1 reference caption when it is not a gallery image + ~5 text encodes",
+        "per_gallery_item": "1 MLLM caption + 1 image encode + 1 caption text encode",
+    }
+
+
 @dataclass(frozen=True)
 class MethodKind:
     build: Callable[[MethodConfig, str], Retriever]
@@ -356,6 +418,11 @@ METHOD_KINDS: dict[str, MethodKind] = {
             "the adaptive ensemble)",
             "per_gallery_item": "1 image encode",
         },
+    ),
+    "xr": MethodKind(
+        _build_xr,
+        "MLLM gallery captions; LLM imaginations -> hybrid similarity -> RRF; yes/no question agents",
+        _xr_cost,
     ),
 }
 

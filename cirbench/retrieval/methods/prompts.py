@@ -111,6 +111,66 @@ _CAPTION_DETAILED = (
     "its position and what it is doing. Answer with the description only."
 )
 
+# XR (methods.md §2): cirbench's own wording of each agent's documented task. The reasoning agents see text
+# only (the reference's cached caption, never its image); the verifier sees one candidate image.
+
+_XR_CAPTION = (
+    "Describe this image in about three sentences so that someone could pick it out of a large collection. "
+    "Name every object, its colour, size and material, where things are relative to each other, what people "
+    "or animals are doing, how many there are, and the breed of any dog. Answer with the description only."
+)
+
+_XR_IMAGINE_TEXT = (
+    "A user has a photo and asks for a similar photo with some changes. You get the photo's description and "
+    "the user's request. Imagine the photo the user wants.\n"
+    "First split the request into atomic operations. Each has a type (Addition, Removal, Modification, "
+    "Comparison or Retention) and a short statement of what must be true of the wanted photo.\n"
+    "Then describe the wanted photo three times: (1) only its essential content, in a few words; (2) that "
+    "content with the attributes it keeps from the original photo; (3) one complete sentence.\n"
+    'Reply with JSON only: {"operations": [["Type", "statement"], ...], "descriptions": ["1", "2", "3"]}.\n'
+    "Example. Photo: a black cat sleeping on a grey sofa. Request: make it two cats awake on the floor.\n"
+    '{"operations": [["Modification", "there are two cats"], ["Modification", "the cats are awake"], '
+    '["Modification", "the cats are on the floor"]], "descriptions": ["two cats on the floor", '
+    '"two black cats awake on the floor", "two black cats sitting awake on the floor of a living room"]}'
+)
+
+_XR_IMAGINE_VISUAL = (
+    "A user has a photo and asks for a similar photo with some changes. You get the photo's description and "
+    "the user's request. Analyse the scene of the wanted photo.\n"
+    "List the objects of the original photo with their attributes and relations; split the request into "
+    "additions, deletions and modifications, each bound to the attribute it changes; then say which objects "
+    "exist in the wanted photo and which must not.\n"
+    'Reply with JSON only: {"reference_objects": [{"name": "", "attributes": [], "relations": []}], '
+    '"additions": [], "deletions": [], "modifications": [], "existent": [], "nonexistent": []}.'
+)
+
+_XR_REWRITE = (
+    "Below are a user's request for a changed photo and a structured analysis of the wanted photo. Write "
+    "the caption of the wanted photo in one or two plain sentences. Mention only what the wanted photo "
+    "shows; do not mention the request, the original photo or the changes. Answer with the caption only."
+)
+
+_XR_QUESTIONS = (
+    "Below are statements that must all be true of a photo. Turn each one into a question that can be "
+    "answered with yes or no by looking at the photo, and give the answer a photo satisfying the statement "
+    "would get.\n"
+    'Reply with JSON only: {"questions": [{"question": "...?", "answer": "yes"}, ...]}, one per statement, '
+    "in order."
+)
+
+_XR_VERIFY = "Look at the image and answer the question with Yes or No only."
+
+_XR_JUDGE = (
+    "You get the description of a photo and a yes/no question about the photo. Answer the question using "
+    "only what the description says. Answer with Yes or No only."
+)
+
+_XR_PAIRWISE = (
+    "The first image is the original photo, the second a candidate. A user asked for the original photo "
+    "changed as follows. Does the candidate show what the user asked for? Begin your reply with "
+    "'ANSWER: Yes' or 'ANSWER: No'."
+)
+
 BUILTIN: dict[str, Prompt] = {
     p.id: p
     for p in (
@@ -120,6 +180,14 @@ BUILTIN: dict[str, Prompt] = {
         Prompt("cirevl-structural", _STRUCTURAL),
         Prompt("cirevl-structural-fashion", _STRUCTURAL_FASHION),
         Prompt("ldre-divergent", _DIVERGENT, system=_DIVERGENT_SYSTEM),
+        Prompt("xr-caption", _XR_CAPTION),
+        Prompt("xr-imagine-text", _XR_IMAGINE_TEXT),
+        Prompt("xr-imagine-visual", _XR_IMAGINE_VISUAL),
+        Prompt("xr-rewrite", _XR_REWRITE),
+        Prompt("xr-questions", _XR_QUESTIONS),
+        Prompt("xr-verify", _XR_VERIFY),
+        Prompt("xr-judge", _XR_JUDGE),
+        Prompt("xr-pairwise", _XR_PAIRWISE),
     )
 }
 """caption-none is the empty prompt: BLIP-2 captions the image unprompted (LDRE's dense captions)."""
