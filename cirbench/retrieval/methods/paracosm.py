@@ -348,7 +348,7 @@ class Paracosm(TextQueryMethod):
         """gallery id -> its synthetic twin, for the items `shard` owns (description, then rendering).
 
         Both stages are keyed by the gallery item's id, so a shard's chain needs nothing from other shards;
-        `cirbench methods generate --shard i/n` runs one shard, a later eval reuses every image."""
+        each shard runs on its own machine (`Shard.parse('i/n')`), a later eval reuses every image."""
         reports = reports if reports is not None else {}
         rows = {it.id: (it.content_key(), _image_source(it)) for it in task.corpus}
         drep = reports.setdefault("gallery_desc", StageReport("gallery_desc", ""))
