@@ -288,20 +288,24 @@ class TextQueryMethod:
     def base_record(self, ctx: Context) -> dict[str, Any]:
         return {"seeds": {"base_seed": ctx.seed, "rule": SEED_RULE}, "libraries": library_versions()}
 
-    def finish_cost(self, task: Task, ctx: Context, reports: Mapping[str, StageReport]) -> None:
-        """Per-query and per-gallery-item means of what was spent, beside the stage totals."""
+    def finish_cost(self, task: Task, ctx: Context, reports: Mapping[str, StageReport],
+                    gallery_stages: Sequence[str] = ("encode_gallery",)) -> None:
+        """Per-query and per-gallery-item means of what was spent, beside the stage totals.
+
+        `gallery_stages` are charged to the gallery items (Paracosm's descriptions and synthetic images),
+        every other stage to the queries."""
         self.encoding["artifacts"] = {s: r.record() for s, r in reports.items()}
         nq, ng = max(1, len(task.queries)), max(1, len(task.corpus))
         per_q: dict[str, float] = {}
+        per_g: dict[str, float] = {}
         for stage, counters in ctx.cost.stages.items():
-            if stage in ("encode_gallery", "per_query", "per_gallery_item"):
+            if stage in ("per_query", "per_gallery_item"):
                 continue
+            into, n = (per_g, ng) if stage in gallery_stages else (per_q, nq)
             for k, v in counters.items():
-                per_q[k] = per_q.get(k, 0.0) + v / nq
+                into[k] = into.get(k, 0.0) + v / n
         ctx.cost.stages["per_query"] = per_q
-        ctx.cost.stages["per_gallery_item"] = {
-            k: v / ng for k, v in ctx.cost.stages.get("encode_gallery", {}).items()
-        }
+        ctx.cost.stages["per_gallery_item"] = per_g
 
 
 __all__ = [

@@ -291,6 +291,55 @@ def build_captioner(
     )
 
 
+DIFFUSION_KEYS = ("model", "revision", "dtype", "variant", "size", "call")
+
+
+def _diffusion_options(cfg: Mapping[str, Any], where: str, what: str, default: str) -> dict[str, Any]:
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"{where}: {what} is a mapping with a 'model' key, not {type(cfg).__name__}")
+    from cirbench.core.options import did_you_mean
+
+    for k in cfg:
+        if k not in DIFFUSION_KEYS:
+            raise ValueError(f"{where}.{k}: unknown {what} option{did_you_mean(str(k), DIFFUSION_KEYS)}; "
+                             f"known: {', '.join(DIFFUSION_KEYS)}")
+    call = cfg.get("call") or {}
+    if not isinstance(call, Mapping):
+        raise ValueError(f"{where}.call: the pipeline's call arguments must be a mapping")
+    try:
+        size = int(cfg.get("size", 512))
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}.size: {cfg.get('size')!r} is not a whole number of pixels") from None
+    if size < 8:
+        raise ValueError(f"{where}.size: {size} px is too small")
+    return {"model": str(cfg.get("model") or default), "revision": cfg.get("revision"),
+            "dtype": str(cfg.get("dtype", "auto")), "variant": cfg.get("variant"), "size": size,
+            "call": dict(call)}
+
+
+def build_editor(cfg: Mapping[str, Any], where: str, *, device: str = "cpu") -> tuple[Any, int]:
+    """`{model: ID_OR_DIR_OR_SHORT_NAME[, revision, dtype, size, call]}` -> (a diffusers editor, edit size).
+
+    Short names: qwen-image-edit (the default), flux-kontext, instruct-pix2pix. One image per call, so a
+    batch can never change an edit."""
+    from cirbench.models.diffusion import DEFAULT_EDITOR, EDITOR_IDS, DiffusersEditor
+
+    o = _diffusion_options(cfg, where, "an editor", DEFAULT_EDITOR)
+    model = EDITOR_IDS.get(o["model"], o["model"])
+    editor = DiffusersEditor(model, revision=o["revision"], device=device, dtype=o["dtype"], batch_size=1,
+                             call=o["call"], variant=o["variant"])
+    return editor, int(o["size"])
+
+
+def build_t2i(cfg: Mapping[str, Any], where: str, *, device: str = "cpu") -> Any:
+    """`{model: ID_OR_DIR[, revision, dtype, size, call]}` -> a diffusers text-to-image generator."""
+    from cirbench.models.diffusion import DEFAULT_T2I, DiffusersTextToImage
+
+    o = _diffusion_options(cfg, where, "a text-to-image generator", DEFAULT_T2I)
+    return DiffusersTextToImage(o["model"], size=o["size"], revision=o["revision"], device=device,
+                                dtype=o["dtype"], batch_size=1, call=o["call"], variant=o["variant"])
+
+
 def library_versions() -> dict[str, str]:
     """The libraries a method's outputs depend on beyond its components' weights (reproducibility record)."""
     import importlib.metadata as md
@@ -312,7 +361,9 @@ __all__ = [
     "Decoding",
     "LMMCaptioner",
     "build_captioner",
+    "build_editor",
     "build_lmm",
+    "build_t2i",
     "library_versions",
     "usage",
 ]

@@ -43,8 +43,13 @@ SECTIONS = (
 )
 COMPONENTS = ("encoder", "encoder_options", "captioner", "rewriter")
 XR_COMPONENTS = ("encoder", "encoder_options", "captioner", "reasoner", "verifier", "judge", "evaluator")
-STAGES = ("caption", "rewrite", "imagine_text", "imagine_visual", "questions", "verify", "judge", "pairwise")
-IMPORTS = ("captions", "rewrites")
+PARACOSM_COMPONENTS = ("encoder", "encoder_options", "editor", "t2i", "describer", "writer")
+PARACOSM_STAGES = ("edit", "describe_query", "describe_gallery", "circo_text")
+STAGES: tuple[str, ...] = (
+    "caption", "rewrite", "imagine_text", "imagine_visual", "questions", "verify", "judge", "pairwise",
+    *PARACOSM_STAGES,
+)
+IMPORTS: tuple[str, ...] = ("captions", "rewrites", "circo_text")
 
 
 class MethodConfigError(ValueError):
@@ -371,6 +376,63 @@ def _build_xr(cfg: MethodConfig, device: str) -> Retriever:
     )
 
 
+def _build_paracosm(cfg: MethodConfig, device: str) -> Retriever:
+    from cirbench.models.registry import get_model
+    from cirbench.retrieval.methods.components import build_editor, build_t2i
+    from cirbench.retrieval.methods.images import ImageFormat
+    from cirbench.retrieval.methods.paracosm import DEFAULT_EDIT_PROMPTS, Paracosm
+
+    opts = _options(cfg, {"lam": float, "beta": float, "circo_text": str, "seed_policy": str,
+                          "image_format": str, "image_quality": int})
+    comps = cfg.section("components")
+    for key in comps:
+        if key not in PARACOSM_COMPONENTS:
+            raise MethodConfigError(
+                f"{cfg.where}: components.{key}: unknown component of paracosm"
+                f"{did_you_mean(str(key), PARACOSM_COMPONENTS)}; known: {', '.join(PARACOSM_COMPONENTS)}"
+            )
+    encoder = comps.get("encoder")
+    if not isinstance(encoder, str) or not encoder:
+        raise MethodConfigError(
+            f"{cfg.where}: components.encoder must name a cirbench model (cirbench models)"
+        )
+    for need in ("editor", "t2i", "describer"):
+        if comps.get(need) is None:
+            raise MethodConfigError(f"{cfg.where}: components.{need} is required by paracosm")
+    eopts = dict(comps.get("encoder_options") or {})
+    if device != "cpu":
+        eopts.setdefault("device", device)
+    editor, size = build_editor(comps["editor"], f"{cfg.where}: components.editor", device=device)
+    writer = comps.get("writer")
+    fmt = ImageFormat(str(opts.pop("image_format", "png")), int(opts.pop("image_quality", 95)))
+    imports = _imports(cfg)
+    if set(imports) - {"circo_text"}:
+        raise MethodConfigError(f"{cfg.where}: imports: paracosm imports only circo_text")
+    return Paracosm(
+        clip=get_model(encoder, allow_plugins=False, **eopts),  # never the config's code
+        editor=editor,
+        edit_size=size,
+        t2i=build_t2i(comps["t2i"], f"{cfg.where}: components.t2i", device=device),
+        describer=build_captioner(comps["describer"], f"{cfg.where}: components.describer", device=device,
+                                  base=cfg.base),
+        writer=None if writer is None else build_lmm(
+            writer, f"{cfg.where}: components.writer", base=cfg.base
+        ),
+        artifacts_dir=_artifacts_dir(cfg),
+        name=cfg.name,
+        edit_prompts=_prompt_map(cfg, "edit", DEFAULT_EDIT_PROMPTS),
+        describe_query_prompt=_prompt(cfg, "describe_query", "paracosm-describe-short"),
+        describe_gallery_prompt=_prompt(cfg, "describe_gallery", "paracosm-describe-detailed"),
+        circo_text_prompt=_prompt(cfg, "circo_text", "paracosm-circo-text"),
+        describe_query_decoding=_decoding(cfg, "describe_query", Decoding(max_tokens=256)),
+        describe_gallery_decoding=_decoding(cfg, "describe_gallery", Decoding(max_tokens=256)),
+        circo_text_decoding=_decoding(cfg, "circo_text", Decoding(max_tokens=256)),
+        image_format=fmt,
+        imported_circo_text=imports.get("circo_text"),
+        **opts,
+    )
+
+
 def _xr_cost(cfg: MethodConfig) -> dict[str, str]:
     opts = cfg.section("options")
     stages = _stage_list(opts.get("stages", "s1,s2"))
@@ -387,6 +449,12 @@ def _xr_cost(cfg: MethodConfig) -> dict[str, str]:
         "per_query": per + " + 1 reference caption when it is not a gallery image + ~5 text encodes",
         "per_gallery_item": "1 MLLM caption + 1 image encode + 1 caption text encode",
     }
+
+
+def _diffusion_steps(cfg: MethodConfig, comp: str, default: int) -> int:
+    section = cfg.section("components").get(comp) or {}
+    call = section.get("call") if isinstance(section, dict) else None
+    return int((call or {}).get("num_inference_steps", default))
 
 
 @dataclass(frozen=True)
@@ -423,6 +491,16 @@ METHOD_KINDS: dict[str, MethodKind] = {
         _build_xr,
         "MLLM gallery captions; LLM imaginations -> hybrid similarity -> RRF; yes/no question agents",
         _xr_cost,
+    ),
+    "paracosm": MethodKind(
+        _build_paracosm,
+        "image edit -> mental image + its VLM description vs real + synthetic (text-to-image) gallery",
+        lambda cfg: {
+            "per_query": f"1 image edit ({_diffusion_steps(cfg, 'editor', 50)} diffusion steps) + 1 VLM "
+            "description + 1 image encode + 2 text encodes (3 on FashionIQ; +1 LMM call on CIRCO)",
+            "per_gallery_item": f"1 VLM description + 1 text-to-image ({_diffusion_steps(cfg, 't2i', 50)} "
+            "diffusion steps) + 2 image encodes",
+        },
     ),
 }
 

@@ -192,6 +192,49 @@ BUILTIN: dict[str, Prompt] = {
 }
 """caption-none is the empty prompt: BLIP-2 captions the image unprompted (LDRE's dense captions)."""
 
+# Paracosm (methods.md §1): image-edit prompts are templates with {instruction} and {shared_concept} fields
+# (filled by `render`); the description prompts ask for a short content-only sentence (query side) and a
+# thorough description (gallery side, the text-to-image prompt). cirbench's own wording of the structure.
+_PARACOSM = (
+    Prompt(
+        "paracosm-edit",
+        "Edit this image as the instruction says, and keep everything the instruction does not mention "
+        "unchanged. Instruction: {instruction}",
+    ),
+    Prompt(
+        "paracosm-edit-shared",
+        "Edit this image as the instruction says: {instruction}. Whatever changes, the edited image must "
+        "still clearly show {shared_concept}.",
+    ),
+    Prompt(
+        "paracosm-describe-short",
+        "Say in one short, plain sentence what this image shows. Name only its content: leave out style, "
+        "lighting, mood and anything you are unsure of. Answer with the sentence only.",
+    ),
+    Prompt(
+        "paracosm-describe-detailed",
+        "Describe this image thoroughly and accurately. Cover every visible object with its attributes "
+        "(colour, size, material, number), where each one is, what it is doing, and the background and "
+        "setting. Answer with the description only.",
+    ),
+    Prompt(
+        "paracosm-circo-text",
+        "A search combines a reference photo with a requested change. Write one short sentence describing "
+        "the photo being searched for: it shows {shared_concept} and satisfies the change \"{instruction}\". "
+        "Answer with the sentence only.",
+    ),
+)
+BUILTIN.update({p.id: p for p in _PARACOSM})
+
+
+def render(prompt: Prompt, **fields: str) -> str:
+    """A template prompt with its `{name}` fields filled in literally, in one pass (no format
+    mini-language, and text from a dataset is never expanded again)."""
+    import re
+
+    return re.sub(r"\{(\w+)\}", lambda m: fields.get(m.group(1), m.group(0)), prompt.text)
+
+
 
 def get_prompt(prompt_id: str, where: str) -> Prompt:
     from cirbench.core.options import did_you_mean
@@ -230,4 +273,4 @@ def select(spec: str | Mapping[str, str], task_name: str, where: str) -> Prompt:
     raise ValueError(f"{where}: no prompt for task {task_name!r} and no 'default' (given: {', '.join(spec)})")
 
 
-__all__ = ["BUILTIN", "Prompt", "get_prompt", "prompt_from_file", "select"]
+__all__ = ["BUILTIN", "Prompt", "get_prompt", "prompt_from_file", "render", "select"]
