@@ -41,8 +41,8 @@ SECTIONS = (
     "imports",
     "artifacts_dir",
 )
-COMPONENTS = ("encoder", "encoder_options", "captioner", "rewriter")
-STAGES = ("caption", "rewrite")
+COMPONENTS = ("encoder", "encoder_options", "captioner", "rewriter", "mapper")
+STAGES = ("caption", "rewrite", "template")
 IMPORTS = ("captions", "rewrites")
 
 
@@ -266,6 +266,10 @@ def _components(cfg: MethodConfig, device: str) -> dict[str, Any]:
         )
     if comps.get("rewriter") is not None:
         out["rewriter"] = build_lmm(comps["rewriter"], f"{cfg.where}: components.rewriter", base=cfg.base)
+    if comps.get("mapper") is not None:
+        from cirbench.retrieval.methods.token_mapper import build_mapper
+
+        out["mapper"] = build_mapper(comps["mapper"], f"{cfg.where}: components.mapper", base=cfg.base)
     return out
 
 
@@ -327,6 +331,25 @@ def _build_ldre(cfg: MethodConfig, device: str) -> Retriever:
     )
 
 
+def _build_textual_inversion(cfg: MethodConfig, device: str) -> Retriever:
+    from cirbench.retrieval.methods.textual_inversion import DEFAULT_TEMPLATES, TextualInversion
+
+    _options(cfg, {})
+    comps = _components(cfg, device)
+    for key in ("captioner", "rewriter"):
+        if key in comps:
+            raise MethodConfigError(f"{cfg.where}: components.{key}: textual-inversion uses no {key}")
+    if "mapper" not in comps:
+        raise MethodConfigError(f"{cfg.where}: components.mapper: textual-inversion needs a token mapper "
+                                "({kind: pic2word|searle|lincir, weights: FILE})")
+    return TextualInversion(
+        **comps,
+        artifacts_dir=_artifacts_dir(cfg),
+        name=cfg.name,
+        templates=_prompt_map(cfg, "template", DEFAULT_TEMPLATES),
+    )
+
+
 @dataclass(frozen=True)
 class MethodKind:
     build: Callable[[MethodConfig, str], Retriever]
@@ -354,6 +377,14 @@ METHOD_KINDS: dict[str, MethodKind] = {
             "per_query": f"{_n(cfg, 'caption', 15)} captions + {_n(cfg, 'caption', 15)} "
             f"LMM calls + {_n(cfg, 'caption', 15)} text encodes (x2 for "
             "the adaptive ensemble)",
+            "per_gallery_item": "1 image encode",
+        },
+    ),
+    "textual-inversion": MethodKind(
+        _build_textual_inversion,
+        "reference image -> mapping net -> pseudo-token in a template -> CLIP text vs gallery images",
+        lambda cfg: {
+            "per_query": "1 image encode + 1 mapper pass + 1 text encode (2 for FashionIQ both-orders)",
             "per_gallery_item": "1 image encode",
         },
     ),

@@ -120,9 +120,14 @@ BUILTIN: dict[str, Prompt] = {
         Prompt("cirevl-structural", _STRUCTURAL),
         Prompt("cirevl-structural-fashion", _STRUCTURAL_FASHION),
         Prompt("ldre-divergent", _DIVERGENT, system=_DIVERGENT_SYSTEM),
+        Prompt("ti-searle", "a photo of $ that {text}"),
+        Prompt("ti-pic2word", "a photo of * , {text}"),
     )
 }
-"""caption-none is the empty prompt: BLIP-2 captions the image unprompted (LDRE's dense captions)."""
+"""caption-none is the empty prompt: BLIP-2 captions the image unprompted (LDRE's dense captions).
+The ti-* entries are the textual-inversion query templates (the query itself, not an instruction to a model):
+SEARLE's / LinCIR's and Pic2Word's as their evaluation code builds them (methods.md §6), `$` and `*` being
+the pseudo-token's placeholder."""
 
 
 def get_prompt(prompt_id: str, where: str) -> Prompt:
