@@ -42,7 +42,7 @@ SECTIONS = (
     "artifacts_dir",
 )
 COMPONENTS = ("encoder", "encoder_options", "captioner", "rewriter", "mapper")
-STAGES = ("caption", "rewrite", "template")
+STAGES = ("caption", "rewrite", "template", "added")
 IMPORTS = ("captions", "rewrites")
 
 
@@ -273,7 +273,7 @@ def _components(cfg: MethodConfig, device: str) -> dict[str, Any]:
     return out
 
 
-def _options(cfg: MethodConfig, known: Mapping[str, type]) -> dict[str, Any]:
+def _options(cfg: MethodConfig, known: Mapping[str, Callable[[Any], Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in cfg.section("options").items():
         if k not in known:
@@ -350,6 +350,30 @@ def _build_textual_inversion(cfg: MethodConfig, device: str) -> Retriever:
     )
 
 
+def _build_cvsi(cfg: MethodConfig, device: str) -> Retriever:
+    from cirbench.retrieval.methods.cirevl import DEFAULT_REWRITE_PROMPTS
+    from cirbench.retrieval.methods.cvsi import ALPHA, BETA, CVSI, GAMMA, per_task
+
+    opts = _options(cfg, {"alpha": per_task, "beta": per_task, "gamma": per_task, "caption_mean": str,
+                          "rewrite_reply": str})
+    for key, default in (("alpha", ALPHA), ("beta", BETA), ("gamma", GAMMA)):
+        if key in opts and set(opts[key]) != {"default"}:  # a per-task table refines the released one
+            opts[key] = {**default, **opts[key]}
+    return CVSI(
+        **_components(cfg, device),
+        artifacts_dir=_artifacts_dir(cfg),
+        name=cfg.name,
+        caption_prompt=_prompt(cfg, "caption", "caption-none"),
+        rewrite_prompts=_prompt_map(cfg, "rewrite", DEFAULT_REWRITE_PROMPTS),
+        added_prompt=_prompt(cfg, "added", "cvsi-added-objects"),
+        templates=_prompt_map(cfg, "template", {"default": "ti-cvsi"}),
+        caption_decoding=_decoding(cfg, "caption", Decoding(max_tokens=30, top_p=0.9, num_beams=15, n=15)),
+        rewrite_decoding=_decoding(cfg, "rewrite", Decoding(max_tokens=700)),
+        added_decoding=_decoding(cfg, "added", Decoding(max_tokens=60)),
+        **opts,
+    )
+
+
 @dataclass(frozen=True)
 class MethodKind:
     build: Callable[[MethodConfig, str], Retriever]
@@ -378,6 +402,16 @@ METHOD_KINDS: dict[str, MethodKind] = {
             f"LMM calls + {_n(cfg, 'caption', 15)} text encodes (x2 for "
             "the adaptive ensemble)",
             "per_gallery_item": "1 image encode",
+        },
+    ),
+    "cvsi": MethodKind(
+        _build_cvsi,
+        "n captions -> LLM rewrite + added objects; pseudo-token query; gallery captions; weighted fusion",
+        lambda cfg: {
+            "per_query": f"{_n(cfg, 'caption', 15)} captions + 2 LMM calls + 2 image encodes (1 raw for the "
+            "mapper, 1 unit) + 1 mapper pass + 2 text encodes (3 for FashionIQ both-orders)",
+            "per_gallery_item": f"1 image encode + {_n(cfg, 'caption', 15)} captions + "
+            f"{_n(cfg, 'caption', 15)} text encodes",
         },
     ),
     "textual-inversion": MethodKind(
