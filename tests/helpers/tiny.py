@@ -129,6 +129,50 @@ def build_tiny_clip(out_dir: str | os.PathLike[str], *, image_size: int = 32, hi
     return out
 
 
+def real_clip_tokenizer(model_max_length: int = 77) -> Any:
+    """The real 49,408-token OpenAI CLIP BPE, built offline from the merges file the open_clip wheel ships
+    (/work/shared/offline recipe): token ids equal open_clip's and openai/clip-vit-*'s."""
+    import gzip
+
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    from transformers import CLIPTokenizer
+
+    with gzip.open(default_bpe()) as f:
+        lines = f.read().decode("utf-8").split("\n")[1: 49152 - 256 - 2 + 1]
+    merges = [tuple(m.split()) for m in lines]
+    vocab = list(bytes_to_unicode().values())
+    vocab += [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={v: i for i, v in enumerate(vocab)}, merges=merges,
+                         model_max_length=model_max_length)
+
+
+def build_tiny_clip_realtok(out_dir: str | os.PathLike[str], *, image_size: int = 32, hidden: int = 32,
+                            layers: int = 2, projection_dim: int = 16, seed: int = 0) -> Path:
+    """A random transformers CLIPModel (tiny towers) with the real CLIP BPE tokenizer, so placeholder ids
+    ('$' = 259, '*' = 265) are the real ones. About 7 MB (the 49,408-row token embedding)."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = real_clip_tokenizer(77)
+    improc = _image_processor("CLIPImageProcessor", size={"shortest_edge": image_size},
+                              crop_size={"height": image_size, "width": image_size})
+    CLIPProcessor(image_processor=improc, tokenizer=tok).save_pretrained(out)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=37,
+                         num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=77,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id),
+        vision_config=dict(image_size=image_size, patch_size=8, hidden_size=hidden, intermediate_size=37,
+                           num_hidden_layers=layers, num_attention_heads=4),
+        projection_dim=projection_dim,
+    )
+    torch.manual_seed(seed)
+    CLIPModel(cfg).eval().save_pretrained(out)
+    return out
+
+
 def build_tiny_siglip(out_dir: str | os.PathLike[str], *, image_size: int = 32, hidden: int = 32,
                       layers: int = 2, max_length: int = 16, seed: int = 0) -> Path:
     """A random SiglipModel + SiglipProcessor. SiglipTokenizer needs sentencepiece, so a byte-level BPE
@@ -643,4 +687,45 @@ def build_tiny_blip2_opt(out_dir: str | os.PathLike[str], *, image_size: int = 3
                 m.weight.normal_(1.0, 0.1)
                 m.bias.normal_(0.0, 0.1)
     model.save_pretrained(out)
+    return out
+
+
+def build_tiny_phi(path: str | os.PathLike[str], *, in_dim: int = 16, out_dim: int = 32, seed: int = 0,
+                   key: str = "Phi") -> Path:
+    """A random SEARLE / LinCIR Phi (Linear(d, 4d) -> GELU -> Dropout -> Linear(4d, 4d) -> GELU -> Dropout ->
+    Linear(4d, w)) saved as released: torch.save({'Phi': state_dict}) with keys layers.{0,3,6}.*"""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    hidden = 4 * in_dim
+
+    def lin(o: int, i: int) -> tuple[Any, Any]:
+        return torch.randn(o, i, generator=g) * 0.3, torch.randn(o, generator=g) * 0.1
+
+    state: dict[str, Any] = {}
+    for idx, (o, i) in zip((0, 3, 6), ((hidden, in_dim), (hidden, hidden), (out_dim, hidden)), strict=True):
+        state[f"layers.{idx}.weight"], state[f"layers.{idx}.bias"] = lin(o, i)
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({key: state, "epoch": 20}, out)
+    return out
+
+
+def build_tiny_pic2word(path: str | os.PathLike[str], *, in_dim: int = 16, middle: int = 8, out_dim: int = 32,
+                        seed: int = 0) -> Path:
+    """A random Pic2Word IM2TEXT saved as released: {'state_dict_img2text': {'module.layers.0.0.weight',
+    ..., 'module.fc_out.bias'}, 'state_dict': {...}} (the CLIP's own state dict beside it)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    state: dict[str, Any] = {}
+    for i, d in enumerate((in_dim, middle)):
+        state[f"module.layers.{i}.0.weight"] = torch.randn(middle, d, generator=g) * 0.3
+        state[f"module.layers.{i}.0.bias"] = torch.randn(middle, generator=g) * 0.1
+    state["module.fc_out.weight"] = torch.randn(out_dim, middle, generator=g) * 0.3
+    state["module.fc_out.bias"] = torch.randn(out_dim, generator=g) * 0.1
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict_img2text": state, "state_dict": {"module.logit_scale": torch.tensor(4.6)},
+                "epoch": 30}, out)
     return out

@@ -160,6 +160,22 @@ def caption_stage(
         ref = q.reference_id or q.id
         ref_of[q.id] = ref
         by_ref.setdefault(ref, Item(ref, image=q.item.image))
+    got = caption_images(by_ref, captioner, prompt, decoding, store, ctx, stage=stage, reports=reports)
+    return {qid: got[ref] for qid, ref in ref_of.items()}
+
+
+def caption_images(
+    images: Mapping[str, Item],
+    captioner: Captioner,
+    prompt: Prompt,
+    decoding: Decoding,
+    store: ArtifactStore,
+    ctx: Context,
+    *,
+    stage: str,
+    reports: dict[str, StageReport],
+) -> dict[str, list[str]]:
+    """image id -> `decoding.n` captions (reference images of the queries, or gallery items: CVSI)."""
     spec = ArtifactSpec(stage, artifact_component(captioner.fingerprint()), prompt.sha256, decoding.record(),
                         ctx.seed)
     report = reports.setdefault(stage, StageReport(stage, spec.namespace))
@@ -168,7 +184,7 @@ def caption_stage(
         before = usage(captioner)
         with ctx.cost.timed(stage):
             caps = captioner.caption(
-                [image_bytes(by_ref[j.id]) for j in jobs], prompt.text, decoding, [j.seed for j in jobs]
+                [image_bytes(images[j.id]) for j in jobs], prompt.text, decoding, [j.seed for j in jobs]
             )
         report.generated += len(jobs)
         _charge(
@@ -182,10 +198,10 @@ def caption_stage(
         return caps
 
     got = store.generate(
-        spec, [(ref, it.content_key()) for ref, it in by_ref.items()], make, batch_size=ctx.batch_size
+        spec, [(i, it.content_key()) for i, it in images.items()], make, batch_size=ctx.batch_size
     )
     report.items += len(got)
-    return {qid: [str(c) for c in got[ref]] for qid, ref in ref_of.items()}
+    return {i: [str(c) for c in got[i]] for i in images}
 
 
 def rewrite_stage(
@@ -198,11 +214,13 @@ def rewrite_stage(
     *,
     stage: str,
     reports: dict[str, StageReport],
+    parse: bool = True,
 ) -> dict[str, str]:
     """(item id, caption, instruction) rows -> edited description per item id.
 
     As in the released CIReVL code, a reply without an 'Edited Description:' line falls back to the raw
-    instruction (counted as `parse_fallbacks`)."""
+    instruction (counted as `parse_fallbacks`). With `parse=False` the whole reply (whitespace collapsed) is
+    the artifact (CVSI's released code keeps the reply as it is)."""
     spec = ArtifactSpec(stage, artifact_component(lmm.fingerprint()), prompt.sha256, decoding.record(),
                         ctx.seed)
     report = reports.setdefault(stage, StageReport(stage, spec.namespace))
@@ -224,7 +242,7 @@ def rewrite_stage(
         for reply, job in zip(replies, jobs, strict=True):
             if isinstance(reply, LMMError):
                 raise LMMError(f"{stage} of {job.id!r}: {reply}", transient=reply.transient)
-            edited = parse_edited(reply)
+            edited = parse_edited(reply) if parse else (" ".join(reply.split()) or None)
             if edited is None:
                 ctx.cost.add(stage, parse_fallbacks=1)
                 edited = by_id[job.id][2]
@@ -269,12 +287,14 @@ class TextQueryMethod:
             )
         return task
 
-    def text_vectors(self, texts: Sequence[str], ctx: Context, label: str) -> np.ndarray:
+    def text_vectors(
+        self, texts: Sequence[str], ctx: Context, label: str, stage: str = "encode_text"
+    ) -> np.ndarray:
         """Unit text features (embedding cache as a dense eval's query side, no instruction)."""
         items = [Item(hashlib.sha256(t.encode()).hexdigest()[:16], text=t) for t in texts]
-        with ctx.cost.timed("encode_text"):
+        with ctx.cost.timed(stage):
             vecs, stats = encode(self.clip, items, "query", None, ctx, label)
-        ctx.cost.add("encode_text", text_encodes=int(stats.get("encoded", len(items))))
+        ctx.cost.add(stage, text_encodes=int(stats.get("encoded", len(items))))
         return vecs
 
     def gallery_vectors(self, task: Task, ctx: Context) -> np.ndarray:
@@ -313,6 +333,7 @@ __all__ = [
     "SEED_RULE",
     "StageReport",
     "TextQueryMethod",
+    "caption_images",
     "caption_stage",
     "image_bytes",
     "lmm_record",

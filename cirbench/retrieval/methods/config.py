@@ -41,12 +41,13 @@ SECTIONS = (
     "imports",
     "artifacts_dir",
 )
-COMPONENTS = ("encoder", "encoder_options", "captioner", "rewriter")
+COMPONENTS = ("encoder", "encoder_options", "captioner", "rewriter", "mapper")
 XR_COMPONENTS = ("encoder", "encoder_options", "captioner", "reasoner", "verifier", "judge", "evaluator")
 PARACOSM_COMPONENTS = ("encoder", "encoder_options", "editor", "t2i", "describer", "writer")
 PARACOSM_STAGES = ("edit", "describe_query", "describe_gallery", "circo_text")
 STAGES: tuple[str, ...] = (
-    "caption", "rewrite", "imagine_text", "imagine_visual", "questions", "verify", "judge", "pairwise",
+    "caption", "rewrite", "template", "added",
+    "imagine_text", "imagine_visual", "questions", "verify", "judge", "pairwise",
     *PARACOSM_STAGES,
 )
 IMPORTS: tuple[str, ...] = ("captions", "rewrites", "circo_text")
@@ -274,9 +275,13 @@ def _components(
             comps["captioner"], f"{cfg.where}: components.captioner", device=device, base=cfg.base
         )
     for role in known:
-        if role in ("encoder", "encoder_options", "captioner") or comps.get(role) is None:
+        if role in ("encoder", "encoder_options", "captioner", "mapper") or comps.get(role) is None:
             continue
         out[role] = build_lmm(comps[role], f"{cfg.where}: components.{role}", base=cfg.base)
+    if comps.get("mapper") is not None:
+        from cirbench.retrieval.methods.token_mapper import build_mapper
+
+        out["mapper"] = build_mapper(comps["mapper"], f"{cfg.where}: components.mapper", base=cfg.base)
     return out
 
 
@@ -372,6 +377,49 @@ def _build_xr(cfg: MethodConfig, device: str) -> Retriever:
         name=cfg.name,
         prompts={s: _prompt(cfg, s, p) for s, p in PROMPT_STAGES.items()},
         decoding={s: _decoding(cfg, s, d) for s, d in DEFAULT_DECODING.items()},
+        **opts,
+    )
+
+
+def _build_textual_inversion(cfg: MethodConfig, device: str) -> Retriever:
+    from cirbench.retrieval.methods.textual_inversion import DEFAULT_TEMPLATES, TextualInversion
+
+    _options(cfg, {})
+    comps = _components(cfg, device)
+    for key in ("captioner", "rewriter"):
+        if key in comps:
+            raise MethodConfigError(f"{cfg.where}: components.{key}: textual-inversion uses no {key}")
+    if "mapper" not in comps:
+        raise MethodConfigError(f"{cfg.where}: components.mapper: textual-inversion needs a token mapper "
+                                "({kind: pic2word|searle|lincir, weights: FILE})")
+    return TextualInversion(
+        **comps,
+        artifacts_dir=_artifacts_dir(cfg),
+        name=cfg.name,
+        templates=_prompt_map(cfg, "template", DEFAULT_TEMPLATES),
+    )
+
+
+def _build_cvsi(cfg: MethodConfig, device: str) -> Retriever:
+    from cirbench.retrieval.methods.cirevl import DEFAULT_REWRITE_PROMPTS
+    from cirbench.retrieval.methods.cvsi import ALPHA, BETA, CVSI, GAMMA, per_task
+
+    opts = _options(cfg, {"alpha": per_task, "beta": per_task, "gamma": per_task, "caption_mean": str,
+                          "rewrite_reply": str})
+    for key, default in (("alpha", ALPHA), ("beta", BETA), ("gamma", GAMMA)):
+        if key in opts and set(opts[key]) != {"default"}:  # a per-task table refines the released one
+            opts[key] = {**default, **opts[key]}
+    return CVSI(
+        **_components(cfg, device),
+        artifacts_dir=_artifacts_dir(cfg),
+        name=cfg.name,
+        caption_prompt=_prompt(cfg, "caption", "caption-none"),
+        rewrite_prompts=_prompt_map(cfg, "rewrite", DEFAULT_REWRITE_PROMPTS),
+        added_prompt=_prompt(cfg, "added", "cvsi-added-objects"),
+        templates=_prompt_map(cfg, "template", {"default": "ti-cvsi"}),
+        caption_decoding=_decoding(cfg, "caption", Decoding(max_tokens=30, top_p=0.9, num_beams=15, n=15)),
+        rewrite_decoding=_decoding(cfg, "rewrite", Decoding(max_tokens=700)),
+        added_decoding=_decoding(cfg, "added", Decoding(max_tokens=60)),
         **opts,
     )
 
@@ -500,6 +548,24 @@ METHOD_KINDS: dict[str, MethodKind] = {
             "description + 1 image encode + 2 text encodes (3 on FashionIQ; +1 LMM call on CIRCO)",
             "per_gallery_item": f"1 VLM description + 1 text-to-image ({_diffusion_steps(cfg, 't2i', 50)} "
             "diffusion steps) + 2 image encodes",
+        },
+    ),
+    "cvsi": MethodKind(
+        _build_cvsi,
+        "n captions -> LLM rewrite + added objects; pseudo-token query; gallery captions; weighted fusion",
+        lambda cfg: {
+            "per_query": f"{_n(cfg, 'caption', 15)} captions + 2 LMM calls + 2 image encodes (1 raw for the "
+            "mapper, 1 unit) + 1 mapper pass + 2 text encodes (3 for FashionIQ both-orders)",
+            "per_gallery_item": f"1 image encode + {_n(cfg, 'caption', 15)} captions + "
+            f"{_n(cfg, 'caption', 15)} text encodes",
+        },
+    ),
+    "textual-inversion": MethodKind(
+        _build_textual_inversion,
+        "reference image -> mapping net -> pseudo-token in a template -> CLIP text vs gallery images",
+        lambda cfg: {
+            "per_query": "1 image encode + 1 mapper pass + 1 text encode (2 for FashionIQ both-orders)",
+            "per_gallery_item": "1 image encode",
         },
     ),
 }

@@ -106,6 +106,21 @@ _DIVERGENT = (
     "Edited Description: a green apple cut in half on a table"
 )
 
+_ADDED_OBJECTS = (
+    "You will get several short descriptions of one photo ('Image Content:') and an instruction saying how "
+    "the photo should change ('Instruction:'). Name the things that the changed photo most likely shows "
+    "and the original does not: the objects, people or animals the instruction brings in, with a colour or "
+    "number when the instruction gives one. Answer with one short noun phrase only, no sentence and no "
+    "explanation; if nothing new appears, name the main subject after the change.\n"
+    "Examples:\n"
+    "Image Content: a cat sleeping on a bed, a grey cat on a white blanket\n"
+    "Instruction: a dog joins it and there is a lamp on\n"
+    "Answer: a dog and a lit lamp\n"
+    "Image Content: an empty street at night, a road with street lights\n"
+    "Instruction: two red cars are driving on it\n"
+    "Answer: two red cars"
+)
+
 _CAPTION_DETAILED = (
     "Write one complete, detailed description of this image. Mention every object you can see, its colour, "
     "its position and what it is doing. Answer with the description only."
@@ -188,9 +203,16 @@ BUILTIN: dict[str, Prompt] = {
         Prompt("xr-verify", _XR_VERIFY),
         Prompt("xr-judge", _XR_JUDGE),
         Prompt("xr-pairwise", _XR_PAIRWISE),
+        Prompt("ti-searle", "a photo of $ that {text}"),
+        Prompt("ti-pic2word", "a photo of * , {text}"),
+        Prompt("cvsi-added-objects", _ADDED_OBJECTS),
+        Prompt("ti-cvsi", "a photo of $ that {text}. And the photo should have {added}."),
     )
 }
-"""caption-none is the empty prompt: BLIP-2 captions the image unprompted (LDRE's dense captions)."""
+"""caption-none is the empty prompt: BLIP-2 captions the image unprompted (LDRE's dense captions).
+The ti-* entries are the textual-inversion query templates (the query itself, not an instruction to a model):
+SEARLE's / LinCIR's and Pic2Word's as their evaluation code builds them (methods.md §6), and CVSI's with its
+added objects (methods.md §3.1), `$` and `*` being the pseudo-token's placeholder."""
 
 # Paracosm (methods.md §1): image-edit prompts are templates with {instruction} and {shared_concept} fields
 # (filled by `render`); the description prompts ask for a short content-only sentence (query side) and a
