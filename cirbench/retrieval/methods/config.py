@@ -41,9 +41,9 @@ SECTIONS = (
     "imports",
     "artifacts_dir",
 )
-COMPONENTS = ("encoder", "encoder_options", "captioner", "rewriter")
-STAGES = ("caption", "rewrite")
-IMPORTS = ("captions", "rewrites")
+COMPONENTS = ("encoder", "encoder_options", "captioner", "rewriter", "constrainer")
+STAGES = ("caption", "rewrite", "constraints")
+IMPORTS = ("captions", "rewrites", "constraints")
 
 
 class MethodConfigError(ValueError):
@@ -229,6 +229,13 @@ def _imports(cfg: MethodConfig) -> dict[str, ImportedArtifacts]:
         path = Path(str(spec["file"]))
         if not path.is_absolute():
             path = (cfg.base or Path.cwd()) / path
+        if stage == "constraints":  # SoFT's released files: the layouts the soft reranker reads
+            from cirbench.retrieval.rerank.soft import import_constraints
+
+            if spec.get("id_field") or spec.get("value_field"):
+                raise MethodConfigError(f"{where}: a constraints file takes no id_field / value_field")
+            out[stage] = import_constraints(path.parent, path.name, provenance=str(spec["provenance"]))
+            continue
         out[stage] = ImportedArtifacts.load(
             path.parent,
             path.name,
@@ -266,6 +273,12 @@ def _components(cfg: MethodConfig, device: str) -> dict[str, Any]:
         )
     if comps.get("rewriter") is not None:
         out["rewriter"] = build_lmm(comps["rewriter"], f"{cfg.where}: components.rewriter", base=cfg.base)
+    if comps.get("constrainer") is not None:
+        if cfg.kind != "soft":
+            raise MethodConfigError(f"{cfg.where}: components.constrainer: only the soft method takes one")
+        out["constrainer"] = build_lmm(
+            comps["constrainer"], f"{cfg.where}: components.constrainer", base=cfg.base
+        )
     return out
 
 
@@ -327,6 +340,47 @@ def _build_ldre(cfg: MethodConfig, device: str) -> Retriever:
     )
 
 
+def all_or_int(value: Any) -> int | None:
+    """'all' (None: the whole gallery) or an integer >= 1."""
+    if str(value).strip().lower() == "all":
+        return None
+    from cirbench.core.options import as_int
+
+    return as_int(value, "depth", low=1)
+
+
+def boolean(value: Any) -> bool:
+    from cirbench.core.options import as_bool
+
+    return as_bool(value, "option")
+
+
+def _build_soft(cfg: MethodConfig, device: str) -> Retriever:
+    from cirbench.retrieval.methods.cirevl import DEFAULT_REWRITE_PROMPTS
+    from cirbench.retrieval.methods.soft import SoFT
+
+    opts = _options(cfg, {"lambda": float, "mode": str, "depth": all_or_int, "filter_tasks": str,
+                          "allow_missing": boolean})
+    if "lambda" in opts:
+        opts["lam"] = opts.pop("lambda")
+    imports = _imports(cfg)
+    return SoFT(
+        **_components(cfg, device),
+        artifacts_dir=_artifacts_dir(cfg),
+        name=cfg.name,
+        caption_prompt=_prompt(cfg, "caption", "caption-detailed"),
+        rewrite_prompts=_prompt_map(cfg, "rewrite", DEFAULT_REWRITE_PROMPTS),
+        caption_decoding=_decoding(cfg, "caption", Decoding(max_tokens=60)),
+        rewrite_decoding=_decoding(cfg, "rewrite", Decoding(max_tokens=700)),
+        constraint_prompt=_prompt(cfg, "constraints", "soft-constraints"),
+        constraint_decoding=_decoding(cfg, "constraints", Decoding(max_tokens=512)),
+        imported_captions=imports.get("captions"),
+        imported_rewrites=imports.get("rewrites"),
+        imported_constraints=imports.get("constraints"),
+        **opts,
+    )
+
+
 @dataclass(frozen=True)
 class MethodKind:
     build: Callable[[MethodConfig, str], Retriever]
@@ -354,6 +408,15 @@ METHOD_KINDS: dict[str, MethodKind] = {
             "per_query": f"{_n(cfg, 'caption', 15)} captions + {_n(cfg, 'caption', 15)} "
             f"LMM calls + {_n(cfg, 'caption', 15)} text encodes (x2 for "
             "the adaptive ensemble)",
+            "per_gallery_item": "1 image encode",
+        },
+    ),
+    "soft": MethodKind(
+        _build_soft,
+        "CIReVL, then vision-LMM dual constraints and the soft filter over the top-K",
+        lambda cfg: {
+            "per_query": "1 caption + 2 LMM calls (1 rewrite, 1 vision constraint call) + 3 text encodes "
+            "+ the soft filter over the top-K",
             "per_gallery_item": "1 image encode",
         },
     ),
