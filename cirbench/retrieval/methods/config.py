@@ -41,16 +41,16 @@ SECTIONS = (
     "imports",
     "artifacts_dir",
 )
-COMPONENTS = ("encoder", "encoder_options", "captioner", "rewriter", "mapper")
+COMPONENTS = ("encoder", "encoder_options", "captioner", "rewriter", "mapper", "constrainer")
 XR_COMPONENTS = ("encoder", "encoder_options", "captioner", "reasoner", "verifier", "judge", "evaluator")
 PARACOSM_COMPONENTS = ("encoder", "encoder_options", "editor", "t2i", "describer", "writer")
 PARACOSM_STAGES = ("edit", "describe_query", "describe_gallery", "circo_text")
 STAGES: tuple[str, ...] = (
-    "caption", "rewrite", "template", "added",
+    "caption", "rewrite", "template", "added", "constraints",
     "imagine_text", "imagine_visual", "questions", "verify", "judge", "pairwise",
     *PARACOSM_STAGES,
 )
-IMPORTS: tuple[str, ...] = ("captions", "rewrites", "circo_text")
+IMPORTS: tuple[str, ...] = ("captions", "rewrites", "constraints", "circo_text")
 
 
 class MethodConfigError(ValueError):
@@ -236,6 +236,13 @@ def _imports(cfg: MethodConfig) -> dict[str, ImportedArtifacts]:
         path = Path(str(spec["file"]))
         if not path.is_absolute():
             path = (cfg.base or Path.cwd()) / path
+        if stage == "constraints":  # SoFT's released files: the layouts the soft reranker reads
+            from cirbench.retrieval.rerank.soft import import_constraints
+
+            if spec.get("id_field") or spec.get("value_field"):
+                raise MethodConfigError(f"{where}: a constraints file takes no id_field / value_field")
+            out[stage] = import_constraints(path.parent, path.name, provenance=str(spec["provenance"]))
+            continue
         out[stage] = ImportedArtifacts.load(
             path.parent,
             path.name,
@@ -274,6 +281,8 @@ def _components(
         out["captioner"] = build_captioner(
             comps["captioner"], f"{cfg.where}: components.captioner", device=device, base=cfg.base
         )
+    if comps.get("constrainer") is not None and cfg.kind != "soft":
+        raise MethodConfigError(f"{cfg.where}: components.constrainer: only the soft method takes one")
     for role in known:
         if role in ("encoder", "encoder_options", "captioner", "mapper") or comps.get(role) is None:
             continue
@@ -424,6 +433,47 @@ def _build_cvsi(cfg: MethodConfig, device: str) -> Retriever:
     )
 
 
+def all_or_int(value: Any) -> int | None:
+    """'all' (None: the whole gallery) or an integer >= 1."""
+    if str(value).strip().lower() == "all":
+        return None
+    from cirbench.core.options import as_int
+
+    return as_int(value, "depth", low=1)
+
+
+def boolean(value: Any) -> bool:
+    from cirbench.core.options import as_bool
+
+    return as_bool(value, "option")
+
+
+def _build_soft(cfg: MethodConfig, device: str) -> Retriever:
+    from cirbench.retrieval.methods.cirevl import DEFAULT_REWRITE_PROMPTS
+    from cirbench.retrieval.methods.soft import SoFT
+
+    opts = _options(cfg, {"lambda": float, "mode": str, "depth": all_or_int, "filter_tasks": str,
+                          "allow_missing": boolean})
+    if "lambda" in opts:
+        opts["lam"] = opts.pop("lambda")
+    imports = _imports(cfg)
+    return SoFT(
+        **_components(cfg, device),
+        artifacts_dir=_artifacts_dir(cfg),
+        name=cfg.name,
+        caption_prompt=_prompt(cfg, "caption", "caption-detailed"),
+        rewrite_prompts=_prompt_map(cfg, "rewrite", DEFAULT_REWRITE_PROMPTS),
+        caption_decoding=_decoding(cfg, "caption", Decoding(max_tokens=60)),
+        rewrite_decoding=_decoding(cfg, "rewrite", Decoding(max_tokens=700)),
+        constraint_prompt=_prompt(cfg, "constraints", "soft-constraints"),
+        constraint_decoding=_decoding(cfg, "constraints", Decoding(max_tokens=512)),
+        imported_captions=imports.get("captions"),
+        imported_rewrites=imports.get("rewrites"),
+        imported_constraints=imports.get("constraints"),
+        **opts,
+    )
+
+
 def _build_paracosm(cfg: MethodConfig, device: str) -> Retriever:
     from cirbench.models.registry import get_model
     from cirbench.retrieval.methods.components import build_editor, build_t2i
@@ -565,6 +615,15 @@ METHOD_KINDS: dict[str, MethodKind] = {
         "reference image -> mapping net -> pseudo-token in a template -> CLIP text vs gallery images",
         lambda cfg: {
             "per_query": "1 image encode + 1 mapper pass + 1 text encode (2 for FashionIQ both-orders)",
+            "per_gallery_item": "1 image encode",
+        },
+    ),
+    "soft": MethodKind(
+        _build_soft,
+        "CIReVL, then vision-LMM dual constraints and the soft filter over the top-K",
+        lambda cfg: {
+            "per_query": "1 caption + 2 LMM calls (1 rewrite, 1 vision constraint call) + 3 text encodes "
+            "+ the soft filter over the top-K",
             "per_gallery_item": "1 image encode",
         },
     ),

@@ -8,6 +8,10 @@ The rewrite prompts follow CIReVL's structure (methods.md §4.1): a preamble tha
 "Image Content: / Instruction: / Edited Description:" format, then rules and examples in one of three
 styles: short CIRR-style edits ("contextual"), one example per kind of change ("structural"), and the same
 for garments ("structural-fashion").
+
+`soft-constraints` follows SoFT's dual-constraint structure (methods.md §5.1): keep / add / remove lists, then
+a prescriptive and a proscriptive caption, as one JSON object; `{mod_text}` marks where the modification
+text goes and the reference image follows the text.
 """
 
 from __future__ import annotations
@@ -121,6 +125,30 @@ _ADDED_OBJECTS = (
     "Answer: two red cars"
 )
 
+_SOFT_CONSTRAINTS = (
+    "You help a composed image retrieval system. A user shows a reference image and writes a modification "
+    "text saying how the image they are looking for differs from it. Read both, sort the attributes, and "
+    "write two short search captions.\n"
+    "Step 1. Put attributes into three lists:\n"
+    "- keep: attributes of the reference image that the wanted image still has;\n"
+    "- add: attributes the wanted image must have that the reference image lacks;\n"
+    "- remove: attributes the reference image has that the modification text explicitly takes away.\n"
+    "Rules: an important noun stays in keep or add even when some of its attributes are removed; do not use "
+    "comparative or vague words (more, less, similar, same, different, ...) and never mention 'the "
+    "reference image'; list only what the image or the text clearly supports; do not derive remove from add; "
+    "a list may be empty.\n"
+    "Step 2. Write two captions:\n"
+    "- prescriptive_query: one short caption of what the wanted image shows (keep and add), on its own, "
+    "with comparisons turned into plain values using what the reference image looks like;\n"
+    "- proscriptive_query: one short caption, in positive words, of the reference image as it is, centred "
+    "on the remove attributes.\n"
+    "Answer with this JSON object only, no explanation:\n"
+    '{"attributes": {"keep": [...], "add": [...], "remove": [...]}, '
+    '"queries": {"prescriptive_query": "...", "proscriptive_query": "..."}}\n'
+    'Modification text: "{mod_text}"\n'
+    "Reference image:"
+)
+
 _CAPTION_DETAILED = (
     "Write one complete, detailed description of this image. Mention every object you can see, its colour, "
     "its position and what it is doing. Answer with the description only."
@@ -207,6 +235,7 @@ BUILTIN: dict[str, Prompt] = {
         Prompt("ti-pic2word", "a photo of * , {text}"),
         Prompt("cvsi-added-objects", _ADDED_OBJECTS),
         Prompt("ti-cvsi", "a photo of $ that {text}. And the photo should have {added}."),
+        Prompt("soft-constraints", _SOFT_CONSTRAINTS),
     )
 }
 """caption-none is the empty prompt: BLIP-2 captions the image unprompted (LDRE's dense captions).

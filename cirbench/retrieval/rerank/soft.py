@@ -37,6 +37,7 @@ from cirbench.retrieval.base import ComponentSpec, Context, Retriever, rerank_he
 if TYPE_CHECKING:
     from cirbench.core.cache import EmbeddingCache
     from cirbench.models.base import Encoder
+    from cirbench.retrieval.methods.artifacts import ImportedArtifacts
 
 MODES = ("soft", "reward", "penalty", "penalty-as-coded")
 FORMULAS = {
@@ -300,26 +301,50 @@ def constraint_scores(encoder: Encoder, constraints: Mapping[str, Constraint], q
     idx = np.asarray(indices, dtype=np.int64)
     if idx.ndim != 2 or idx.shape[0] != len(query_ids):
         raise ValueError(f"indices must be ({len(query_ids)}, K), got shape {idx.shape}")
+    texts, per_query = caption_table(constraints, query_ids, allow_missing=allow_missing)
+    if not texts:
+        return np.zeros(idx.shape, dtype=np.float32), np.zeros(idx.shape, dtype=np.float32)
+    check_modalities(encoder.spec, {"constraint captions": "text"})
+    items = [Item(id=f"soft-caption-{i}", text=t) for i, t in enumerate(texts)]
+    tv, _ = encode_items(encoder, items, role="query", instruction=instruction, cache=cache,
+                         batch_size=batch_size, progress=progress, description="encoding SoFT captions")
+    return scores_from_vectors(l2_normalise(tv), per_query, corpus_vectors, idx)
+
+
+CaptionRefs = list[tuple[list[int], list[int]]]
+"""Per query: the rows of its prescriptive and of its proscriptive captions in the caption table."""
+
+
+def caption_table(constraints: Mapping[str, Constraint], query_ids: Sequence[str], *,
+                  allow_missing: bool = False) -> tuple[list[str], CaptionRefs]:
+    """The distinct non-empty captions (to encode once each) and, per query, which of them it uses.
+
+    A query absent from `constraints` is an error unless `allow_missing` (then r = p = 0 for it)."""
     missing = [q for q in query_ids if q not in constraints]
     if missing and not allow_missing:
         raise DatasetError(f"{len(missing)} of {len(query_ids)} queries have no constraints, e.g. "
                            f"{missing[:5]}", record=missing[0], field="query_id")
     texts: dict[str, int] = {}
-    per_query: list[tuple[list[int], list[int]]] = []
+    per_query: CaptionRefs = []
     for q in query_ids:
         c = constraints.get(q, Constraint(q))
         pres = [texts.setdefault(t.strip(), len(texts)) for t in c.prescriptive if t.strip()]
         pros = [texts.setdefault(t.strip(), len(texts)) for t in c.proscriptive if t.strip()]
         per_query.append((pres, pros))
+    return list(texts), per_query
+
+
+def scores_from_vectors(caption_vectors: np.ndarray, per_query: CaptionRefs, corpus_vectors: np.ndarray,
+                        indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(reward, penalty), each (Q,K) float32: the mean cosine of each candidate's gallery vector with the
+    query's prescriptive (reward) and proscriptive (penalty) caption vectors (unit rows of
+    `caption_vectors`); 0 where a query has no caption of that kind or the candidate is a pad (-1)."""
+    from cirbench.models.base import l2_normalise
+
+    idx = np.asarray(indices, dtype=np.int64)
     reward = np.zeros(idx.shape, dtype=np.float32)
     penalty = np.zeros(idx.shape, dtype=np.float32)
-    if not texts:
-        return reward, penalty
-    check_modalities(encoder.spec, {"constraint captions": "text"})
-    items = [Item(id=f"soft-caption-{i}", text=t) for t, i in texts.items()]
-    tv, _ = encode_items(encoder, items, role="query", instruction=instruction, cache=cache,
-                         batch_size=batch_size, progress=progress, description="encoding SoFT captions")
-    tv = l2_normalise(tv)
+    tv = np.asarray(caption_vectors, dtype=np.float32)
     cv = np.asarray(corpus_vectors)
     for row, (pres, pros) in enumerate(per_query):
         ok = idx[row] >= 0
@@ -330,6 +355,65 @@ def constraint_scores(encoder: Encoder, constraints: Mapping[str, Constraint], q
             if caps:
                 out[row, ok] = (cand @ tv[caps].T).mean(axis=1)
     return reward, penalty
+
+
+# ------------------------------------------------------------------------------------------------------
+# Constraints from an LMM's reply, and released files as an import tier
+# ------------------------------------------------------------------------------------------------------
+
+
+def constraint_from_reply(query_id: str, reply: str) -> Constraint | None:
+    """The constraints in an LMM's reply (SoFT's JSON: attributes {keep, add, remove} and queries
+    {prescriptive_query, proscriptive_query}), or None when the reply holds no such JSON object.
+
+    The JSON is found brace-balanced (`extract_json`: the whole reply, a fenced block or the outermost
+    {...}); the released parser's non-greedy `\\{.*?\\}` cuts this nested object at its first '}'."""
+    from cirbench.llm.base import extract_json
+
+    try:
+        obj = extract_json(reply)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    try:
+        c = _constraint(obj, query_id, Path("<reply>"), query_id)
+    except DatasetError:
+        return None
+    if not (c.prescriptive or c.proscriptive or c.keep or c.add or c.remove):
+        return None
+    return c
+
+
+def constraint_value(c: Constraint) -> dict[str, Any]:
+    """A Constraint as an artifact value (flat lists; the query id is the artifact's)."""
+    d = c.to_dict()
+    del d["query_id"]
+    return d
+
+
+def import_constraints(root: str | os.PathLike[str], rel: str | os.PathLike[str], *,
+                       provenance: str) -> ImportedArtifacts:
+    """A released constraints file (any layout `load_constraints` reads) as a read-only artifact import,
+    recorded with its path, SHA-256 and the provenance the user declares. `rel` may not leave `root`."""
+    import hashlib
+
+    from cirbench.core.paths import Root
+    from cirbench.retrieval.methods.artifacts import ImportedArtifacts
+
+    if not provenance.strip():
+        raise ValueError("an import needs its provenance (where the file was released, repo@commit)")
+    path = Root(root, what="the artifact import folder").join(rel, field="path")
+    constraints = load_constraints(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return ImportedArtifacts(path, digest, provenance.strip(),
+                             {q: constraint_value(c) for q, c in constraints.items()})
+
+
+def constraint_of(query_id: str, value: Mapping[str, Any]) -> Constraint:
+    """An artifact value (constraint_value's dict) back as a Constraint."""
+    return Constraint(query_id, **{k: tuple(value.get(k) or ()) for k in
+                                   ("prescriptive", "proscriptive", "keep", "add", "remove")})
 
 
 # ------------------------------------------------------------------------------------------------------
