@@ -144,3 +144,75 @@ def test_ray_build_equals_local_and_sharded_builds(
     res = runner.invoke(app, ["build", str(setup["config"]), "--out", str(sharded), "--merge", "2"])
     assert res.exit_code == 0, res.output
     same_dataset(sharded, reference)
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """pid -> start time of every live process below `root` (from /proc), read independently of cirbench."""
+    parent: dict[int, int] = {}
+    start: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                raw = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = raw[raw.rfind(")") + 2:].split()
+            parent[int(entry)], start[int(entry)] = int(fields[1]), fields[19]
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in found]
+        found.update(kids)
+        todo.extend(kids)
+    return {p: start[p] for p in found}
+
+
+def _alive(procs: dict[int, str]) -> list[int]:
+    out = []
+    for pid, st in procs.items():
+        try:
+            raw = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rfind(")") + 2:].split()
+        if fields[19] == st and fields[0] != "Z":
+            out.append(pid)
+    return out
+
+
+@needs_ray
+def test_sigkill_of_a_ray_build_resumes_and_leaves_no_ray_process(
+    ray_instance: None, setup: dict[str, Any], reference: Path
+) -> None:
+    out = setup["root"] / "killed"
+    temps_before = set(Path("/tmp").glob("cirbench-ray-*"))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from cirbench.cli import app; app()", "build", str(setup["config"]),
+         "--out", str(out), "--sources", setup["sources"], "--engine", "ray", "--quiet"],
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 300
+    while not units(out) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    ray_procs = _descendants(proc.pid)  # the Ray instance it started: head, raylet, agents, workers
+    alive = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = {p: p.stat().st_mtime_ns for p in units(out)}
+    assert alive, f"the build ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"  # type: ignore[union-attr]
+    assert 1 <= len(done) < N_SOURCES and not out.exists()  # killed mid-way: some units, no export
+    assert len(ray_procs) >= 3, ray_procs  # it did start a Ray instance of its own
+    # nothing of that Ray instance outlives the killed driver, and its temporary folder goes with it
+    deadline = time.monotonic() + 60
+    while _alive(ray_procs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(ray_procs), [Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in _alive(ray_procs)]
+    assert set(Path("/tmp").glob("cirbench-ray-*")) <= temps_before
+    # the rerun (on Ray again) keeps the finished units as they are and adds only the missing ones
+    build(setup, out, "--engine", "ray")
+    assert {p: p.stat().st_mtime_ns for p in units(out) if p in done} == done
+    assert len(units(out)) == N_SOURCES
+    same_dataset(out, reference)
