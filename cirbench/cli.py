@@ -5,7 +5,9 @@ Heavy imports (torch costs seconds) stay inside the commands.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -699,28 +701,60 @@ def build_cmd(
         int | None,
         typer.Option(min=1, help="a quick build: N queries (synthetic, soft-refine) or N sources (edir)"),
     ] = None,
+    engine: Annotated[
+        str, typer.Option(help="where the work units run: local (this process) or ray (a Ray cluster)")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="the Ray cluster for --engine ray (else a local one is started)")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Build a benchmark from a pipeline config into the native dataset format (resumable)."""
     from cirbench.builders import check_config, read_pipeline
     from cirbench.builders.core.pipeline import BuildRequest, UnsupportedOption
+    from cirbench.engine import ENGINES
 
+    _choice(engine, ENGINES, "--engine")
     where, config = read_pipeline(pipeline)
     shard_t = _parse_shard(shard)
     if merge is not None and shard_t is not None:
         raise typer.BadParameter("--merge and --shard are separate steps: build each shard, then merge")
     try:  # typos fail now, naming the file; an option the pipeline does not use is refused
         chosen = check_config(where, config, preset=preset, seed=seed, limit=limit, sources=sources,
-                              shard=shard_t, merge=merge is not None)
+                              shard=shard_t, merge=merge is not None,
+                              engine=engine != "local" or ray_address is not None)
     except UnsupportedOption as e:
         raise typer.BadParameter(str(e)) from None
     from cirbench.core.dataset import check_replaceable
 
     check_replaceable(out)  # never build for minutes and then find that `out` is the user's folder
-    request = BuildRequest(sources=sources, shard=shard_t, preset=preset, seed=seed, limit=limit,
-                           progress=not quiet)
-    path = chosen.merge(out, merge) if merge is not None else chosen.run(config, out, request)
+    if merge is not None:
+        if engine != "local" or ray_address is not None:
+            raise typer.BadParameter("--merge only exports finished shards: --engine and --ray-address apply "
+                                     "to building them", param_hint="--engine")
+        _say(f"wrote {chosen.merge(out, merge)}")
+        return
+    with _engine(engine, ray_address) as runner:
+        request = BuildRequest(sources=sources, shard=shard_t, preset=preset, seed=seed, limit=limit,
+                               progress=not quiet, engine=runner)
+        path = chosen.run(config, out, request)
     _say(f"wrote {path}")
+
+
+@contextlib.contextmanager
+def _engine(name: str, address: str | None) -> Iterator[Any]:
+    """The engine of `--engine NAME [--ray-address ADDR]` (None for local: today's code path), closed after
+    the command (a Ray instance cirbench started is stopped, on an error or Ctrl-C too)."""
+    from cirbench.engine import make_engine
+
+    if name == "local" and address is None:
+        yield None
+        return
+    runner = make_engine(name, address=address)
+    try:
+        yield runner
+    finally:
+        runner.close()
 
 
 @app.command("train")

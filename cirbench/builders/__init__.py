@@ -80,12 +80,13 @@ def pipeline_of(where: str, config: Mapping[str, Any]) -> Pipeline:
 
 def check_config(where: str, config: Mapping[str, Any], *, preset: str | None = None,
                  seed: int | None = None, limit: int | None = None, sources: str | None = None,
-                 shard: tuple[int, int] | None = None, merge: bool = False) -> Pipeline:
+                 shard: tuple[int, int] | None = None, merge: bool = False, engine: bool = False) -> Pipeline:
     """Resolve the config the way its pipeline will, with these options, so a typo fails now, naming the file
     and the key; returns the pipeline. An option the pipeline does not use is refused too."""
     pipeline = pipeline_of(where, config)
     request = BuildRequest(sources=sources, shard=shard, preset=preset, seed=seed, limit=limit)
-    check_request(pipeline.info, request, merge=merge)  # UnsupportedOption: the user's flags, not the file
+    # UnsupportedOption: the user's flags, not the file
+    check_request(pipeline.info, request, merge=merge, engine=engine)
     try:
         pipeline.resolve(config, request)
     except UnsupportedOption:

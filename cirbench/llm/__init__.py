@@ -50,6 +50,21 @@ def make_stage_lmms(sections: Mapping[str, Mapping[str, Any]], *, cache_dir: Pat
     return lmms
 
 
+def share_concurrency(section: Mapping[str, Any], workers: int) -> dict[str, Any]:
+    """`section` for one of `workers` processes that share its concurrency limit (`--engine ray`): each
+    client gets ceil(limit / workers) requests in flight, so the server sees no more than the limit (give or
+    take the rounding). The limit is not in a fingerprint or a cache key, so answers do not change."""
+    out = json.loads(json.dumps(dict(section)))
+    if out.get("backend") == "openai" and workers > 1:
+        from cirbench.llm.openai_client import DEFAULT_CONCURRENCY
+
+        opts = dict(out.get("openai") or {})
+        limit = int(opts.get("concurrency", DEFAULT_CONCURRENCY))
+        opts["concurrency"] = max(1, -(-limit // workers))
+        out["openai"] = opts
+    return out
+
+
 def lmm_fingerprint(lmm: LMM | None) -> dict[str, Any]:
     if lmm is None:
         return {"backend": "template"}
@@ -67,4 +82,5 @@ __all__ = [
     "lmm_fingerprint",
     "make_lmm",
     "make_stage_lmms",
+    "share_concurrency",
 ]

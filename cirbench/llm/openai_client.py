@@ -53,6 +53,10 @@ def content_parts(parts: Sequence[str | bytes]) -> list[dict[str, Any]]:
     return out
 
 
+DEFAULT_CONCURRENCY = 8
+"""Requests in flight at once per client (`lmm.openai.concurrency`)."""
+
+
 class OpenAIChatLMM:
     """`POST {base_url}/chat/completions` with retries, a timeout, a concurrency limit and a disk cache."""
 
@@ -66,7 +70,7 @@ class OpenAIChatLMM:
         max_retries: int = 4,
         backoff_s: float = 1.0,
         max_backoff_s: float = 30.0,
-        concurrency: int = 8,
+        concurrency: int = DEFAULT_CONCURRENCY,
         cache_dir: str | os.PathLike[str] | None = None,
         seed: int | None = None,
         extra_body: dict[str, Any] | None = None,

@@ -14,9 +14,12 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-BuildOption = Literal["sources", "shard", "merge", "preset", "seed", "limit"]
+if TYPE_CHECKING:
+    from cirbench.engine.base import Engine
+
+BuildOption = Literal["sources", "shard", "merge", "preset", "seed", "limit", "engine"]
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class PipelineInfo:
     """The value of `pipeline:` in a config."""
     description: str
     accepts: tuple[BuildOption, ...]
-    """The build options it uses; `shard` and `merge` only where the work is a set of units."""
+    """The build options it uses; `shard`, `merge` and `engine` only where the work is a set of units."""
     not_sharded_because: str = ""
     """Why a pipeline without `shard` cannot be split (said when someone asks it to)."""
 
@@ -40,9 +43,11 @@ class BuildRequest:
     seed: int | None = None
     limit: int | None = None
     progress: bool = True
+    engine: Engine | None = None
+    """Where the units run (`--engine ray`); None: in this process, as always."""
 
     def given(self) -> tuple[BuildOption, ...]:
-        names: tuple[BuildOption, ...] = ("sources", "shard", "preset", "seed", "limit")
+        names: tuple[BuildOption, ...] = ("sources", "shard", "preset", "seed", "limit", "engine")
         return tuple(n for n in names if getattr(self, n) is not None)
 
 
@@ -65,16 +70,19 @@ class UnsupportedOption(ValueError):
     """A build option the pipeline does not use (refused, never silently ignored)."""
 
 
-def check_request(info: PipelineInfo, request: BuildRequest, *, merge: bool = False) -> None:
-    """Refuse every option given that `info` does not accept, naming the pipeline and what it does accept."""
-    for option in (*request.given(), *(("merge",) if merge else ())):
+def check_request(info: PipelineInfo, request: BuildRequest, *, merge: bool = False,
+                  engine: bool = False) -> None:
+    """Refuse every option given that `info` does not accept, naming the pipeline and what it does accept
+    (`merge`, `engine`: those options are given, before the merge runs or the engine starts)."""
+    extra: tuple[BuildOption, ...] = (*(("merge",) if merge else ()), *(("engine",) if engine else ()))
+    for option in dict.fromkeys((*request.given(), *extra)):
         if option not in info.accepts:
             raise refusal(info, option)
 
 
 def refusal(info: PipelineInfo, option: BuildOption) -> UnsupportedOption:
     """The error for `--option` given to a pipeline that does not take it."""
-    why = info.not_sharded_because if option in ("shard", "merge") else ""
+    why = info.not_sharded_because if option in ("shard", "merge", "engine") else ""
     accepted = ", ".join(f"--{a}" for a in info.accepts) or "no options"
     return UnsupportedOption(f"--{option} does not apply to the {info.name} pipeline"
                              f"{': ' + why if why else ''} (it takes {accepted})")
@@ -101,8 +109,11 @@ class UnitPipeline:
 
     def run(self, config: Mapping[str, Any], out: str | os.PathLike[str], request: BuildRequest) -> Path:
         check_request(self.info, request)
-        return self.build(config, out, sources=request.sources, shard=request.shard, limit=request.limit,
-                          progress=request.progress)
+        # only a pipeline that accepts `engine` gets the keyword (check_request refused it for the others)
+        build: Any = self.build
+        more = {"engine": request.engine} if request.engine is not None else {}
+        return build(config, out, sources=request.sources, shard=request.shard, limit=request.limit,
+                     progress=request.progress, **more)
 
     def merge(self, out: str | os.PathLike[str], n: int) -> Path:
         return self.merge_shards(out, n)

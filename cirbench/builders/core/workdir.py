@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cirbench.core.io import atomic_write
+from cirbench.engine.base import Engine, Needs, WorkerFactory
 
 T = TypeVar("T")
 log = logging.getLogger("cirbench.builders")
@@ -241,6 +242,43 @@ class LazyFiles(Mapping[str, bytes]):
         return len(set(self.inline) | set(self.sources))
 
 
+class _Tally:
+    """What a run of units has done: saves, deferrals (and the streak that gives up), the progress bar."""
+
+    def __init__(self, work: WorkDir, advance: Callable[[], None], give_up_after: int) -> None:
+        self.work, self.advance, self.give_up_after = work, advance, give_up_after
+        self.deferred: list[tuple[str, str]] = []
+        self.streak = 0
+
+    def failed(self, key: str, e: Deferred) -> bool:
+        """Note a deferred unit; True when the run should stop (too many in a row)."""
+        log.warning("deferred %s: %s", key, e)
+        self.deferred.append((key, str(e)))
+        self.streak += 1
+        self.advance()
+        return self.streak >= self.give_up_after
+
+    def saved(self, key: str, result: tuple[Mapping[str, Any], Mapping[str, bytes]]) -> None:
+        self.work.save_unit(key, *result)
+        self.streak = 0
+        self.advance()
+
+    def check(self, total: int, noun: str) -> None:
+        """BuildIncomplete when any unit was deferred."""
+        if not self.deferred:
+            return
+        stopped = self.streak >= self.give_up_after
+        how = (
+            f"stopped after {self.streak} {noun} in a row failed"
+            if stopped
+            else f"{len(self.deferred)} of {total} {noun} could not finish"
+        )
+        raise BuildIncomplete(
+            f"{how} (first: {self.deferred[0][0]}: {self.deferred[0][1]}); the finished units are "
+            "kept: run the same command again to retry the rest"
+        )
+
+
 def run_units(
     work: WorkDir,
     todo: Sequence[T],
@@ -266,48 +304,58 @@ def run_units(
     """
     plan_ = plan or (lambda item: item)
     finish_ = finish or (lambda m: m)
-    deferred: list[tuple[str, str]] = []
-    streak = 0
 
     with _bar(progress, label, len(todo)) as advance:
-
-        def failed(key: str, e: Deferred) -> bool:
-            nonlocal streak
-            log.warning("deferred %s: %s", key, e)
-            deferred.append((key, str(e)))
-            streak += 1
-            advance()
-            return streak >= give_up_after
-
-        def saved(key: str, result: tuple[Mapping[str, Any], Mapping[str, bytes]]) -> None:
-            nonlocal streak
-            work.save_unit(key, *result)
-            streak = 0
-            advance()
-
+        tally = _Tally(work, advance, give_up_after)
         if lookahead <= 0:
             for item in todo:
                 key = uid(item)
                 try:
                     result = finish_(main(plan_(item)))
                 except Deferred as e:
-                    if failed(key, e):
+                    if tally.failed(key, e):
                         break
                     continue
-                saved(key, result)
+                tally.saved(key, result)
         else:
-            _pipelined(todo, uid, plan_, main, finish_, lookahead, failed, saved)
-    if deferred:
-        stopped = streak >= give_up_after
-        how = (
-            f"stopped after {streak} {noun} in a row failed"
-            if stopped
-            else f"{len(deferred)} of {len(todo)} {noun} could not finish"
-        )
-        raise BuildIncomplete(
-            f"{how} (first: {deferred[0][0]}: {deferred[0][1]}); the finished units are "
-            "kept: run the same command again to retry the rest"
-        )
+            _pipelined(todo, uid, plan_, main, finish_, lookahead, tally.failed, tally.saved)
+    tally.check(len(todo), noun)
+
+
+def run_units_on(
+    engine: Engine,
+    factory: WorkerFactory,
+    work: WorkDir,
+    todo: Sequence[T],
+    uid: Callable[[T], str],
+    commit: Callable[[Any], tuple[Mapping[str, Any], Mapping[str, bytes]]],
+    *,
+    needs: Needs,
+    label: str,
+    progress: bool,
+    give_up_after: int = 5,
+    noun: str = "units",
+) -> None:
+    """`run_units` on an engine: the engine's workers (built by `factory`) compute the units, each returning
+    a result or a Deferred, and this process, the driver, saves each finished unit as it arrives
+    (`commit(result)` gives its record and blobs). So a killed run keeps exactly the units saved here, as a
+    local run does, and a rerun computes only the others."""
+    with _bar(progress, label, len(todo)) as advance:
+        tally = _Tally(work, advance, give_up_after)
+        results = engine.map(factory, todo, needs=needs)
+        try:
+            for item, out in results:
+                key = uid(item)
+                if isinstance(out, Deferred):
+                    if tally.failed(key, out):
+                        break
+                    continue
+                tally.saved(key, commit(out))
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
+    tally.check(len(todo), noun)
 
 
 def _pipelined(

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,9 @@ from cirbench.builders.core.workdir import (
     BuildIncomplete,
     Deferred,
     WorkDir,
+    fingerprint_of,
     run_units,
+    run_units_on,
     shard_slice,
     start_build,
 )
@@ -42,7 +44,8 @@ from cirbench.builders.edir.instructions import PlannedEdit, make_instructions, 
 from cirbench.builders.edir.rewrite import rewrite_queries
 from cirbench.builders.edir.sources import Pool, open_pool, rank_by_hash, scan_pool, split_pool
 from cirbench.builders.edir.verify import EmbeddingVerifier, lmm_verify, make_verifier
-from cirbench.llm import LMM, lmm_fingerprint, make_stage_lmms
+from cirbench.engine.base import Engine, Needs
+from cirbench.llm import LMM, lmm_fingerprint, make_stage_lmms, share_concurrency
 from cirbench.llm.base import image_mime
 from cirbench.llm.templates import template_fingerprint
 
@@ -112,14 +115,19 @@ class Stages:
     lmms: dict[str, LMM | None]
     verifier: EmbeddingVerifier | None
     models_key: str = ""
+    models: dict[str, Any] = field(default_factory=dict)
+    """What made the units (editor, LMMs, checks): `models/<models_key>.json` in the work dir."""
 
 
 def load_stages(
-    cfg: dict[str, Any], work: WorkDir, pool_rec: Mapping[str, Any], pool: Pool, editor: Editor | None = None
+    cfg: dict[str, Any], work: WorkDir, pool_rec: Mapping[str, Any], pool: Pool, editor: Editor | None = None,
+    *, record: bool = True, share: int = 1,
 ) -> Stages:
+    """Load the models. `record=False` (an engine's worker) leaves writing `models/<key>.json` to the driver;
+    `share`: the number of workers that split each LMM client's concurrency limit."""
     from cirbench.core.cache import default_cache_dir
 
-    lmms = make_stage_lmms({s: stage_lmm_config(cfg, s) for s in STAGES_WITH_LMM},
+    lmms = make_stage_lmms({s: share_concurrency(stage_lmm_config(cfg, s), share) for s in STAGES_WITH_LMM},
                            cache_dir=default_cache_dir() / "lmm")
     editor = editor or make_editor(cfg["editor"])
     verifier = make_verifier(cfg["verify"]["embedding"])
@@ -134,7 +142,8 @@ def load_stages(
     }
     if any(m is None for m in lmms.values()):
         models["templates"] = template_fingerprint()
-    return Stages(cfg, pool, editor, lmms, verifier, work.record_models(models))
+    key = work.record_models(models) if record else fingerprint_of(models)
+    return Stages(cfg, pool, editor, lmms, verifier, key, models)
 
 
 def _edit_record(e: PlannedEdit, blobs: Mapping[str, str]) -> dict[str, Any]:
@@ -268,6 +277,38 @@ def process_unit(st: Stages, sid: str) -> tuple[dict[str, Any], dict[str, bytes]
     return finish_unit(st, edit_unit(st, plan_unit(st, sid)))
 
 
+@dataclass(frozen=True)
+class EdirWorker:
+    """What an engine's worker needs to load the stages (pickled to Ray actors: settings, not models)."""
+
+    cfg: dict[str, Any]
+    out: str
+    spec: str
+    pool_rec: dict[str, Any]
+    share: int = 1
+
+    def __call__(self) -> Callable[[list[str]], list[Any]]:
+        pool = open_pool(self.spec, self.cfg["sources"])
+        st = load_stages(self.cfg, WorkDir(self.out), self.pool_rec, pool, record=False, share=self.share)
+
+        def run(sids: list[str]) -> list[Any]:
+            out: list[Any] = []
+            for sid in sids:
+                try:
+                    record, blobs = process_unit(st, sid)
+                except Deferred as e:
+                    out.append(e)
+                    continue
+                out.append((record, blobs, st.models))
+            return out
+
+        return run
+
+
+EDIR_NEEDS = Needs(gpus=1.0, cpus=1.0)
+"""One editor (and its local VLM, if any) per GPU; one CPU each where there are none."""
+
+
 # ---------------------------------------------------------------------------------------------- entry points
 
 
@@ -280,6 +321,7 @@ def run_edir(
     limit: int | None = None,
     progress: bool = True,
     editor: Editor | None = None,
+    engine: Engine | None = None,
 ) -> Path:
     """Build (or resume) an EDIR-style benchmark into `out`; returns the dataset directory.
 
@@ -287,8 +329,12 @@ def run_edir(
     (after near-duplicate removal). shard (i, n): only every n-th source, from the i-th; with n > 1 the work
     is left in `<out>.work/` and the work dir is returned: run `merge_shards(out, n)` when all shards are
     done.
-    `editor` replaces the configured one (an already-loaded pipeline, e.g. for benchmarks).
+    `editor` replaces the configured one (an already-loaded pipeline, e.g. for benchmarks). `engine` runs the
+    units elsewhere (`make_engine("ray")`): its workers load the stages and compute units, this process
+    writes them, so the work dir and the dataset are the same as a local run's.
     """
+    if engine is not None and engine.name != "local" and editor is not None:
+        raise ValueError("a loaded editor cannot be sent to an engine's workers: pass the config's editor")
     # keys sorted, as merge_shards reads them back from the work dir: the same card and manifest either way
     cfg = json.loads(json.dumps(resolve(config), sort_keys=True))
     spec, (i, n), work = start_build(
@@ -300,9 +346,26 @@ def run_edir(
     order = list(pool_rec["sources"])[:limit] if limit is not None else list(pool_rec["sources"])
     mine = shard_slice(order, (i, n))
     todo = [s for s in mine if not work.has_unit(s)]
-    if todo:
+    shard_label = f" (shard {i}/{n})" if n > 1 else ""
+    if todo and engine is not None and engine.name != "local":
+        factory = EdirWorker(cfg, str(out), spec, dict(pool_rec), engine.workers(EDIR_NEEDS))
+
+        def commit(result: tuple[dict[str, Any], dict[str, bytes], dict[str, Any]]
+                   ) -> tuple[dict[str, Any], dict[str, bytes]]:
+            record, blobs, models = result
+            work.record_models(models)  # before the unit that cites it
+            return record, blobs
+
+        run_units_on(
+            engine, factory, work, todo, lambda sid: sid, commit,
+            needs=EDIR_NEEDS,
+            progress=progress,
+            label=f"editing {len(todo)} sources{shard_label} on {engine.name}",
+            give_up_after=int(cfg["work"]["give_up_after"]),
+            noun="sources",
+        )
+    elif todo:
         st = load_stages(cfg, work, pool_rec, pool, editor)
-        shard_label = f" (shard {i}/{n})" if n > 1 else ""
         run_units(
             work,
             todo,
@@ -346,7 +409,7 @@ PIPELINE = register_pipeline(UnitPipeline(
     PipelineInfo(
         name="edir",
         description="a pool of images -> LMM or template instructions -> diffusers edits -> verified queries",
-        accepts=("sources", "shard", "merge", "limit"),
+        accepts=("sources", "shard", "merge", "limit", "engine"),
     ),
     resolve,
     run_edir,
