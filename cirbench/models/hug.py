@@ -214,8 +214,8 @@ class HugEncoder:
             if got != want:
                 raise DatasetError(f"HUG embeds a {'query' if role == 'query' else 'gallery item'} from "
                                    f"{want}, not {got}", record=it.id)
-        rows: list[torch.Tensor] = [self.preprocess(img) if isinstance(img, Image.Image) else img
-                                    for img in batch.images]
+        rows: list[Any] = [self.preprocess(img) if isinstance(img, Image.Image) else img
+                           for img in batch.images]
         pixels = torch.cat(rows).to(T.torch_dtype(self.dtype))
         with torch.inference_mode():
             if role == "query":
