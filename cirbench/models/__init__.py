@@ -7,6 +7,7 @@ from cirbench.models import (  # noqa: F401  (importing registers them)
     e5v,
     embedded,
     gme,
+    hug,
     mmlclip,
     openclip,
     recall,

@@ -1,6 +1,7 @@
 """The Encoder interface and the metadata every model carries.
 
-An Encoder turns a batch of Items into L2-normalised vectors. It never sees tasks or metrics: the encode
+An Encoder turns a batch of Items into L2-normalised vectors (or, with `unit_vectors = False`, vectors whose
+inner product is the model's score as they are). It never sees tasks or metrics: the encode
 loop hands it decoded images (or whatever its `preprocess` returned, computed in worker threads), or, for an
 encoder with the optional `read_image` hook, whatever that returned for each Item.
 """

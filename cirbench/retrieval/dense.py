@@ -22,7 +22,7 @@ from cirbench.core.video import expand_corpus
 from cirbench.models.base import Encoder, bind_task, check_modalities
 from cirbench.retrieval import run_cache
 from cirbench.retrieval.base import ComponentSpec, Context
-from cirbench.retrieval.encode import encode_items
+from cirbench.retrieval.encode import encode_items, unit_vectors
 
 SPEC = ComponentSpec(name="dense", description="one embedding model: encode queries and gallery (cached), "
                      "exact inner-product top-K")
@@ -63,13 +63,16 @@ def encode(encoder: Encoder, items: list[Item], role: Role, instruction: str | N
                         description=label)
 
 
-def mean_vectors(vecs: np.ndarray, rows: list[list[int]], weights: list[list[float]] | None = None
-                 ) -> np.ndarray:
-    """One vector per group of rows: the (weighted) mean, re-normalised (query phrasings, video frames)."""
+def mean_vectors(vecs: np.ndarray, rows: list[list[int]], weights: list[list[float]] | None = None,
+                 *, normalise: bool = True) -> np.ndarray:
+    """One vector per group of rows: the (weighted) mean, re-normalised unless `normalise` is False (an
+    encoder without unit vectors) (query phrasings, video frames)."""
     if all(len(r) == 1 for r in rows):
         return vecs[[r[0] for r in rows]]
     out = np.stack([np.average(vecs[r], axis=0, weights=None if weights is None else weights[i])
                     for i, r in enumerate(rows)])
+    if not normalise:
+        return out.astype(np.float32, copy=False)
     return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
@@ -167,6 +170,9 @@ class Dense:
             else "single item",
             "corpus_vector": "mean of its frames' vectors" if any(len(r) > 1 for r in c_rows)
             else "single item",
+            **({} if unit_vectors(self.encoder) else
+               {"vectors": "as the encoder returns them: not L2-normalised, inner product over their "
+                           "lengths"}),
         }
 
     def corpus_vectors(self, task: Task, ctx: Context) -> np.ndarray:
@@ -178,7 +184,7 @@ class Dense:
             vecs, self.encoding["document"] = encode(
                 self.encoder, c_items, "document", resolve_instruction(self.encoder, task, "document"), ctx,
                 "encoding gallery")
-            ctx.vectors[key] = mean_vectors(vecs, c_rows, c_weights)
+            ctx.vectors[key] = mean_vectors(vecs, c_rows, c_weights, normalise=unit_vectors(self.encoder))
         return ctx.vectors[key]
 
     def query_vectors(self, task: Task, ctx: Context) -> np.ndarray:
@@ -186,7 +192,7 @@ class Dense:
         vecs, self.encoding["query"] = encode(self.encoder, items, "query",
                                               resolve_instruction(self.encoder, task, "query"), ctx,
                                               "encoding queries")
-        return mean_vectors(vecs, rows)
+        return mean_vectors(vecs, rows, normalise=unit_vectors(self.encoder))
 
     def retrieve(self, task: Task, ctx: Context) -> Run:
         cv = self.corpus_vectors(task, ctx)

@@ -63,6 +63,13 @@ def _batches(
                 pending.append((nxt, [pool.submit(_prepare, encoder, x) for x in nxt]))
 
 
+def unit_vectors(encoder: Encoder) -> bool:
+    """Whether the encoder's rows are unit vectors (cosine search). An encoder whose score is an inner
+    product over vectors of meaningful length (HUG's augmented distance vectors) sets `unit_vectors =
+    False`, and the encode loop and the mean over phrasings or frames leave the lengths alone."""
+    return bool(getattr(encoder, "unit_vectors", True))
+
+
 def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
@@ -154,7 +161,8 @@ def encode_items(
                     raise ValueError(
                         f"encoder {encoder.spec.name!r} returned non-finite values for item {bad!r}"
                     )
-                out = l2_normalise(out)
+                if unit_vectors(encoder):
+                    out = l2_normalise(out)
                 bkeys = [item_key(encoder, it) for it in batch.items]
                 vectors.update(zip(bkeys, out))
                 pending_keys.extend(bkeys)
