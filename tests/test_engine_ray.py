@@ -8,7 +8,6 @@ One Ray instance for the module (num_cpus=2, this machine's cores); the engine u
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import signal
 import subprocess
@@ -28,7 +27,6 @@ from tests.helpers.edit_pipelines import (
     TINY_CALL_KWARGS,
     FakeChatServer,
     build_tiny_ip2p,
-    request_text,
     write_image_folder,
 )
 

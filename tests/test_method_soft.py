@@ -341,7 +341,8 @@ def test_imported_constraints_need_no_lmm_and_a_missing_query_is_refused(
     # a query the file lacks: one line naming the file and the query, nothing written
     (tmp_path / "cons.jsonl").write_text("\n".join(json.dumps(r) for r in released[1:]) + "\n")
     res = runner.invoke(app, ["eval", "--method", str(tmp_path / "imp.yaml"), "--task", "cirr",
-                              "--data-dir", str(env["cirr"]), "-o", str(tmp_path / "out2"), "--no-cache", "-q"])
+                              "--data-dir", str(env["cirr"]), "-o", str(tmp_path / "out2"),
+                              "--no-cache", "-q"])
     assert res.exit_code == 2 and "cons.jsonl" in res.output and task.queries[0].id in res.output
     assert "Traceback" not in res.output and not (tmp_path / "out2" / "result.json").exists()
 
@@ -360,7 +361,8 @@ def test_sigkill_during_constraints_then_rerun_asks_only_for_what_is_missing(
 ) -> None:
     task = get_task("cirr", data_dir=env["cirr"])
     nq = len(task.queries)
-    (tmp_path / "mods.json").write_text(json.dumps({q.id: f"{q.item.text} in the rain" for q in task.queries}))
+    mods = {q.id: f"{q.item.text} in the rain" for q in task.queries}
+    (tmp_path / "mods.json").write_text(json.dumps(mods))
     imports = {"rewrites": {"file": "mods.json", "provenance": "test"}}
     kill_at = 3
 

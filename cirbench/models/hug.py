@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cirbench.core.options import as_bool, as_int
+from cirbench.core.options import Option, OptionTable, as_bool, as_int, check_options
 from cirbench.core.types import DatasetError, Role
 from cirbench.models import _checkpoints as C
 from cirbench.models import _lavis_blip2 as L
@@ -114,7 +114,7 @@ class HugEncoder:
         from transformers import AutoImageProcessor, AutoTokenizer
 
         opts = {**dict((spec.extra.get("options") or {}) if spec else {}), **options}
-        T.check_options("hug adapter", opts, HUG_OPTIONS)
+        check_options("hug adapter", opts, HUG_OPTIONS)
         target = model_id or (spec.id if spec else None)
         if not target:
             raise ValueError("hug needs a checkpoint file (HUG's best_model.pth) or a directory holding one")
@@ -229,8 +229,19 @@ class HugEncoder:
         return out.cpu().numpy().astype(np.float32, copy=False)
 
 
-def _family(target: str, **options: Any) -> HugEncoder:
-    return HugEncoder(None, model_id=target, **options)
+HUG_TABLE: OptionTable = (
+    Option("backbone", "str", "the BLIP-2 backbone (hub id or directory) whose Q-Former HUG fine-tuned",
+           L.BACKBONE),
+    T.REVISION, T.DEVICE, T.DTYPE,
+    Option("max_length", "int", "text tokens", 77, low=1),
+    Option("max_words", "int", "words kept by pre_caption", 50, low=1),
+    Option("pre_caption", "bool", "clean texts as LAVIS's pre_caption does", True),
+    Option("uncertainty_heads", "int", "uncertainty estimators in the checkpoint", 4, low=1),
+)
 
 
-register_family("hug", _family)
+def _family(spec: ModelSpec | None, target: str | None, **options: Any) -> HugEncoder:
+    return HugEncoder(spec, model_id=target, **options)
+
+
+register_family("hug", _family, options=HUG_TABLE)
