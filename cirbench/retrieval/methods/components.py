@@ -219,18 +219,24 @@ class Blip2Captioner:
 # ------------------------------------------------------------------------------------------ factories
 
 
-def build_lmm(cfg: Mapping[str, Any], where: str, *, base: Path | None = None) -> LMM:
-    """The LMM a config section names: `{backend: openai|local|replay, ...}`."""
+def _kind(cfg: Any, where: str, key: str, known: Sequence[str], article_noun: str, noun: str) -> Any:
+    """The value of the key that says what a config section builds, refused with a suggestion if unknown."""
     from cirbench.core.options import did_you_mean
 
     if not isinstance(cfg, Mapping):
-        raise ValueError(f"{where}: an LMM is a mapping with a 'backend' key, not {type(cfg).__name__}")
-    backend = cfg.get("backend")
-    if backend not in LMM_BACKENDS:
+        raise ValueError(f"{where}: {article_noun} is a mapping with a {key!r} key, not {type(cfg).__name__}")
+    value = cfg.get(key)
+    if value not in known:
         raise ValueError(
-            f"{where}.backend: unknown LMM backend {backend!r}"
-            f"{did_you_mean(str(backend), LMM_BACKENDS)}; known: {', '.join(LMM_BACKENDS)}"
+            f"{where}.{key}: unknown {noun} {value!r}{did_you_mean(str(value), known)}; "
+            f"known: {', '.join(known)}"
         )
+    return value
+
+
+def build_lmm(cfg: Mapping[str, Any], where: str, *, base: Path | None = None) -> LMM:
+    """The LMM a config section names: `{backend: openai|local|replay, ...}`."""
+    backend = _kind(cfg, where, "backend", LMM_BACKENDS, "an LMM", "LMM backend")
     opts = {k: v for k, v in cfg.items() if k != "backend"}
     try:
         if backend == "openai":
@@ -259,16 +265,7 @@ def build_captioner(
     cfg: Mapping[str, Any], where: str, *, device: str = "cpu", base: Path | None = None
 ) -> Captioner:
     """`{kind: blip2, model: ID_OR_DIR[, revision, dtype]}` or `{kind: lmm, lmm: {backend: ...}}`."""
-    from cirbench.core.options import did_you_mean
-
-    if not isinstance(cfg, Mapping):
-        raise ValueError(f"{where}: a captioner is a mapping with a 'kind' key, not {type(cfg).__name__}")
-    kind = cfg.get("kind")
-    if kind not in CAPTIONER_KINDS:
-        raise ValueError(
-            f"{where}.kind: unknown captioner {kind!r}{did_you_mean(str(kind), CAPTIONER_KINDS)}; "
-            f"known: {', '.join(CAPTIONER_KINDS)}"
-        )
+    kind = _kind(cfg, where, "kind", CAPTIONER_KINDS, "a captioner", "captioner")
     if kind == "lmm":
         extra = set(cfg) - {"kind", "lmm"}
         if extra:
