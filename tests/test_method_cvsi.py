@@ -1,8 +1,7 @@
 """CVSI through `cirbench eval --method`: captions of the references and of every gallery image, an LLM
-rewrite and an LLM added-objects call on a chat-completions server on the loopback interface, a Phi
-pseudo-token
-through a tiny CLIP with the real BPE, and the α/β/γ fusion. The expected scores are computed here from the
-replies the server gave, the tiny models used directly, and the fusion written out by hand."""
+rewrite and an LLM added-objects call on a loopback chat-completions server, a Phi pseudo-token through a
+tiny CLIP with the real BPE, and the α/β/γ fusion. The expected scores are computed here from the replies
+the server gave, the tiny models used directly, and the fusion written out by hand."""
 
 from __future__ import annotations
 
