@@ -282,7 +282,7 @@ def _components(cfg: MethodConfig, device: str) -> dict[str, Any]:
     return out
 
 
-def _options(cfg: MethodConfig, known: Mapping[str, type]) -> dict[str, Any]:
+def _options(cfg: MethodConfig, known: Mapping[str, Callable[[Any], Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in cfg.section("options").items():
         if k not in known:
@@ -357,12 +357,13 @@ def boolean(value: Any) -> bool:
 
 def _build_soft(cfg: MethodConfig, device: str) -> Retriever:
     from cirbench.retrieval.methods.cirevl import DEFAULT_REWRITE_PROMPTS
-    from cirbench.retrieval.methods.soft import SoFT
+    from cirbench.retrieval.methods.soft import SoFT, check_filter
 
     opts = _options(cfg, {"lambda": float, "mode": str, "depth": all_or_int, "filter_tasks": str,
                           "allow_missing": boolean})
     if "lambda" in opts:
         opts["lam"] = opts.pop("lambda")
+    check_filter(**opts)  # before any model loads
     imports = _imports(cfg)
     return SoFT(
         **_components(cfg, device),

@@ -36,8 +36,8 @@ from cirbench.retrieval.base import ComponentSpec, Context, Retriever, rerank_he
 
 if TYPE_CHECKING:
     from cirbench.core.cache import EmbeddingCache
-    from cirbench.retrieval.methods.artifacts import ImportedArtifacts
     from cirbench.models.base import Encoder
+    from cirbench.retrieval.methods.artifacts import ImportedArtifacts
 
 MODES = ("soft", "reward", "penalty", "penalty-as-coded")
 FORMULAS = {
