@@ -160,21 +160,27 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def write_config(path: Path, env: dict[str, Path], url: str, **extra: Any) -> Path:
+def write_config(path: Path, env: dict[str, Path], url: str, *, task: Any = None, **extra: Any) -> Path:
+    """A soft config on the loopback server; with `task`, CIReVL's rewrites ("<instruction> in the rain")
+    come from an imported file instead of the captioner and the rewriter (cheaper; CIReVL has its tests)."""
     lmm = {"backend": "openai", "model": "fake-vlm", "base_url": url, "api_key_env": None, "max_retries": 0}
-    cfg: dict[str, Any] = {
-        "method": "soft",
-        "components": {
-            "encoder": f"hf-clip:{env['clip']}",
-            "captioner": {"kind": "blip2", "model": str(env["blip2"])},
-            "rewriter": {**lmm, "model": "fake-llm"},
-            "constrainer": lmm,
-        },
-        "decoding": {"caption": {"max_tokens": 6}},
-        **extra,
-    }
+    comps: dict[str, Any] = {"encoder": f"hf-clip:{env['clip']}", "constrainer": lmm}
+    if task is None:
+        comps["captioner"] = {"kind": "blip2", "model": str(env["blip2"])}
+        comps["rewriter"] = {**lmm, "model": "fake-llm"}
+    else:
+        mods = {q.id: f"{q.item.text} in the rain" for q in task.queries}
+        (path.parent / "mods.json").write_text(json.dumps(mods))
+        extra.setdefault("imports", {})["rewrites"] = {"file": "mods.json", "provenance": "test rewrites"}
+    cfg = {"method": "soft", "components": comps, "decoding": {"caption": {"max_tokens": 6}}, **extra}
     path.write_text(json.dumps(cfg))
     return path
+
+
+def ident(body: dict[str, Any]) -> tuple[str, int]:
+    """Which query a constraint call is for: its modification text and its reference image."""
+    parts = body["messages"][-1]["content"]
+    return instruction_of(body), hash(next(p["image_url"]["url"] for p in parts if p["type"] == "image_url"))
 
 
 def run_eval(cfg: Path, task: str, data_dir: Path, out: Path, cache: Path, *extra: str) -> Any:
@@ -265,8 +271,9 @@ def test_soft_on_cirr_end_to_end_subset_cost_and_resume(env: dict[str, Path], tm
         pos = task.corpus_positions
         for qi, row in enumerate(table.itertuples()):
             cands = [c for c in task.queries[qi].candidate_ids or () if c != task.queries[qi].reference_id]
-            want = sorted((final[qi, pos[c]] for c in cands), reverse=True)
+            want = sorted((final[qi, pos[c]] for c in cands), reverse=True)[:3]  # R_s@1..3: depth 3
             np.testing.assert_allclose(list(row.subset_scores), want, atol=2e-5)
+            np.testing.assert_allclose([final[qi, pos[c]] for c in row.subset_ranked_ids], want, atol=2e-5)
 
         # a rerun asks nothing: captions, rewrites and constraints are all reused
         server.requests.clear()
@@ -281,7 +288,7 @@ def test_soft_on_every_task(env: dict[str, Path], tmp_path: Path, name: str) -> 
     protocol = ["--protocol", "c1-and-c2"] if name == "fashioniq" else []
     task = get_task(name, data_dir=env[name], **({"protocol": "c1-and-c2"} if protocol else {}))
     with FakeChatServer(responder) as server:
-        cfg = write_config(tmp_path / "s.yaml", env, server.url)
+        cfg = write_config(tmp_path / "s.yaml", env, server.url, task=task)
         result = run_eval(cfg, name, env[name], tmp_path / "out", tmp_path / "cache", *protocol)
         n_cons = sum(is_constraint_call(b) for b in server.requests)
     assert n_cons == len(task.queries) and result["protocol"]["method"]["soft_filter"]["applied"] is True
@@ -295,7 +302,8 @@ def test_soft_on_every_task(env: dict[str, Path], tmp_path: Path, name: str) -> 
 def test_released_behaviour_filters_fashioniq_only(env: dict[str, Path], tmp_path: Path) -> None:
     task = get_task("circo", data_dir=env["circo"])
     with FakeChatServer(responder) as server:
-        cfg = write_config(tmp_path / "r.yaml", env, server.url, options={"filter_tasks": "fashioniq"})
+        cfg = write_config(tmp_path / "r.yaml", env, server.url, task=task,
+                           options={"filter_tasks": "fashioniq"})
         result = run_eval(cfg, "circo", env["circo"], tmp_path / "out", tmp_path / "cache")
         assert not any(is_constraint_call(b) for b in server.requests)  # no constraint is even asked for
     assert result["protocol"]["method"]["soft_filter"]["applied"] is False
@@ -310,7 +318,7 @@ def test_unparseable_replies_fall_back_to_the_base_order(env: dict[str, Path], t
 
     task = get_task("cirr", data_dir=env["cirr"])
     with FakeChatServer(broken) as server:
-        result = run_eval(write_config(tmp_path / "b.yaml", env, server.url), "cirr", env["cirr"],
+        result = run_eval(write_config(tmp_path / "b.yaml", env, server.url, task=task), "cirr", env["cirr"],
                           tmp_path / "out", tmp_path / "cache")
     assert result["retrieval"]["cost"]["constraints"]["parse_fallbacks"] == len(task.queries)
     encoder = get_model(f"hf-clip:{env['clip']}")
@@ -341,8 +349,8 @@ def test_imported_constraints_need_no_lmm_and_a_missing_query_is_refused(
     # a query the file lacks: one line naming the file and the query, nothing written
     (tmp_path / "cons.jsonl").write_text("\n".join(json.dumps(r) for r in released[1:]) + "\n")
     res = runner.invoke(app, ["eval", "--method", str(tmp_path / "imp.yaml"), "--task", "cirr",
-                              "--data-dir", str(env["cirr"]), "-o", str(tmp_path / "out2"),
-                              "--no-cache", "-q"])
+                              "--data-dir", str(env["cirr"]), "-o", str(tmp_path / "out2"), "--no-cache",
+                              "-q"])
     assert res.exit_code == 2 and "cons.jsonl" in res.output and task.queries[0].id in res.output
     assert "Traceback" not in res.output and not (tmp_path / "out2" / "result.json").exists()
 
@@ -361,9 +369,6 @@ def test_sigkill_during_constraints_then_rerun_asks_only_for_what_is_missing(
 ) -> None:
     task = get_task("cirr", data_dir=env["cirr"])
     nq = len(task.queries)
-    mods = {q.id: f"{q.item.text} in the rain" for q in task.queries}
-    (tmp_path / "mods.json").write_text(json.dumps(mods))
-    imports = {"rewrites": {"file": "mods.json", "provenance": "test"}}
     kill_at = 3
 
     def slow(body: dict[str, Any]) -> Reply:
@@ -371,7 +376,7 @@ def test_sigkill_during_constraints_then_rerun_asks_only_for_what_is_missing(
 
     pyenv = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     with FakeChatServer(slow) as first:
-        cfg = write_config(tmp_path / "k.yaml", env, first.url, imports=imports)
+        cfg = write_config(tmp_path / "k.yaml", env, first.url, task=task)
         args = [str(cfg), str(env["cirr"]), str(tmp_path / "out"), str(tmp_path / "cache")]
         child = subprocess.Popen([sys.executable, "-c", CHILD, *args], env=pyenv)
         try:
@@ -383,15 +388,23 @@ def test_sigkill_during_constraints_then_rerun_asks_only_for_what_is_missing(
             child.send_signal(signal.SIGKILL)
         finally:
             child.wait(timeout=30)
-        asked_first = [instruction_of(b) for b in first.requests]
+        asked_first = [ident(b) for b in first.requests]
     assert len(asked_first) == kill_at and not (tmp_path / "out" / "result.json").exists()
+    parts = list((tmp_path / "cache" / "artifacts").glob("constraints-*/part-*.jsonl"))
+    assert len(parts) == 1  # the killed session's part: the batches that finished before the kill
+    done_first = [json.loads(line)["id"] for line in parts[0].read_text().splitlines()]
+    assert len(done_first) == kill_at - 1
     with FakeChatServer(responder) as second:
-        cfg = write_config(tmp_path / "k.yaml", env, second.url, imports=imports)
+        cfg = write_config(tmp_path / "k.yaml", env, second.url, task=task)
         result = run_eval(cfg, "cirr", env["cirr"], tmp_path / "out", tmp_path / "cache", "--batch-size", "1")
-        asked_again = [instruction_of(b) for b in second.requests]
+        asked_again = [ident(b) for b in second.requests]
     # nothing finished is asked twice, nothing is lost: only the one in flight is asked again
     assert len(asked_again) == nq - (kill_at - 1)
-    assert set(asked_again).isdisjoint(asked_first[: kill_at - 1])
+    folder = tmp_path / "cache" / "artifacts"
+    new_part = [p for p in folder.glob("constraints-*/part-*.jsonl") if p != parts[0]]
+    done_again = [json.loads(line)["id"] for line in new_part[0].read_text().splitlines()]
+    assert set(done_again).isdisjoint(done_first) and sorted(done_first + done_again) == sorted(
+        q.id for q in task.queries)
     rep = result["encoding"]["artifacts"]["constraints"]
     assert rep["reused"] == kill_at - 1 and rep["generated"] == nq - (kill_at - 1)
     assert not list((tmp_path / "cache").rglob("*.tmp"))

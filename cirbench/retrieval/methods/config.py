@@ -450,12 +450,13 @@ def boolean(value: Any) -> bool:
 
 def _build_soft(cfg: MethodConfig, device: str) -> Retriever:
     from cirbench.retrieval.methods.cirevl import DEFAULT_REWRITE_PROMPTS
-    from cirbench.retrieval.methods.soft import SoFT
+    from cirbench.retrieval.methods.soft import SoFT, check_filter
 
     opts = _options(cfg, {"lambda": float, "mode": str, "depth": all_or_int, "filter_tasks": str,
                           "allow_missing": boolean})
     if "lambda" in opts:
         opts["lam"] = opts.pop("lambda")
+    check_filter(**opts)  # before any model loads
     imports = _imports(cfg)
     return SoFT(
         **_components(cfg, device),

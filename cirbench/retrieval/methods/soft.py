@@ -80,6 +80,20 @@ SPEC = ComponentSpec(
 )
 
 
+def check_filter(*, lam: float = 1.0, mode: str = "soft", filter_tasks: str = "all",
+                 depth: int | None = None, **_: Any) -> None:
+    """Refuse bad filter options before any model loads (one line naming the option)."""
+    try:
+        check_mode(mode, float(lam))
+    except ValueError as e:
+        raise ValueError(f"options.mode / options.lambda: {e}") from None
+    if filter_tasks not in FILTER_TASKS:
+        raise ValueError(f"options.filter_tasks: {filter_tasks!r} is not one of "
+                         f"{', '.join(FILTER_TASKS)}{did_you_mean(filter_tasks, FILTER_TASKS)}")
+    if depth is not None and depth < 1:
+        raise ValueError(f"options.depth must be 'all' or an integer >= 1, not {depth!r}")
+
+
 def constraint_request(prompt: Prompt, instruction: str, image: bytes, decoding: Decoding,
                        seed: int | None) -> LMMRequest:
     """The text (with the modification text at `{mod_text}`, else appended) and then the reference image."""
@@ -110,12 +124,7 @@ class SoFT(CIReVL):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_mode(self.mode, float(self.lam))
-        if self.filter_tasks not in FILTER_TASKS:
-            raise ValueError(f"options.filter_tasks: {self.filter_tasks!r} is not one of "
-                             f"{', '.join(FILTER_TASKS)}{did_you_mean(self.filter_tasks, FILTER_TASKS)}")
-        if self.depth is not None and self.depth < 1:
-            raise ValueError(f"options.depth must be 'all' or an integer >= 1, not {self.depth!r}")
+        check_filter(lam=self.lam, mode=self.mode, filter_tasks=self.filter_tasks, depth=self.depth)
         if self.constrainer is None and self.imported_constraints is None:
             raise ValueError("soft needs a vision LMM (components.constrainer) or imported constraints "
                              "(imports.constraints)")
@@ -132,8 +141,8 @@ class SoFT(CIReVL):
         fp["constrainer"] = lmm_record(self.constrainer) if self.constrainer else None
         fp["prompts"]["constraints"] = self.constraint_prompt.record()
         fp["decoding"]["constraints"] = self.constraint_decoding.record()
-        imported = self.imported_constraints
-        fp["imports"]["constraints"] = imported.record() if imported else None
+        imp = self.imported_constraints
+        fp["imports"]["constraints"] = imp.record() if imp else None
         fp["filter"] = {"lambda": float(self.lam), "mode": self.mode, "depth": self.depth or "all",
                         "filter_tasks": self.filter_tasks, "allow_missing": self.allow_missing}
         return fp
@@ -153,7 +162,9 @@ class SoFT(CIReVL):
             "applied": applied,
             "filter_tasks": self.filter_tasks,
             "depth_option": self.depth or "all",
-            **soft_protocol(lam=self.lam, mode=self.mode, depth=self._depth(task, ctx),
+            **soft_protocol(lam=self.lam, mode=self.mode,
+                            depth=min(self._depth(task, ctx) if self.depth is None else self.depth,
+                                      len(task.corpus)),
                             constraints=self.imported_constraints.path if self.imported_constraints else None,
                             subset=applied),
             "constraint_prompt": self.constraint_prompt.record(),
@@ -258,4 +269,4 @@ def _content(instruction: str, item: Item) -> str:
                           ).hexdigest()
 
 
-__all__ = ["FILTER_TASKS", "SPEC", "SoFT", "constraint_request"]
+__all__ = ["FILTER_TASKS", "SPEC", "SoFT", "check_filter", "constraint_request"]
