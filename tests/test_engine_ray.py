@@ -214,3 +214,15 @@ def test_sigkill_of_a_ray_build_resumes_and_leaves_no_ray_process(
     assert {p: p.stat().st_mtime_ns for p in units(out) if p in done} == done
     assert len(units(out)) == N_SOURCES
     same_dataset(out, reference)
+
+
+def test_engine_ray_without_ray_says_how_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when it is absent
+    res = runner.invoke(app, ["build", "edir", "--out", str(tmp_path / "o"), "--sources",
+                              f"folder:{tmp_path}", "--engine", "ray"])
+    assert res.exit_code != 0
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "pip install 'cirbench[ray]'" in lines[0], res.output
+    assert not (tmp_path / "o").exists()

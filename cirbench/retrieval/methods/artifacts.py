@@ -31,7 +31,9 @@ from typing import Any
 
 from cirbench.core.io import atomic_write, write_json
 from cirbench.core.paths import Root
+from cirbench.core.progress import progress_bar
 from cirbench.core.types import DatasetError
+from cirbench.engine.base import DEFAULT_NEEDS, Engine, LocalEngine, Needs
 
 log = logging.getLogger("cirbench.retrieval.methods.artifacts")
 
@@ -130,6 +132,48 @@ class ArtifactJob:
 Generate = Callable[[Sequence[ArtifactJob]], Sequence[Value]]
 """Makes the artifacts of a batch of jobs, in order (it may raise: finished batches are kept)."""
 
+Usage = Mapping[str, float]
+"""What a batch cost where it ran (seconds, model calls, tokens), for the driver's cost report."""
+
+
+def _no_account(jobs: Sequence[ArtifactJob], usage: Usage) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class StageWork:
+    """A stage's generation in two halves, so that an engine can run it in other processes.
+
+    `worker()` runs once in each worker (it loads the component) and returns the function from a batch of
+    jobs to (artifacts in order, usage); it is pickled to Ray workers, so it holds settings and unloaded
+    components, not loaded models. `account(jobs, usage)` runs here, on the driver, after each batch is on
+    disk: the stage's cost report. `needs`: what one worker holds (a GPU for a local model)."""
+
+    worker: Callable[[], Callable[[Sequence[ArtifactJob]], tuple[Sequence[Value], Usage]]]
+    account: Callable[[Sequence[ArtifactJob], Usage], None] = _no_account
+    needs: Needs = DEFAULT_NEEDS
+
+
+@dataclass(frozen=True)
+class _Plain:
+    """A plain `Generate` as a StageWork worker (no usage); on Ray it is pickled as it is."""
+
+    make: Generate
+
+    def __call__(self) -> Callable[[Sequence[ArtifactJob]], tuple[Sequence[Value], Usage]]:
+        return lambda jobs: (self.make(jobs), {})
+
+
+@dataclass(frozen=True)
+class _Batches:
+    """An engine's worker over whole batches: each engine item is one batch of jobs."""
+
+    worker: Callable[[], Callable[[Sequence[ArtifactJob]], tuple[Sequence[Value], Usage]]]
+
+    def __call__(self) -> Callable[[list[Any]], list[Any]]:
+        run = self.worker()
+        return lambda batches: [run(b) for b in batches]
+
 
 @dataclass(frozen=True)
 class ImportedArtifacts:
@@ -207,13 +251,16 @@ class ArtifactStore:
 
     # ------------------------------------------------------------------------------------------ writing
 
-    def generate(self, spec: ArtifactSpec, items: Sequence[tuple[str, str]], make: Generate, *,
+    def generate(self, spec: ArtifactSpec, items: Sequence[tuple[str, str]], make: Generate | StageWork, *,
                  shard: Shard = Shard(), batch_size: int = 8,
-                 imported: ImportedArtifacts | None = None) -> dict[str, Value]:
+                 imported: ImportedArtifacts | None = None, engine: Engine | None = None,
+                 label: str | None = None) -> dict[str, Value]:
         """item id -> artifact for the (id, content key) `items` this shard owns, generating what is missing.
 
         With `imported`, values come from the released file only (never generated, never written here), and
-        an item it lacks is refused. Otherwise each finished batch is on disk before the next one starts.
+        an item it lacks is refused. Otherwise the batches run on `engine` (default: here, one after the
+        other) and each finished batch is written here, on disk before the next result is taken, so a killed
+        run keeps what finished on any engine. `label`: show a progress bar of the batches.
         """
         mine = [(i, c) for i, c in items if shard.owns(i)]
         if imported is not None:
@@ -221,11 +268,14 @@ class ArtifactStore:
         have = self.load(spec)
         todo = [ArtifactJob(i, c, spec.seed(i)) for i, c in mine if spec.key(i, c) not in have]
         if todo:
-            self._generate(spec, todo, make, batch_size, have)
+            self._generate(spec, todo, make, batch_size, have, engine or LocalEngine(), label)
         return {i: have[spec.key(i, c)] for i, c in mine}
 
-    def _generate(self, spec: ArtifactSpec, todo: list[ArtifactJob], make: Generate, batch_size: int,
-                  have: dict[str, Value]) -> None:
+    def _generate(self, spec: ArtifactSpec, todo: list[ArtifactJob], make: Generate | StageWork,
+                  batch_size: int, have: dict[str, Value], engine: Engine, label: str | None) -> None:
+        work = make if isinstance(make, StageWork) else StageWork(_Plain(make))
+        step = max(1, batch_size)
+        batches = [todo[a:a + step] for a in range(0, len(todo), step)]
         folder = self.folder(spec)
         folder.mkdir(parents=True, exist_ok=True)
         spec_file = folder / "spec.json"
@@ -233,11 +283,12 @@ class ArtifactStore:
             write_json(spec_file, {"format": ARTIFACT_FORMAT, **spec.record()})
         part = folder / f"part-{uuid.uuid4().hex}.jsonl"
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)
+        results = engine.map(_Batches(work.worker), batches, needs=work.needs)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for a in range(0, len(todo), max(1, batch_size)):
-                    batch = todo[a:a + max(1, batch_size)]
-                    values = list(make(batch))
+            with os.fdopen(fd, "w", encoding="utf-8") as f, progress_bar(label is not None) as bar:
+                task = bar.add_task(label or "", total=len(todo))
+                for batch, (made, usage) in results:
+                    values = list(made)
                     if len(values) != len(batch):
                         raise RuntimeError(f"stage {spec.stage!r}: {len(values)} artifacts for "
                                            f"{len(batch)} items")
@@ -250,7 +301,12 @@ class ArtifactStore:
                     f.write("\n".join(lines) + "\n")
                     f.flush()
                     os.fsync(f.fileno())
+                    work.account(batch, usage)
+                    bar.advance(task, len(batch))
         finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
             if part.exists() and part.stat().st_size == 0:
                 part.unlink()
 
@@ -338,6 +394,6 @@ def _read_part(path: Path) -> Iterator[dict[str, Any]]:
 
 
 __all__ = [
-    "ArtifactJob", "ArtifactSpec", "ArtifactStore", "ImportedArtifacts", "Shard", "item_seed", "merge_stores",
-    "sha256_text",
+    "ArtifactJob", "ArtifactSpec", "ArtifactStore", "ImportedArtifacts", "Shard", "StageWork", "Usage",
+    "item_seed", "merge_stores", "sha256_text",
 ]
