@@ -4,7 +4,6 @@ from cirbench.models import (  # noqa: F401  (importing registers them)
     baselines,
     blip2,
     clip,
-    csmcir,
     e5v,
     embedded,
     gme,

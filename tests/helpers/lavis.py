@@ -128,17 +128,3 @@ def write_hug_checkpoint(path: Path, blip2_dir: Path, heads: Any) -> Path:
     torch.save({"epoch": 3, "model_state_dict": state, "args": args,
                 "optimizer_state_dict": {"state": {}, "param_groups": []}}, path)
     return path
-
-
-def write_sprc_checkpoint(path: Path, blip2_dir: Path, model_class: str = "Blip2QformerCirAlignPromptCsmcir",
-                          extra: dict[str, Any] | None = None) -> Path:
-    """SPRC's (CLIP4Cir's) save_model file: {'epoch': n, <model class name>: state_dict}, with SPRC's
-    `prompt_tokens` beside the LAVIS Blip2Qformer tensors."""
-    import torch
-
-    state = lavis_state(blip2_dir)
-    state["prompt_tokens"] = torch.randn_like(state["query_tokens"])
-    state.update(extra or {})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"epoch": 5, model_class: state}, path)
-    return path
