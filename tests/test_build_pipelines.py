@@ -44,7 +44,7 @@ def test_an_unknown_pipeline_name_gets_a_suggestion() -> None:
     ("synthetic", ["--sources", "folder:x"], "--sources does not apply to the synthetic pipeline (it takes "
                                              "--preset, --seed, --limit)"),
     ("edir", ["--preset", "mini"], "--preset does not apply to the edir pipeline (it takes --sources, "
-                                   "--shard, --merge, --limit)"),
+                                   "--shard, --merge, --limit, --engine)"),
     ("edir", ["--seed", "3"], "--seed does not apply to the edir pipeline"),  # was silently ignored
     ("soft-refine-cirr", ["--preset", "mini"], "--preset does not apply to the soft-refine pipeline"),
 ])

@@ -18,6 +18,14 @@ from tests.helpers import tiny
 QWEN_TINY = {"min_image_tokens": 4, "max_image_tokens": 4}
 
 
+def _hug(root: Path) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    from tests.helpers.lavis import hug_heads, tiny_blip2_zero_k_bias, write_hug_checkpoint
+
+    blip2 = tiny_blip2_zero_k_bias(root / "blip2")
+    ckpt = write_hug_checkpoint(root / "run" / "best_model.pth", blip2, hug_heads(32))
+    return f"hug:{ckpt}", {"backbone": str(blip2)}, [{"max_length": 12}, {"uncertainty_heads": 2}]
+
+
 def _qwen(root: Path) -> Path:
     return tiny.build_tiny_gme(root / "qwen")
 
@@ -35,9 +43,12 @@ CASES: dict[str, Callable[[Path], tuple[str, dict[str, Any], list[dict[str, Any]
     "st": lambda r: (f"st:{tiny.build_tiny_sentence_transformer(r / 'st')}", {}, []),
     "e5v": lambda r: (f"e5v:{tiny.build_tiny_llava_next(r / 'llava')}", {}, [{"prompts": "fashioniq-dress"}]),
     "blip2": lambda r: (f"blip2:{tiny.build_tiny_blip2(r / 'blip2')}", {}, [{"max_length": 16}]),
+    "hug": _hug,
     "mml-clip": lambda r: (f"mml-clip:{tiny.build_tiny_mml_clip(r / 'mml', tiny.build_tiny_clip(r / 'c'))}",
                            {"backbone": str(r / "c")}, [{"image_view": "satellite"}]),
 }
+ROLES = {"hug": {"query": ["image+text"], "document": ["image"]}}
+"""Families whose two sides take different inputs (see check_encoder's `roles`)."""
 NOT_HERE = {"precomputed": "vectors from a file: tests/test_evaluate.py and tests/test_bad_input.py"}
 
 
@@ -48,7 +59,7 @@ def test_every_family_has_a_case() -> None:
 @pytest.mark.parametrize("family", sorted(CASES))
 def test_family_conforms(family: str, tmp_path: Path) -> None:
     name, options, variants = CASES[family](tmp_path)
-    check_encoder(name, vector_options=variants, **options)
+    check_encoder(name, vector_options=variants, roles=ROLES.get(family), **options)
 
 
 PLUGIN = """

@@ -83,6 +83,8 @@ class EncoderHooks(Protocol):
     """False: no image is decoded for this encoder (its vectors come from elsewhere)."""
     vectors_by_id: bool
     """True: a vector belongs to the item's id, not its content: never de-duplicated or cached by content."""
+    unit_vectors: bool
+    """False: rows are not unit vectors and the score is their inner product (HUG's augmented distances)."""
 
     def read_image(self, item: Item) -> Any:
         """Run in the decode workers instead of `item.load_image()` + `preprocess` (see ReadImageFn)."""

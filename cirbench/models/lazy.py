@@ -36,7 +36,7 @@ from cirbench.models.base import OPTIONAL_HOOKS, Batch, Encoder, ModelSpec
 from cirbench.models.registry import get_model, get_model_spec, model_kind
 
 RECORD_FORMAT = 1
-VALUE_HOOKS = ("needs_images", "vectors_by_id")
+VALUE_HOOKS = ("needs_images", "vectors_by_id", "unit_vectors")
 """Hooks that are plain values, recorded with the spec, so asking for them loads nothing."""
 ENV_PREFIXES = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TORCH_", "CUDA_", "CIRBENCH_", "OPENCLIP",
                 "XDG_CACHE_HOME", "SENTENCE_TRANSFORMERS")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from cirbench.core.metrics import parse_metric
 from cirbench.core.options import UnknownOptionError
 from cirbench.core.protocol import scorer_from_record
 from cirbench.core.result import OVERALL, Result
-from cirbench.core.types import Task
+from cirbench.core.types import DatasetError, Task
 from cirbench.tasks.registry import TaskSpec, check_spec, get_task, get_task_spec
 
 __all__ = ["ConformanceError", "check_protocol", "check_task"]
@@ -198,17 +198,19 @@ def _demo_items(n: int = 3) -> dict[str, list[Any]]:
 
 
 def check_encoder(name: str, *, vector_options: Sequence[dict[str, Any]] = (), atol: float = 1e-4,
-                  **options: Any) -> None:
+                  roles: Mapping[str, Sequence[str]] | None = None, **options: Any) -> None:
     """Check the Encoder that `get_model(name, **options)` builds against what the eval flow relies on.
 
-    Through the real encode loop, for every modality the spec declares and both roles: one finite unit row
-    per item, of the declared width; the same vectors twice and whatever the batch size (no item's vector
+    Through the real encode loop, for every modality the spec declares and both roles: one finite row per
+    item of the declared width (a unit row unless the encoder declares `unit_vectors = False`); the same vectors twice and whatever the batch size (no item's vector
     depends on its batch neighbours); a JSON fingerprint that is stable. A modality it does not declare is
     refused before encoding. Each dict of `vector_options` must change the fingerprint (it changes the
     vectors, so it must change the cache key). A registered alias or family must declare its options
     (`register_model` / `register_family`'s table): every option given here and in `vector_options` is
     declared, each declared default parses, and a misspelt option is refused with a suggestion before the
-    family's code runs. Raises `ConformanceError`.
+    family's code runs. `roles` (role -> modalities) is for a model whose sides take different inputs
+    (HUG: composed queries, image gallery): a declared modality a role does not take must be refused with
+    a DatasetError naming the record. Raises `ConformanceError`.
     """
     import numpy as np
 
@@ -217,10 +219,10 @@ def check_encoder(name: str, *, vector_options: Sequence[dict[str, Any]] = (), a
 
     where = f"model {name!r}"
     _check_declaration(name, where, [options, *vector_options])
-    from cirbench.retrieval.encode import encode_items
+    from cirbench.retrieval.encode import encode_items, unit_vectors
 
     enc = get_model(name, **options)
-    spec = enc.spec
+    spec, unit = enc.spec, unit_vectors(enc)
     if not spec.name or not set(spec.modalities) <= set(MODALITIES) or not spec.modalities:
         raise _fail(where, f"spec names modalities {spec.modalities!r}; each must be one of {MODALITIES}")
     fp = enc.fingerprint()
@@ -239,6 +241,16 @@ def check_encoder(name: str, *, vector_options: Sequence[dict[str, Any]] = (), a
                 continue
             raise _fail(where, f"{modality!r} items are not refused although the spec does not declare them")
         for role in ("query", "document"):
+            if roles is not None and modality not in roles.get(role, ()):
+                try:
+                    encode_items(enc, items[modality], role=role, batch_size=len(items[modality]), workers=0,
+                                 progress=False)
+                except DatasetError as e:
+                    if e.record is None:
+                        raise _fail(where, f"{modality} items as {role}: refused without naming the record")
+                    continue
+                raise _fail(where, f"{modality} items as {role} are not refused although `roles` says "
+                                   f"{role} takes {list(roles.get(role, ()))}")
             batch, _ = encode_items(enc, items[modality], role=role, batch_size=len(items[modality]),
                                     workers=0, progress=False)
             single, _ = encode_items(enc, items[modality], role=role, batch_size=1, workers=0,
@@ -248,8 +260,11 @@ def check_encoder(name: str, *, vector_options: Sequence[dict[str, Any]] = (), a
             what = f"{modality} items as {role}"
             if batch.shape[0] != len(items[modality]) or (spec.dim and batch.shape[1] != spec.dim):
                 raise _fail(where, f"{what}: vectors of shape {batch.shape}, spec dim {spec.dim}")
-            if not np.isfinite(batch).all() or not np.allclose(np.linalg.norm(batch, axis=1), 1, atol=1e-4):
-                raise _fail(where, f"{what}: vectors are not finite unit rows")
+            if not np.isfinite(batch).all():
+                raise _fail(where, f"{what}: vectors are not finite")
+            if unit and not np.allclose(np.linalg.norm(batch, axis=1), 1, atol=1e-4):
+                raise _fail(where, f"{what}: vectors are not unit rows (and the encoder does not declare "
+                                   "unit_vectors = False)")
             if not np.allclose(batch, again, atol=atol):
                 raise _fail(where, f"{what}: two encodes of the same items differ")
             if not np.allclose(batch, single, atol=atol):
