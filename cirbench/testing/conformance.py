@@ -202,8 +202,8 @@ def check_encoder(name: str, *, vector_options: Sequence[dict[str, Any]] = (), a
     """Check the Encoder that `get_model(name, **options)` builds against what the eval flow relies on.
 
     Through the real encode loop, for every modality the spec declares and both roles: one finite row per
-    item of the declared width (a unit row unless the encoder declares `unit_vectors = False`); the same vectors twice and whatever the batch size (no item's vector
-    depends on its batch neighbours); a JSON fingerprint that is stable. A modality it does not declare is
+    item of the declared width (a unit row unless the encoder declares `unit_vectors = False`); the same
+    vectors twice and whatever the batch size (no item's vector depends on its batch neighbours); a JSON fingerprint that is stable. A modality it does not declare is
     refused before encoding. Each dict of `vector_options` must change the fingerprint (it changes the
     vectors, so it must change the cache key). A registered alias or family must declare its options
     (`register_model` / `register_family`'s table): every option given here and in `vector_options` is
