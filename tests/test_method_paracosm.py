@@ -76,10 +76,31 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+def write_small_fashioniq(root: Path) -> Path:
+    """FashionIQ's released layout (image_splits/, captions/, images/), val split only, 4 images and 2
+    queries per category: every gallery image costs a text-to-image generation, so the shared 180-image
+    fixture would spend minutes in diffusion without testing anything more."""
+    from tests.conftest import png
+
+    for c, cat in enumerate(("dress", "shirt", "toptee")):
+        ids = [f"B00{cat.upper()}{i}" for i in range(4)]
+        (root / "image_splits").mkdir(parents=True, exist_ok=True)
+        (root / "captions").mkdir(exist_ok=True)
+        (root / "images").mkdir(exist_ok=True)
+        (root / "image_splits" / f"split.{cat}.val.json").write_text(json.dumps(ids))
+        recs = [{"candidate": ids[0], "target": ids[1], "captions": [f"is a red {cat}.", " has long sleeves"]},
+                {"candidate": ids[2], "target": ids[3], "captions": [f"is a darker {cat}?", "is shorter"]}]
+        (root / "captions" / f"cap.{cat}.val.json").write_text(json.dumps(recs))
+        for i, a in enumerate(ids):
+            (root / "images" / f"{a}.png").write_bytes(png((60 * i, 80 * c, 200 - 40 * i)))
+    return root
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("paracosm-data")
-    return {name: WRITERS[name](root / name) for name in ("cirr", "circo", "fashioniq", "synthetic-mini")}
+    out = {name: WRITERS[name](root / name) for name in ("cirr", "circo", "synthetic-mini")}
+    return {**out, "fashioniq": write_small_fashioniq(root / "fashioniq")}
 
 
 def write_config(path: Path, models: dict[str, Path], url: str, *, t2i_steps: int = 2,
