@@ -88,7 +88,7 @@ def write_small_fashioniq(root: Path) -> Path:
         (root / "captions").mkdir(exist_ok=True)
         (root / "images").mkdir(exist_ok=True)
         (root / "image_splits" / f"split.{cat}.val.json").write_text(json.dumps(ids))
-        recs = [{"candidate": ids[0], "target": ids[1], "captions": [f"is a red {cat}.", " has long sleeves"]},
+        recs = [{"candidate": ids[0], "target": ids[1], "captions": [f"is a red {cat}.", " has sleeves"]},
                 {"candidate": ids[2], "target": ids[3], "captions": [f"is a darker {cat}?", "is shorter"]}]
         (root / "captions" / f"cap.{cat}.val.json").write_text(json.dumps(recs))
         for i, a in enumerate(ids):
