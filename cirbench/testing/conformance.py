@@ -203,8 +203,8 @@ def check_encoder(name: str, *, vector_options: Sequence[dict[str, Any]] = (), a
 
     Through the real encode loop, for every modality the spec declares and both roles: one finite row per
     item of the declared width (a unit row unless the encoder declares `unit_vectors = False`); the same
-    vectors twice and whatever the batch size (no item's vector depends on its batch neighbours); a JSON fingerprint that is stable. A modality it does not declare is
-    refused before encoding. Each dict of `vector_options` must change the fingerprint (it changes the
+    vectors twice and whatever the batch size (no item's vector depends on its batch neighbours); a JSON
+    fingerprint that is stable. A modality it does not declare is refused before encoding. Each dict of `vector_options` must change the fingerprint (it changes the
     vectors, so it must change the cache key). A registered alias or family must declare its options
     (`register_model` / `register_family`'s table): every option given here and in `vector_options` is
     declared, each declared default parses, and a misspelt option is refused with a suggestion before the
@@ -247,7 +247,8 @@ def check_encoder(name: str, *, vector_options: Sequence[dict[str, Any]] = (), a
                                  progress=False)
                 except DatasetError as e:
                     if e.record is None:
-                        raise _fail(where, f"{modality} items as {role}: refused without naming the record")
+                        raise _fail(where, f"{modality} items as {role}: refused without naming the "
+                                           "record") from None
                     continue
                 raise _fail(where, f"{modality} items as {role} are not refused although `roles` says "
                                    f"{role} takes {list(roles.get(role, ()))}")
