@@ -201,16 +201,16 @@ def check_encoder(name: str, *, vector_options: Sequence[dict[str, Any]] = (), a
                   roles: Mapping[str, Sequence[str]] | None = None, **options: Any) -> None:
     """Check the Encoder that `get_model(name, **options)` builds against what the eval flow relies on.
 
-    Through the real encode loop, for every modality the spec declares and both roles: one finite row per
-    item of the declared width (a unit row unless the encoder declares `unit_vectors = False`); the same
-    vectors twice and whatever the batch size (no item's vector depends on its batch neighbours); a JSON
-    fingerprint that is stable. A modality it does not declare is refused before encoding. Each dict of `vector_options` must change the fingerprint (it changes the
-    vectors, so it must change the cache key). A registered alias or family must declare its options
-    (`register_model` / `register_family`'s table): every option given here and in `vector_options` is
-    declared, each declared default parses, and a misspelt option is refused with a suggestion before the
-    family's code runs. `roles` (role -> modalities) is for a model whose sides take different inputs
-    (HUG: composed queries, image gallery): a declared modality a role does not take must be refused with
-    a DatasetError naming the record. Raises `ConformanceError`.
+    Through the real encode loop, for every modality the spec declares and both roles: one finite row per item
+    of the declared width (a unit row unless the encoder declares `unit_vectors = False`); the same vectors
+    twice and whatever the batch size (no item's vector depends on its batch neighbours); a JSON fingerprint
+    that is stable. A modality it does not declare is refused before encoding. Each dict of `vector_options`
+    must change the fingerprint (it changes the vectors, so it must change the cache key). A registered alias
+    or family must declare its options (`register_model` / `register_family`'s table): every option given here
+    and in `vector_options` is declared, each declared default parses, and a misspelt option is refused with a
+    suggestion before the family's code runs. `roles` (role -> modalities) is for a model whose sides take
+    different inputs (HUG: composed queries, image gallery): a declared modality a role does not take must be
+    refused with a DatasetError naming the record. Raises `ConformanceError`.
     """
     import numpy as np
 
