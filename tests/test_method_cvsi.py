@@ -59,7 +59,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "clip": build_tiny_clip_realtok(root / "clip"),
         "phi": build_tiny_phi(root / "phi.pt", in_dim=16, out_dim=32),
-        **{name: WRITERS[name](root / name) for name in ("cirr", "fashioniq", "synthetic-mini")},
+        **{name: WRITERS[name](root / name) for name in ("cirr", "circo", "fashioniq", "synthetic-mini")},
     }
 
 
@@ -192,6 +192,17 @@ def test_cvsi_fashioniq_weights_and_renormalised_caption_mean(env: dict[str, Pat
         assert set(row) <= set(task.galleries[q.gallery])
     assert result["protocol"]["method"]["weights"] == pytest.approx(
         {"alpha": 0.2, "beta": 0.6, "image": 0.2, "gamma": 0.1})
+
+
+def test_cvsi_on_circo_with_the_cirr_weights_and_map(env: dict[str, Path], tmp_path: Path) -> None:
+    task = get_task("circo", data_dir=env["circo"])
+    with FakeChatServer(responder) as server:
+        cfg = write_config(tmp_path / "c.yaml", env, lmm_captioner(server.url), server.url)
+        result = run_eval(cfg, "circo", env["circo"], tmp_path / "out", tmp_path / "cache")
+    check_run(tmp_path / "out", task, expected(env, task, 0.6, 0.4, 0.2, renorm=False))
+    assert result["protocol"]["method"]["weights"] == pytest.approx(
+        {"alpha": 0.6, "beta": 0.4, "image": 0.0, "gamma": 0.2})
+    assert "mAP@10" in result["scores"]["overall"]["overall"]
 
 
 def test_cvsi_on_synthetic_mini_with_the_blip2_captioner(env: dict[str, Path], tmp_path: Path) -> None:
