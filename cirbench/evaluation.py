@@ -24,6 +24,7 @@ import cirbench
 from cirbench.core.cache import default_cache_dir
 from cirbench.core.metrics import parse_metric
 from cirbench.core.run import Run
+from cirbench.core.score_cache import cached_scores
 from cirbench.core.scoring import breakdowns, grouped_scores, per_query_values, query_strata
 from cirbench.core.types import Task
 from cirbench.models.base import Encoder
@@ -334,11 +335,16 @@ def _planned_result(task: Task, retriever: Retriever, rerankers: Sequence[Rerank
 
 
 def _score(table: Any, task: Task, opts: EvalOptions) -> Any:
+    """Scores and intervals; with the cache on, a re-eval of the same run reads them back (score_cache)."""
     protocol_d = task.protocol.to_dict()
     values = per_query_values(table, protocol_d)
     groups = breakdowns(table, protocol_d)
-    return grouped_scores(values, groups, n_resamples=opts.n_bootstrap, confidence=opts.confidence,
-                          seed=opts.seed, strata=query_strata(protocol_d, groups, len(task.queries)))
+    strata = query_strata(protocol_d, groups, len(task.queries))
+    params = {"n_resamples": opts.n_bootstrap, "confidence": opts.confidence, "seed": opts.seed}
+    root = (Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()) if opts.use_cache else None
+    return cached_scores(root, values, groups, strata, params, lambda: grouped_scores(
+        values, groups, n_resamples=opts.n_bootstrap, confidence=opts.confidence, seed=opts.seed,
+        strata=strata))
 
 
 def _write(result: cirbench.Result, task: Task, run: Run, table: Any, out: Path) -> None:

@@ -1,7 +1,8 @@
 """A warm re-eval (every vector cached) runs without torch, and its cached search is the computed one.
 
 Importing torch costs more than the rest of a warm eval, so a re-eval of cached vectors reads the search's
-result from the cache (cirbench/retrieval/run_cache.py) instead of importing torch to recompute it. The
+result from the cache (cirbench/retrieval/run_cache.py) instead of importing torch to recompute it, and its
+scores and bootstrap intervals (cirbench/core/score_cache.py) instead of importing scipy.stats. The
 import check runs `cirbench eval` in a fresh interpreter, as a user does (in this process torch is loaded
 by other tests already).
 """
@@ -27,13 +28,13 @@ try:
     app(sys.argv[1:])
 except SystemExit as e:
     assert not e.code, e.code
-print("LOADED:" + ",".join(m for m in ("torch", "transformers") if m in sys.modules))
+print("LOADED:" + ",".join(m for m in ("torch", "transformers", "scipy.stats") if m in sys.modules))
 """
 
 
-def _args(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+def _args(data: Path, out: Path, cache: Path, *extra: str, bootstrap: int = 0) -> list[str]:
     return ["eval", "--model", "random", "--task", str(data), "--output", str(out), "--cache-dir", str(cache),
-            "--device", "cpu", "--bootstrap", "0", "--overwrite", "--quiet", *extra]
+            "--device", "cpu", "--bootstrap", str(bootstrap), "--overwrite", "--quiet", *extra]
 
 
 def _eval(*args: str) -> None:
@@ -81,3 +82,36 @@ def test_the_cached_search_is_keyed_by_the_vectors_and_a_bad_file_is_recomputed(
     assert _rows(tmp_path / "d") != _rows(tmp_path / "a")
     _eval(*_args(tiny_dataset, tmp_path / "e", cache, "--top-k", "3"))  # another depth: another key
     assert len(list((cache / "searches").glob("*.npz"))) == 3
+
+
+def test_a_warm_re_eval_reads_its_intervals_without_scipy_and_the_key_covers_the_bootstrap(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    _eval(*_args(tiny_dataset, tmp_path / "plain", cache, "--no-cache", bootstrap=200))  # nothing stored
+    assert not (cache / "scores").exists()
+    _eval(*_args(tiny_dataset, tmp_path / "cold", cache, bootstrap=200))
+    (stored,) = (cache / "scores").glob("*.json")
+    cold = _scores(tmp_path / "cold")
+    assert cold == _scores(tmp_path / "plain")
+    overall = cold["overall"]["overall"]  # type: ignore[index]
+    assert any(s["ci_low"] < s["ci_high"] for s in overall.values())  # real intervals, not points
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-c", WARM, *_args(tiny_dataset, tmp_path / "warm", cache,
+                                                           bootstrap=200)],
+                       capture_output=True, text=True, env=env, check=False, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "LOADED:\n" in r.stdout, r.stdout  # no torch, no transformers, no scipy.stats
+    assert _scores(tmp_path / "warm") == cold
+
+    # another seed or resample count is another key, and what it stores is what a cache-less run computes
+    _eval(*_args(tiny_dataset, tmp_path / "seed", cache, "--seed", "7", bootstrap=200))
+    _eval(*_args(tiny_dataset, tmp_path / "n", cache, bootstrap=300))
+    assert len(list((cache / "scores").glob("*.json"))) == 3
+    fresh = _scores(tmp_path / "seed")
+    _eval(*_args(tiny_dataset, tmp_path / "seed-plain", cache, "--seed", "7", "--no-cache", bootstrap=200))
+    assert fresh == _scores(tmp_path / "seed-plain")
+
+    stored.write_text("{not json")  # a damaged file is recomputed and written again
+    _eval(*_args(tiny_dataset, tmp_path / "again", cache, bootstrap=200))
+    assert _scores(tmp_path / "again") == cold and json.loads(stored.read_text())["format"] == 1
