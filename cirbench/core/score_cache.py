@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -90,14 +90,19 @@ def _load(path: Path) -> Scores | None:
         return None
 
 
-@cache
-def _software() -> dict[str, object]:
-    here = Path(__file__).resolve().parent
-    code = {name: hashlib.sha256((here / name).read_bytes()).hexdigest() for name in _CODE}
+def software(folder: Path, code: Sequence[str], packages: Sequence[str]) -> dict[str, object]:
+    """What a cached result depends on besides its inputs: `code` files in `folder` (by content) and the
+    `packages`' versions (from metadata, without importing them). Shared with the search cache."""
+    digests = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in code}
     versions: dict[str, str | None] = {}
-    for name in _PACKAGES:
+    for name in packages:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    return {"code": code, "packages": versions}
+    return {"code": digests, "packages": versions}
+
+
+@cache
+def _software() -> dict[str, object]:
+    return software(Path(__file__).resolve().parent, _CODE, _PACKAGES)

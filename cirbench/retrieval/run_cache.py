@@ -23,13 +23,13 @@ import io
 import json
 import platform
 from functools import cache
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from cirbench.core.io import atomic_write
 from cirbench.core.run import Run
+from cirbench.core.score_cache import software
 from cirbench.core.types import Task, query_exclusions
 
 FORMAT = 1
@@ -91,14 +91,7 @@ def store(root: Path, key: str, run: Run) -> None:
 @cache
 def _software() -> dict[str, object]:
     here = Path(__file__).resolve().parent
-    code = {name: hashlib.sha256((here / name).read_bytes()).hexdigest() for name in _CODE}
-    versions: dict[str, str | None] = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {"code": code, "packages": versions, "machine": platform.machine(), "cpu": _cpu_model()}
+    return {**software(here, _CODE, _PACKAGES), "machine": platform.machine(), "cpu": _cpu_model()}
 
 
 def _cpu_model() -> str:
