@@ -340,11 +340,11 @@ def _score(table: Any, task: Task, opts: EvalOptions) -> Any:
     values = per_query_values(table, protocol_d)
     groups = breakdowns(table, protocol_d)
     strata = query_strata(protocol_d, groups, len(task.queries))
-    params = {"n_resamples": opts.n_bootstrap, "confidence": opts.confidence, "seed": opts.seed}
+    params: dict[str, Any] = {"n_resamples": opts.n_bootstrap, "confidence": opts.confidence,
+                              "seed": opts.seed}
     root = (Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()) if opts.use_cache else None
-    return cached_scores(root, values, groups, strata, params, lambda: grouped_scores(
-        values, groups, n_resamples=opts.n_bootstrap, confidence=opts.confidence, seed=opts.seed,
-        strata=strata))
+    return cached_scores(root, values, groups, strata, params,
+                         lambda: grouped_scores(values, groups, strata=strata, **params))
 
 
 def _write(result: cirbench.Result, task: Task, run: Run, table: Any, out: Path) -> None:

@@ -21,6 +21,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,16 @@ class EmbeddingCache:
             for i, k in enumerate(keys):
                 self._index.setdefault(k, (p, i))
         return path
+
+
+def software(folder: Path, code: Sequence[str], packages: Sequence[str]) -> dict[str, object]:
+    """What a cached result depends on besides its inputs: `code` files in `folder` (by content) and the
+    `packages`' versions (from metadata, without importing them). Used by the search and score caches."""
+    digests = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in code}
+    versions: dict[str, str | None] = {}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"code": digests, "packages": versions}

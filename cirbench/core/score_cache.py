@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from functools import cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cirbench.core.cache import software
 from cirbench.core.io import write_json
 from cirbench.core.result import Score
 
@@ -88,19 +88,6 @@ def _load(path: Path) -> Scores | None:
                 for kind, by_g in data["scores"].items()}
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
-
-
-def software(folder: Path, code: Sequence[str], packages: Sequence[str]) -> dict[str, object]:
-    """What a cached result depends on besides its inputs: `code` files in `folder` (by content) and the
-    `packages`' versions (from metadata, without importing them). Shared with the search cache."""
-    digests = {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in code}
-    versions: dict[str, str | None] = {}
-    for name in packages:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return {"code": digests, "packages": versions}
 
 
 @cache

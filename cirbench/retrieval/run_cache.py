@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cirbench.core.cache import software
 from cirbench.core.io import atomic_write
 from cirbench.core.run import Run
-from cirbench.core.score_cache import software
 from cirbench.core.types import Task, query_exclusions
 
 FORMAT = 1
